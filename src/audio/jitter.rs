@@ -1,0 +1,215 @@
+//! The inbound frame queue: Twilio's media chunks in, evenly sized 20 ms frames out.
+//!
+//! Twilio numbers each chunk (`media.chunk`, from 1) and stamps it with stream-relative milliseconds. Over a real
+//! network chunks can bunch up, arrive twice, arrive out of order or go missing. The queue releases in-order chunks at
+//! once (no added latency in the normal case), holds a few chunks when one is missing, and when the hole does not fill
+//! in time, plays silence in its place so the caller's audio keeps its timing.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::frame::Framer;
+use super::{mulaw_millis, MULAW_SILENCE, SAMPLE_RATE};
+
+/// Longest hole the queue fills with silence; beyond it the stream is treated as restarted.
+const MAX_GAP_FILL_MILLIS: u64 = 1_000;
+
+/// Counters of what the queue had to repair, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JitterStats {
+    pub chunks_in: u64,
+    pub duplicates_dropped: u64,
+    pub reordered: u64,
+    pub chunks_lost: u64,
+    pub silence_filled_ms: u64,
+}
+
+#[derive(Debug)]
+struct HeldChunk {
+    timestamp_ms: u64,
+    payload: Bytes,
+}
+
+/// Reorders, de-duplicates and frames inbound μ-law chunks.
+#[derive(Debug)]
+pub struct InboundFrameQueue {
+    max_held: usize,
+    next_chunk: Option<u64>,
+    next_timestamp_ms: Option<u64>,
+    held: BTreeMap<u64, HeldChunk>,
+    framer: Framer,
+    ready: VecDeque<Bytes>,
+    stats: JitterStats,
+}
+
+impl InboundFrameQueue {
+    /// `max_held` is how many later chunks may wait for a missing one before it is given up (each is ~20 ms).
+    pub fn new(max_held: usize) -> Self {
+        InboundFrameQueue {
+            max_held: max_held.max(1),
+            next_chunk: None,
+            next_timestamp_ms: None,
+            held: BTreeMap::new(),
+            framer: Framer::new(),
+            ready: VecDeque::new(),
+            stats: JitterStats::default(),
+        }
+    }
+
+    /// Accepts one chunk as Twilio numbered and stamped it.
+    pub fn push(&mut self, chunk: u64, timestamp_ms: u64, payload: Bytes) {
+        self.stats.chunks_in += 1;
+        let next = *self.next_chunk.get_or_insert(chunk);
+        if chunk < next || self.held.contains_key(&chunk) {
+            self.stats.duplicates_dropped += 1;
+            return;
+        }
+        if chunk > next {
+            self.stats.reordered += 1;
+            self.held.insert(chunk, HeldChunk { timestamp_ms, payload });
+            if self.held.len() > self.max_held {
+                self.give_up_on_missing();
+            }
+            return;
+        }
+        self.release(chunk, timestamp_ms, &payload);
+        self.release_contiguous();
+    }
+
+    /// Takes the next whole 20 ms frame, if one is ready.
+    pub fn pop(&mut self) -> Option<Bytes> {
+        self.ready.pop_front()
+    }
+
+    /// Releases everything still held (end of stream), padding the last partial frame with silence.
+    pub fn drain(&mut self) {
+        while !self.held.is_empty() {
+            self.give_up_on_missing();
+        }
+        if let Some(frame) = self.framer.flush() {
+            self.ready.push_back(frame);
+        }
+    }
+
+    pub fn stats(&self) -> JitterStats {
+        self.stats
+    }
+
+    fn release(&mut self, chunk: u64, timestamp_ms: u64, payload: &[u8]) {
+        self.ready.extend(self.framer.push(payload));
+        self.next_chunk = Some(chunk + 1);
+        self.next_timestamp_ms = Some(timestamp_ms + mulaw_millis(payload.len()));
+    }
+
+    fn release_contiguous(&mut self) {
+        while let Some(next) = self.next_chunk {
+            let Some(held) = self.held.remove(&next) else { break };
+            self.release(next, held.timestamp_ms, &held.payload);
+        }
+    }
+
+    /// The oldest missing chunk is not coming: fill its time with silence and move on to the first held chunk.
+    fn give_up_on_missing(&mut self) {
+        let Some((&first, _)) = self.held.iter().next() else { return };
+        let Some(held) = self.held.remove(&first) else { return };
+        let missing = first - self.next_chunk.unwrap_or(first);
+        self.stats.chunks_lost += missing;
+        let gap_ms = self
+            .next_timestamp_ms
+            .map(|expected| held.timestamp_ms.saturating_sub(expected))
+            .unwrap_or(0)
+            .min(MAX_GAP_FILL_MILLIS);
+        if gap_ms > 0 {
+            let silence = vec![MULAW_SILENCE; (gap_ms * u64::from(SAMPLE_RATE) / 1000) as usize];
+            self.ready.extend(self.framer.push(&silence));
+            self.stats.silence_filled_ms += gap_ms;
+        }
+        self.release(first, held.timestamp_ms, &held.payload);
+        self.release_contiguous();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::FRAME_BYTES;
+
+    fn chunk(value: u8) -> Bytes {
+        Bytes::from(vec![value; FRAME_BYTES])
+    }
+
+    fn drain_values(queue: &mut InboundFrameQueue) -> Vec<u8> {
+        std::iter::from_fn(|| queue.pop()).map(|f| f[0]).collect()
+    }
+
+    #[test]
+    fn in_order_chunks_pass_straight_through() {
+        let mut q = InboundFrameQueue::new(3);
+        q.push(1, 0, chunk(1));
+        assert_eq!(q.pop().map(|f| f[0]), Some(1), "no waiting in the normal case");
+        q.push(2, 20, chunk(2));
+        q.push(3, 40, chunk(3));
+        assert_eq!(drain_values(&mut q), vec![2, 3]);
+    }
+
+    #[test]
+    fn out_of_order_chunks_are_put_back_in_order() {
+        let mut q = InboundFrameQueue::new(3);
+        q.push(1, 0, chunk(1));
+        q.push(3, 40, chunk(3));
+        q.push(2, 20, chunk(2));
+        q.push(4, 60, chunk(4));
+        assert_eq!(drain_values(&mut q), vec![1, 2, 3, 4]);
+        assert_eq!(q.stats().reordered, 1);
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let mut q = InboundFrameQueue::new(3);
+        q.push(1, 0, chunk(1));
+        q.push(1, 0, chunk(9));
+        q.push(2, 20, chunk(2));
+        assert_eq!(drain_values(&mut q), vec![1, 2]);
+        assert_eq!(q.stats().duplicates_dropped, 1);
+    }
+
+    #[test]
+    fn a_lost_chunk_becomes_silence_of_the_right_length() {
+        let mut q = InboundFrameQueue::new(2);
+        q.push(1, 0, chunk(1));
+        // chunk 2 (20..40 ms) is lost
+        q.push(3, 40, chunk(3));
+        q.push(4, 60, chunk(4));
+        assert_eq!(drain_values(&mut q), vec![1], "held while the hole may still fill");
+        q.push(5, 80, chunk(5));
+        assert_eq!(drain_values(&mut q), vec![MULAW_SILENCE, 3, 4, 5]);
+        assert_eq!(q.stats().chunks_lost, 1);
+        assert_eq!(q.stats().silence_filled_ms, 20);
+    }
+
+    #[test]
+    fn odd_sized_payloads_are_reframed() {
+        let mut q = InboundFrameQueue::new(3);
+        q.push(1, 0, Bytes::from(vec![1u8; 240]));
+        q.push(2, 30, Bytes::from(vec![2u8; 80]));
+        let frames: Vec<Bytes> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(frames.len(), 2);
+        assert!(frames.iter().all(|f| f.len() == FRAME_BYTES));
+        assert_eq!(frames[1][79], 1);
+        assert_eq!(frames[1][80], 2);
+    }
+
+    #[test]
+    fn drain_releases_held_chunks_and_the_partial_frame() {
+        let mut q = InboundFrameQueue::new(5);
+        q.push(1, 0, chunk(1));
+        q.push(3, 40, Bytes::from(vec![3u8; 10]));
+        q.drain();
+        let frames: Vec<Bytes> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[1][0], MULAW_SILENCE);
+        assert_eq!(frames[2][0], 3);
+        assert_eq!(frames[2][10], MULAW_SILENCE);
+    }
+}

@@ -1,0 +1,389 @@
+//! The outbound playout queue: reply audio in, paced 20 ms media frames and marks out to Twilio.
+//!
+//! Audio is sent a little ahead of real time (`lead`) rather than dumped, so a `clear` on barge-in has little to throw
+//! away and Twilio's buffer never grows large. A mark follows each chunk of speech; Twilio echoes it when playback
+//! reaches it, which is how Parley knows how much of a reply the caller has actually heard. A `clear` makes Twilio
+//! echo every pending mark at once, so marks outstanding at a clear are remembered as flushed, not played.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::frame::Framer;
+use super::{mulaw_millis, FRAME_BYTES, FRAME_MILLIS, SAMPLE_RATE};
+use crate::twilio::messages::OutboundMessage;
+
+const FRAME_DURATION: Duration = Duration::from_millis(FRAME_MILLIS as u64);
+
+/// How far playback has got, in bytes of μ-law since the call started (8 bytes = 1 ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlayoutProgress {
+    /// Audio handed to the queue.
+    pub enqueued_bytes: u64,
+    /// Audio sent to Twilio.
+    pub sent_bytes: u64,
+    /// Audio Twilio confirmed as played, by the last mark echoed before any clear.
+    pub played_bytes: u64,
+    pub marks_sent: u64,
+    pub marks_played: u64,
+    /// Mark echoes that came back because a clear flushed them.
+    pub marks_flushed: u64,
+    pub clears: u64,
+}
+
+impl PlayoutProgress {
+    /// Nothing is queued or in flight: everything sent has been confirmed played.
+    pub fn is_idle(&self) -> bool {
+        self.enqueued_bytes == self.sent_bytes && self.marks_sent == self.marks_played + self.marks_flushed
+    }
+}
+
+/// What a clear found, so the engine can tell how much of a reply was heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClearReport {
+    /// Audio sent to Twilio before the clear.
+    pub sent_bytes: u64,
+    /// Audio confirmed played by marks.
+    pub played_bytes: u64,
+    /// Audio most likely heard: what was sent, minus what was still ahead of real time in Twilio's buffer.
+    pub heard_estimate_bytes: u64,
+    /// Audio dropped from Parley's own queue without being sent.
+    pub dropped_bytes: u64,
+}
+
+enum Command {
+    Audio(Bytes),
+    Mark(String),
+    Clear(Option<oneshot::Sender<ClearReport>>),
+    MarkEchoed(String),
+}
+
+/// The call's handle on its playout queue; cheap to clone.
+#[derive(Clone)]
+pub struct PlayoutHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    progress: watch::Receiver<PlayoutProgress>,
+}
+
+impl PlayoutHandle {
+    /// Queues μ-law audio (any length) for the caller.
+    pub fn play(&self, mulaw: Bytes) {
+        let _ = self.commands.send(Command::Audio(mulaw));
+    }
+
+    /// Queues a mark after the audio queued so far (a partial frame is padded with silence first).
+    pub fn mark(&self, name: impl Into<String>) {
+        let _ = self.commands.send(Command::Mark(name.into()));
+    }
+
+    /// Drops everything queued here and in Twilio's buffer (barge-in) and reports how much had been heard.
+    pub async fn clear(&self) -> Option<ClearReport> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Clear(Some(tx))).ok()?;
+        rx.await.ok()
+    }
+
+    /// Clears without waiting for the report.
+    pub fn clear_now(&self) {
+        let _ = self.commands.send(Command::Clear(None));
+    }
+
+    /// Twilio echoed a mark; called by the session that reads the socket.
+    pub fn mark_echoed(&self, name: String) {
+        let _ = self.commands.send(Command::MarkEchoed(name));
+    }
+
+    pub fn progress(&self) -> PlayoutProgress {
+        *self.progress.borrow()
+    }
+
+    /// A receiver that wakes on every progress change.
+    pub fn watch(&self) -> watch::Receiver<PlayoutProgress> {
+        self.progress.clone()
+    }
+}
+
+enum Queued {
+    Frame(Bytes),
+    Mark(String),
+}
+
+struct PendingMark {
+    name: String,
+    offset_bytes: u64,
+}
+
+/// Owns the pacing state; runs as one task per call.
+struct Playout {
+    stream_sid: String,
+    lead: Duration,
+    out: mpsc::Sender<OutboundMessage>,
+    framer: Framer,
+    queue: VecDeque<Queued>,
+    pending_marks: VecDeque<PendingMark>,
+    flushed_marks: Vec<String>,
+    /// When the audio sent so far will have finished playing at Twilio.
+    finish_at: Instant,
+    progress: PlayoutProgress,
+    publish: watch::Sender<PlayoutProgress>,
+}
+
+/// Starts the playout task for a stream; it ends when every handle is dropped or Twilio's side is gone.
+pub fn spawn(stream_sid: String, lead: Duration, out: mpsc::Sender<OutboundMessage>) -> PlayoutHandle {
+    let (commands, rx) = mpsc::unbounded_channel();
+    let (publish, progress) = watch::channel(PlayoutProgress::default());
+    let playout = Playout {
+        stream_sid,
+        lead,
+        out,
+        framer: Framer::new(),
+        queue: VecDeque::new(),
+        pending_marks: VecDeque::new(),
+        flushed_marks: Vec::new(),
+        finish_at: Instant::now(),
+        progress: PlayoutProgress::default(),
+        publish,
+    };
+    tokio::spawn(playout.run(rx));
+    PlayoutHandle { commands, progress }
+}
+
+impl Playout {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let next_frame_due = self.next_frame_due();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                () = sleep_until_opt(next_frame_due) => {}
+            }
+            if !self.pump().await {
+                break;
+            }
+            self.publish.send_replace(self.progress);
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Audio(bytes) => {
+                self.progress.enqueued_bytes += bytes.len() as u64;
+                self.queue.extend(self.framer.push(&bytes).into_iter().map(Queued::Frame));
+            }
+            Command::Mark(name) => {
+                let partial = self.framer.pending_len();
+                if let Some(frame) = self.framer.flush() {
+                    // The silence padding is sent too: count it so enqueued and sent stay comparable.
+                    self.progress.enqueued_bytes += (FRAME_BYTES - partial) as u64;
+                    self.queue.push_back(Queued::Frame(frame));
+                }
+                self.queue.push_back(Queued::Mark(name));
+            }
+            Command::Clear(reply) => {
+                let report = self.clear().await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(report);
+                }
+            }
+            Command::MarkEchoed(name) => self.mark_echoed(name),
+        }
+    }
+
+    fn next_frame_due(&self) -> Option<Instant> {
+        match self.queue.front() {
+            Some(Queued::Frame(_)) => Some(self.finish_at.checked_sub(self.lead).unwrap_or(self.finish_at)),
+            Some(Queued::Mark(_)) => Some(Instant::now()),
+            None => None,
+        }
+    }
+
+    /// Sends whatever is due. Returns false once Twilio's side is gone.
+    async fn pump(&mut self) -> bool {
+        loop {
+            let now = Instant::now();
+            let message = match self.queue.front() {
+                Some(Queued::Mark(_)) => {
+                    let Some(Queued::Mark(name)) = self.queue.pop_front() else { break };
+                    self.pending_marks
+                        .push_back(PendingMark { name: name.clone(), offset_bytes: self.progress.sent_bytes });
+                    self.progress.marks_sent += 1;
+                    OutboundMessage::mark(&self.stream_sid, &name)
+                }
+                Some(Queued::Frame(_)) if self.finish_at <= now + self.lead => {
+                    let Some(Queued::Frame(frame)) = self.queue.pop_front() else { break };
+                    self.finish_at = self.finish_at.max(now) + FRAME_DURATION;
+                    self.progress.sent_bytes += frame.len() as u64;
+                    OutboundMessage::media(&self.stream_sid, &frame)
+                }
+                _ => break,
+            };
+            if self.out.send(message).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn clear(&mut self) -> ClearReport {
+        let now = Instant::now();
+        let dropped_bytes: u64 = self
+            .queue
+            .drain(..)
+            .map(|q| match q {
+                Queued::Frame(f) => f.len() as u64,
+                Queued::Mark(_) => 0,
+            })
+            .sum::<u64>()
+            + self.framer.pending_len() as u64;
+        self.framer.reset();
+        let unplayed_ms = self.finish_at.saturating_duration_since(now).as_millis() as u64;
+        let unplayed_bytes = unplayed_ms * u64::from(SAMPLE_RATE) / 1000;
+        let report = ClearReport {
+            sent_bytes: self.progress.sent_bytes,
+            played_bytes: self.progress.played_bytes,
+            heard_estimate_bytes: self
+                .progress
+                .sent_bytes
+                .saturating_sub(unplayed_bytes)
+                .max(self.progress.played_bytes),
+            dropped_bytes,
+        };
+        // Enqueued audio that will never be sent no longer counts as outstanding.
+        self.progress.enqueued_bytes = self.progress.sent_bytes;
+        self.flushed_marks.extend(self.pending_marks.drain(..).map(|m| m.name));
+        self.finish_at = now;
+        self.progress.clears += 1;
+        let _ = self.out.send(OutboundMessage::clear(&self.stream_sid)).await;
+        tracing::debug!(
+            heard_ms = mulaw_millis(report.heard_estimate_bytes as usize),
+            dropped_ms = mulaw_millis(report.dropped_bytes as usize),
+            "playout cleared"
+        );
+        report
+    }
+
+    fn mark_echoed(&mut self, name: String) {
+        if let Some(index) = self.pending_marks.iter().position(|m| m.name == name) {
+            // Twilio plays in order: every mark before this one has been reached too.
+            for mark in self.pending_marks.drain(..=index) {
+                self.progress.played_bytes = mark.offset_bytes;
+                self.progress.marks_played += 1;
+            }
+        } else if let Some(index) = self.flushed_marks.iter().position(|m| *m == name) {
+            self.flushed_marks.swap_remove(index);
+            self.progress.marks_flushed += 1;
+        } else {
+            tracing::debug!(mark = %name, "ignoring echo of an unknown mark");
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::twilio::messages::OutboundMessage as Out;
+
+    fn start(lead_ms: u64) -> (PlayoutHandle, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(1024);
+        (spawn("MZ1".into(), Duration::from_millis(lead_ms), tx), rx)
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Out>) -> Out {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("timed out").expect("closed")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn audio_is_framed_and_paced_to_real_time() {
+        let (playout, mut rx) = start(40);
+        let t0 = Instant::now();
+        playout.play(Bytes::from(vec![1u8; FRAME_BYTES * 10]));
+        let mut send_times = Vec::new();
+        for _ in 0..10 {
+            match next(&mut rx).await {
+                Out::Media { media, .. } => assert_eq!(media.payload.len(), 216), // base64 of 160 bytes
+                other => panic!("expected media, got {other:?}"),
+            }
+            send_times.push(Instant::now() - t0);
+        }
+        // The first frames go at once (within the lead), the rest one per 20 ms of playback.
+        assert_eq!(send_times[0], Duration::ZERO);
+        assert_eq!(send_times[2], Duration::ZERO);
+        assert_eq!(send_times[3], Duration::from_millis(20));
+        assert_eq!(send_times[9], Duration::from_millis(140));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn marks_follow_their_audio_and_echoes_count_played_bytes() {
+        let (playout, mut rx) = start(1000);
+        playout.play(Bytes::from(vec![1u8; 200]));
+        playout.mark("r1-0");
+        for _ in 0..2 {
+            assert!(matches!(next(&mut rx).await, Out::Media { .. }));
+        }
+        assert_eq!(next(&mut rx).await, Out::mark("MZ1", "r1-0"));
+        playout.mark_echoed("r1-0".into());
+        let mut watch = playout.watch();
+        watch.wait_for(|p| p.marks_played == 1).await.unwrap();
+        let progress = playout.progress();
+        assert_eq!(progress.played_bytes, 320, "two frames, the second padded");
+        assert_eq!(progress.sent_bytes, 320);
+        assert!(progress.is_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clear_drops_the_queue_and_flushed_marks_do_not_count_as_played() {
+        let (playout, mut rx) = start(100);
+        playout.play(Bytes::from(vec![1u8; FRAME_BYTES * 50])); // one second
+        playout.mark("r1-0");
+        for _ in 0..6 {
+            assert!(matches!(next(&mut rx).await, Out::Media { .. }));
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        while let Ok(Out::Media { .. }) = rx.try_recv() {}
+        let report = playout.clear().await.expect("report");
+        assert!(report.dropped_bytes > 0);
+        assert!(report.sent_bytes < (FRAME_BYTES * 50) as u64);
+        assert!(report.heard_estimate_bytes < report.sent_bytes, "{report:?}");
+        assert!(report.heard_estimate_bytes >= 60 * 8, "{report:?}");
+        let mut saw_clear = false;
+        while let Ok(msg) = rx.try_recv() {
+            assert!(!matches!(msg, Out::Mark { .. }), "the mark was queued behind cleared audio");
+            saw_clear |= msg == Out::clear("MZ1");
+        }
+        assert!(saw_clear);
+        // Twilio echoes nothing for a mark it never got; an echo of an unknown mark is ignored.
+        playout.mark_echoed("r1-0".into());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(playout.progress().marks_played, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn echoes_of_marks_pending_at_a_clear_are_flushed_not_played() {
+        let (playout, mut rx) = start(10_000);
+        playout.play(Bytes::from(vec![1u8; FRAME_BYTES]));
+        playout.mark("a");
+        playout.play(Bytes::from(vec![1u8; FRAME_BYTES]));
+        playout.mark("b");
+        for _ in 0..4 {
+            next(&mut rx).await;
+        }
+        playout.clear().await.expect("report");
+        playout.mark_echoed("a".into());
+        playout.mark_echoed("b".into());
+        playout.watch().wait_for(|p| p.marks_flushed == 2).await.unwrap();
+        assert_eq!(playout.progress().marks_played, 0);
+        assert_eq!(playout.progress().played_bytes, 0);
+    }
+}

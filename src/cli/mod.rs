@@ -1,0 +1,94 @@
+//! The `parley` command line: `serve` runs the proxy, `check` validates the configuration.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::call::agent::AgentFactory;
+use crate::call::echo::EchoFactory;
+use crate::config::{AgentKind, Config, ConfigError, Problem, Secrets, Severity};
+use crate::edge;
+
+#[derive(Debug, Parser)]
+#[command(name = "parley", version, about = "A voice-agent sidecar for Twilio Media Streams")]
+pub struct Cli {
+    /// Config file (TOML). Without one, defaults plus PARLEY__* environment overrides apply.
+    #[arg(long, short, global = true, env = "PARLEY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer Twilio calls.
+    Serve,
+    /// Load and validate the configuration, print what is missing, exit non-zero on errors.
+    Check,
+}
+
+/// Errors the CLI reports before exiting non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the configuration has {0} error(s); run `parley check` for the list")]
+    Invalid(usize),
+    #[error(transparent)]
+    Edge(#[from] edge::EdgeError),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Loads the configuration named on the command line with the process environment applied.
+pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    Config::load(cli.config.as_deref(), std::env::vars())
+}
+
+/// `parley check`: prints every problem; returns how many are errors.
+pub fn check(config: &Config, secrets: &Secrets) -> usize {
+    let problems = config.problems(secrets);
+    for Problem { severity, message } in &problems {
+        match severity {
+            Severity::Error => println!("error: {message}"),
+            Severity::Warning => println!("warning: {message}"),
+        }
+    }
+    let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
+    if errors == 0 {
+        println!("configuration is valid: listening on {}, agent {:?}", config.server.listen, config.agent.kind);
+    }
+    errors
+}
+
+/// `parley serve`: answers calls until SIGTERM, then drains.
+pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
+    let problems = config.problems(&secrets);
+    for problem in &problems {
+        match problem.severity {
+            Severity::Error => tracing::error!("{}", problem.message),
+            Severity::Warning => tracing::warn!("{}", problem.message),
+        }
+    }
+    let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
+    if errors > 0 {
+        return Err(CliError::Invalid(errors));
+    }
+    let agents = agent_factory(&config);
+    let server = edge::start(config, secrets, agents).await?;
+    // Scripts and tests read the bound address from this line.
+    println!("parley listening on {}", server.local_addr);
+    edge::wait_for_signal().await;
+    tracing::info!("shutdown requested");
+    server.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn agent_factory(config: &Config) -> Arc<dyn AgentFactory> {
+    match config.agent.kind {
+        AgentKind::Echo => Arc::new(EchoFactory { delay: Duration::from_millis(config.agent.echo_delay_ms) }),
+    }
+}

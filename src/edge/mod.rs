@@ -1,0 +1,117 @@
+//! The HTTP/WebSocket edge Twilio talks to: the voice webhook, the Media Stream socket, health, and shutdown.
+
+mod health;
+mod media;
+mod session;
+mod shutdown;
+mod signed;
+mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::call::agent::AgentFactory;
+use crate::call::registry::CallRegistry;
+use crate::config::{Config, Secrets};
+use crate::twilio::signature::SignatureValidator;
+
+pub use shutdown::wait_for_signal;
+
+/// Paths Parley serves; Twilio is pointed at the first.
+pub const VOICE_PATH: &str = "/twilio/voice";
+pub const MEDIA_PATH: &str = "/twilio/media";
+pub const STREAM_STATUS_PATH: &str = "/twilio/stream-status";
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("configuration is not usable: {0}")]
+    Config(String),
+}
+
+/// Shared by every handler.
+pub(crate) struct AppState {
+    pub config: Config,
+    pub validator: Option<SignatureValidator>,
+    pub registry: Arc<CallRegistry>,
+    pub agents: Arc<dyn AgentFactory>,
+}
+
+/// A server that is accepting calls.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    registry: Arc<CallRegistry>,
+    stop_http: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+}
+
+impl RunningServer {
+    pub fn registry(&self) -> &Arc<CallRegistry> {
+        &self.registry
+    }
+
+    /// The graceful shutdown sequence: stop admitting calls, let live ones finish within the grace period, close
+    /// the rest cleanly, then stop serving HTTP.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        shutdown::drain(&self.registry, self.grace).await;
+        self.stop_http.cancel();
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(std::io::Error::other(join)),
+        }
+    }
+}
+
+/// Binds the listener and starts serving.
+pub async fn start(
+    config: Config,
+    secrets: Secrets,
+    agents: Arc<dyn AgentFactory>,
+) -> Result<RunningServer, EdgeError> {
+    let validator = match (config.twilio.validate_signatures, &secrets.twilio_auth_token) {
+        (true, Some(token)) => Some(SignatureValidator::new(token.expose())),
+        (true, None) => {
+            return Err(EdgeError::Config("signature validation is on but TWILIO_AUTH_TOKEN is not set".into()))
+        }
+        (false, _) => None,
+    };
+    if validator.is_some() && config.server.public_url.is_none() {
+        return Err(EdgeError::Config("signature validation needs server.public_url".into()));
+    }
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })?;
+    let local_addr = listener.local_addr().map_err(|source| EdgeError::Bind { addr, source })?;
+    let registry = CallRegistry::new(config.server.max_concurrent_calls);
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let state = Arc::new(AppState { config, validator, registry: Arc::clone(&registry), agents });
+    let stop_http = CancellationToken::new();
+    let stop = stop_http.clone();
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    tracing::info!(%local_addr, "Parley is listening");
+    Ok(RunningServer { local_addr, registry, stop_http, task, grace })
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(VOICE_PATH, post(webhook::incoming_call))
+        .route(STREAM_STATUS_PATH, post(webhook::stream_status))
+        .route(MEDIA_PATH, get(media::upgrade))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(state)
+}

@@ -1,0 +1,84 @@
+//! Streaming speech-to-text: one trait, one file per provider.
+//!
+//! The engine opens one [`SttSession`] per call and pushes the caller's raw μ-law 8 kHz audio into it as it arrives;
+//! providers that accept μ-law get it untouched (no transcoding on the hot path).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// Errors a speech-to-text provider can report. Every variant keeps the call alive: the engine decides what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SttError {
+    #[error("could not connect to {provider}: {detail}")]
+    Connect { provider: &'static str, detail: String },
+    #[error("{provider} rejected the request (HTTP {status}): {detail}")]
+    Rejected { provider: &'static str, status: u16, detail: String },
+    #[error("{provider} sent a message Parley could not parse: {detail}")]
+    Protocol { provider: &'static str, detail: String },
+    #[error("{provider} reported an error: {detail}")]
+    Provider { provider: &'static str, detail: String },
+    #[error("{provider} connection closed unexpectedly: {detail}")]
+    Disconnected { provider: &'static str, detail: String },
+}
+
+/// What the engine sends into a recognition session.
+#[derive(Debug, Clone)]
+pub enum SttInput {
+    /// Raw G.711 μ-law, 8 kHz mono, any length.
+    Audio(Bytes),
+    /// Ask the provider to flush what it has heard so far as a final result.
+    Finalize,
+    /// End the session politely (the provider flushes and closes).
+    Close,
+}
+
+/// One recognised stretch of speech.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    /// This window's text will not change again.
+    pub is_final: bool,
+    /// The provider's endpointing decided the caller stopped speaking.
+    pub speech_final: bool,
+    /// This result was flushed by [`SttInput::Finalize`].
+    pub from_finalize: bool,
+    /// Stream-relative audio time, seconds.
+    pub start: f64,
+    pub duration: f64,
+}
+
+/// What a recognition session reports back to the engine.
+#[derive(Debug)]
+pub enum SttEvent {
+    Transcript(Transcript),
+    /// The provider's VAD saw speech begin (stream-relative seconds).
+    SpeechStarted {
+        timestamp: f64,
+    },
+    /// The provider saw a gap after the last final word (stream-relative seconds).
+    UtteranceEnd {
+        last_word_end: f64,
+    },
+    /// The provider failed; the session is over after this.
+    Error(SttError),
+    /// The session ended normally.
+    Closed,
+}
+
+/// A live recognition session: audio in, events out. Dropping `input` closes the session.
+pub struct SttSession {
+    pub input: mpsc::Sender<SttInput>,
+    pub events: mpsc::Receiver<SttEvent>,
+}
+
+/// A streaming speech-to-text provider.
+#[async_trait]
+pub trait SpeechToText: Send + Sync {
+    /// Provider name for logs and spans.
+    fn name(&self) -> &'static str;
+    /// Opens one streaming session (one per call).
+    async fn open(&self) -> Result<SttSession, SttError>;
+}
+
+pub mod deepgram;

@@ -1,0 +1,398 @@
+//! Media Stream WebSocket messages, both directions, as serde types.
+//!
+//! Twilio sends every message as a JSON text frame with an `event` discriminator. Counters (`sequenceNumber`,
+//! `chunk`, `timestamp`) arrive as strings; Parley accepts strings or numbers and writes strings, as Twilio does.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why an inbound frame could not be used. The call goes on; the frame is logged and skipped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("frame is not valid JSON for event `{event}`: {detail}")]
+    Malformed { event: String, detail: String },
+    #[error("frame is not a JSON object with an `event`: {0}")]
+    NotJson(String),
+    #[error("unknown event `{0}`")]
+    UnknownEvent(String),
+    #[error("media payload is not valid base64: {0}")]
+    BadPayload(String),
+    #[error("media payload of {size} bytes exceeds the {limit}-byte limit")]
+    PayloadTooLarge { size: usize, limit: usize },
+}
+
+/// A message Twilio sends to Parley.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum InboundMessage {
+    Connected(Connected),
+    Start(Start),
+    Media(Media),
+    Dtmf(Dtmf),
+    Mark(MarkEcho),
+    Stop(Stop),
+}
+
+/// First frame of every stream; carries no stream SID.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connected {
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// Second frame: who is calling and in what format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Start {
+    #[serde(default, with = "counter_opt")]
+    pub sequence_number: Option<u64>,
+    pub start: StartMetadata,
+    pub stream_sid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartMetadata {
+    #[serde(default)]
+    pub account_sid: String,
+    pub stream_sid: String,
+    pub call_sid: String,
+    #[serde(default)]
+    pub tracks: Vec<String>,
+    #[serde(default)]
+    pub custom_parameters: BTreeMap<String, String>,
+    pub media_format: MediaFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaFormat {
+    pub encoding: String,
+    pub sample_rate: u32,
+    pub channels: u32,
+}
+
+impl MediaFormat {
+    /// The only format Twilio documents for Media Streams.
+    pub fn is_mulaw_8k_mono(&self) -> bool {
+        self.encoding == "audio/x-mulaw" && self.sample_rate == 8000 && self.channels == 1
+    }
+}
+
+/// One chunk of the caller's audio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Media {
+    #[serde(default, with = "counter_opt")]
+    pub sequence_number: Option<u64>,
+    pub media: MediaChunk,
+    pub stream_sid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaChunk {
+    #[serde(default = "inbound_track")]
+    pub track: String,
+    #[serde(with = "counter")]
+    pub chunk: u64,
+    #[serde(with = "counter")]
+    pub timestamp: u64,
+    /// Base64 of raw μ-law bytes; see [`MediaChunk::decode_payload`].
+    pub payload: String,
+}
+
+fn inbound_track() -> String {
+    "inbound".to_owned()
+}
+
+impl MediaChunk {
+    /// Decodes the payload, refusing anything over `limit` bytes before decoding it.
+    pub fn decode_payload(&self, limit: usize) -> Result<Bytes, ProtocolError> {
+        let decoded_size = self.payload.len() / 4 * 3;
+        if decoded_size > limit {
+            return Err(ProtocolError::PayloadTooLarge { size: decoded_size, limit });
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(self.payload.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| ProtocolError::BadPayload(e.to_string()))
+    }
+}
+
+/// A key the caller pressed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dtmf {
+    #[serde(default, with = "counter_opt")]
+    pub sequence_number: Option<u64>,
+    pub dtmf: DtmfDigit,
+    pub stream_sid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DtmfDigit {
+    #[serde(default)]
+    pub track: String,
+    pub digit: String,
+}
+
+/// Twilio's echo of a mark Parley sent: playback reached it, or a `clear` flushed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MarkEcho {
+    #[serde(default, with = "counter_opt")]
+    pub sequence_number: Option<u64>,
+    pub mark: MarkName,
+    pub stream_sid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkName {
+    pub name: String,
+}
+
+/// The stream ended: hang-up, stream stopped, or call redirected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stop {
+    #[serde(default, with = "counter_opt")]
+    pub sequence_number: Option<u64>,
+    #[serde(default)]
+    pub stop: Option<StopMetadata>,
+    pub stream_sid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopMetadata {
+    #[serde(default)]
+    pub account_sid: String,
+    #[serde(default)]
+    pub call_sid: String,
+}
+
+/// A message Parley sends to Twilio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum OutboundMessage {
+    Media {
+        #[serde(rename = "streamSid")]
+        stream_sid: String,
+        media: OutboundMedia,
+    },
+    Mark {
+        #[serde(rename = "streamSid")]
+        stream_sid: String,
+        mark: MarkName,
+    },
+    Clear {
+        #[serde(rename = "streamSid")]
+        stream_sid: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMedia {
+    /// Base64 of raw μ-law 8 kHz mono, no header.
+    pub payload: String,
+}
+
+impl OutboundMessage {
+    /// Audio for the caller, from raw μ-law bytes.
+    pub fn media(stream_sid: &str, mulaw: &[u8]) -> Self {
+        OutboundMessage::Media {
+            stream_sid: stream_sid.to_owned(),
+            media: OutboundMedia { payload: base64::engine::general_purpose::STANDARD.encode(mulaw) },
+        }
+    }
+
+    pub fn mark(stream_sid: &str, name: &str) -> Self {
+        OutboundMessage::Mark { stream_sid: stream_sid.to_owned(), mark: MarkName { name: name.to_owned() } }
+    }
+
+    pub fn clear(stream_sid: &str) -> Self {
+        OutboundMessage::Clear { stream_sid: stream_sid.to_owned() }
+    }
+
+    /// The JSON text frame Twilio expects.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail; an empty object would be rejected by Twilio, never sent silently.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+const KNOWN_EVENTS: [&str; 6] = ["connected", "start", "media", "dtmf", "mark", "stop"];
+
+/// Parses one inbound text frame, telling malformed frames apart from events Parley does not know.
+pub fn parse_inbound(text: &str, max_frame_bytes: usize) -> Result<InboundMessage, ProtocolError> {
+    if text.len() > max_frame_bytes {
+        return Err(ProtocolError::TooLarge { size: text.len(), limit: max_frame_bytes });
+    }
+    serde_json::from_str::<InboundMessage>(text).map_err(|err| classify_parse_failure(text, err))
+}
+
+fn classify_parse_failure(text: &str, err: serde_json::Error) -> ProtocolError {
+    #[derive(Deserialize)]
+    struct EventOnly {
+        event: String,
+    }
+    match serde_json::from_str::<EventOnly>(text) {
+        Ok(EventOnly { event }) if !KNOWN_EVENTS.contains(&event.as_str()) => ProtocolError::UnknownEvent(event),
+        Ok(EventOnly { event }) => ProtocolError::Malformed { event, detail: err.to_string() },
+        Err(_) => ProtocolError::NotJson(err.to_string()),
+    }
+}
+
+/// Twilio's counters: strings on the wire, numbers accepted too.
+mod counter {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StringOrNumber {
+        Number(u64),
+        String(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match StringOrNumber::deserialize(d)? {
+            StringOrNumber::Number(n) => Ok(n),
+            StringOrNumber::String(s) => s.trim().parse().map_err(serde::de::Error::custom),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&value.to_string())
+    }
+}
+
+mod counter_opt {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "super::counter")] u64);
+        Option::<Wrapped>::deserialize(d).map(|w| w.map(|Wrapped(n)| n))
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(n) => s.serialize_str(&n.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 64 * 1024;
+
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/proto-fixtures/twilio/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn connected_fixture() {
+        let msg = parse_inbound(&fixture("connected.json"), LIMIT).unwrap();
+        assert_eq!(msg, InboundMessage::Connected(Connected { protocol: "Call".into(), version: "1.0.0".into() }));
+    }
+
+    #[test]
+    fn start_fixture() {
+        let InboundMessage::Start(start) = parse_inbound(&fixture("start.json"), LIMIT).unwrap() else {
+            panic!("not a start")
+        };
+        assert_eq!(start.sequence_number, Some(1));
+        assert!(start.stream_sid.starts_with("MZ"));
+        assert!(start.start.call_sid.starts_with("CA"));
+        assert_eq!(start.start.tracks, vec!["inbound"]);
+        assert_eq!(start.start.custom_parameters.get("tenant").map(String::as_str), Some("acme"));
+        assert!(start.start.media_format.is_mulaw_8k_mono());
+    }
+
+    #[test]
+    fn media_fixture_decodes_payload() {
+        let InboundMessage::Media(media) = parse_inbound(&fixture("media.json"), LIMIT).unwrap() else {
+            panic!("not media")
+        };
+        assert_eq!(media.sequence_number, Some(3));
+        assert_eq!(media.media.chunk, 1);
+        assert_eq!(media.media.timestamp, 5);
+        assert_eq!(media.media.track, "inbound");
+        let audio = media.media.decode_payload(LIMIT).unwrap();
+        assert_eq!(audio.len(), 160);
+    }
+
+    #[test]
+    fn dtmf_mark_stop_fixtures() {
+        let InboundMessage::Dtmf(dtmf) = parse_inbound(&fixture("dtmf.json"), LIMIT).unwrap() else { panic!() };
+        assert_eq!(dtmf.dtmf.digit, "1");
+        assert_eq!(dtmf.dtmf.track, "inbound_track");
+        let InboundMessage::Mark(mark) = parse_inbound(&fixture("mark.json"), LIMIT).unwrap() else { panic!() };
+        assert_eq!(mark.mark.name, "resp-42-end");
+        let InboundMessage::Stop(stop) = parse_inbound(&fixture("stop.json"), LIMIT).unwrap() else { panic!() };
+        assert!(stop.stop.unwrap().call_sid.starts_with("CA"));
+    }
+
+    #[test]
+    fn outbound_messages_match_documented_shapes() {
+        for (msg, file) in [
+            (OutboundMessage::media("MZ18ad3ab5a668481ce02b83e7395059f0", &[0xFF; 4]), "outbound-media.json"),
+            (OutboundMessage::mark("MZ18ad3ab5a668481ce02b83e7395059f0", "resp-42-end"), "outbound-mark.json"),
+            (OutboundMessage::clear("MZ18ad3ab5a668481ce02b83e7395059f0"), "outbound-clear.json"),
+        ] {
+            let ours: serde_json::Value = serde_json::from_str(&msg.to_json()).unwrap();
+            let documented: serde_json::Value = serde_json::from_str(&fixture(file)).unwrap();
+            assert_eq!(ours, documented, "{file}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_accepted_for_counters() {
+        let text = r#"{"event":"media","sequenceNumber":7,"media":{"track":"inbound","chunk":2,"timestamp":20,"payload":""},"streamSid":"MZ1"}"#;
+        let InboundMessage::Media(m) = parse_inbound(text, LIMIT).unwrap() else { panic!() };
+        assert_eq!((m.sequence_number, m.media.chunk, m.media.timestamp), (Some(7), 2, 20));
+    }
+
+    #[test]
+    fn bad_frames_are_classified() {
+        assert!(matches!(parse_inbound("{not json", LIMIT), Err(ProtocolError::NotJson(_))));
+        assert_eq!(
+            parse_inbound(r#"{"event":"transcription","streamSid":"MZ1"}"#, LIMIT),
+            Err(ProtocolError::UnknownEvent("transcription".into()))
+        );
+        assert!(matches!(
+            parse_inbound(r#"{"event":"media","streamSid":"MZ1"}"#, LIMIT),
+            Err(ProtocolError::Malformed { event, .. }) if event == "media"
+        ));
+        assert!(matches!(
+            parse_inbound(
+                r#"{"event":"media","media":{"chunk":"x","timestamp":"1","payload":""},"streamSid":"MZ1"}"#,
+                LIMIT
+            ),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        assert!(matches!(parse_inbound(&"x".repeat(100), 10), Err(ProtocolError::TooLarge { size: 100, limit: 10 })));
+    }
+
+    #[test]
+    fn bad_payloads_are_refused() {
+        let chunk =
+            |payload: &str| MediaChunk { track: "inbound".into(), chunk: 1, timestamp: 0, payload: payload.into() };
+        assert!(matches!(chunk("!!not base64!!").decode_payload(LIMIT), Err(ProtocolError::BadPayload(_))));
+        assert!(matches!(
+            chunk(&"A".repeat(4000)).decode_payload(1000),
+            Err(ProtocolError::PayloadTooLarge { size: 3000, limit: 1000 })
+        ));
+    }
+}

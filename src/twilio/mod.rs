@@ -1,0 +1,7 @@
+//! Twilio's side of a call as pure protocol: Media Stream messages, request signatures and TwiML.
+//!
+//! Nothing here does I/O, so every piece is tested against the examples in `proto-fixtures/twilio/`.
+
+pub mod messages;
+pub mod signature;
+pub mod twiml;

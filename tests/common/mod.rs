@@ -1,0 +1,62 @@
+//! Shared helpers for the integration tests: a real Parley server on 127.0.0.1 and signed requests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parley::call::echo::EchoFactory;
+use parley::config::{Config, Secret, Secrets};
+use parley::edge::{self, RunningServer};
+use parley::twilio::signature::SignatureValidator;
+use sim_caller::{SimCall, StartOptions};
+
+pub const AUTH_TOKEN: &str = "test-auth-token";
+/// The public URL Twilio is told about; the tests reach the server on 127.0.0.1, as through a proxy.
+pub const PUBLIC_URL: &str = "https://voice.parley.test";
+
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("address");
+    config.server.public_url = Some(PUBLIC_URL.into());
+    config.server.shutdown_grace_secs = 1;
+    config.agent.echo_delay_ms = 100;
+    config
+}
+
+pub fn secrets() -> Secrets {
+    Secrets { twilio_auth_token: Some(Secret::new(AUTH_TOKEN.into())) }
+}
+
+pub async fn start_server(config: Config) -> RunningServer {
+    let factory = Arc::new(EchoFactory { delay: Duration::from_millis(config.agent.echo_delay_ms) });
+    edge::start(config, secrets(), factory).await.expect("server starts")
+}
+
+pub fn validator() -> SignatureValidator {
+    SignatureValidator::new(AUTH_TOKEN)
+}
+
+pub fn media_url(server: &RunningServer) -> String {
+    format!("ws://{}/twilio/media", server.local_addr)
+}
+
+/// The signature Twilio would put on the media upgrade.
+pub fn media_signature() -> String {
+    validator().sign(&format!("{}/twilio/media", PUBLIC_URL.replace("https://", "wss://")), &[])
+}
+
+/// Connects and starts a call the way Twilio would.
+pub async fn place_call(server: &RunningServer) -> SimCall {
+    let mut call = SimCall::connect(&media_url(server), Some(&media_signature())).await.expect("upgrade accepted");
+    call.start(&StartOptions::default()).expect("start sent");
+    call
+}
+
+/// Waits until the registry holds `n` calls.
+pub async fn wait_active(server: &RunningServer, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.registry().active() != n {
+        assert!(tokio::time::Instant::now() < deadline, "expected {n} live calls, have {}", server.registry().active());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
