@@ -23,7 +23,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli::load_config(&cli)?;
     let secrets = Secrets::from_env();
     match cli.command {
-        Command::Check => Ok(if cli::check(&config, &secrets) == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        Command::Check => {
+            Ok(if cli::check(&config, &secrets).await == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Serve => {
             cli::serve(config, secrets).await?;
             Ok(ExitCode::SUCCESS)

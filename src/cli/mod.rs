@@ -1,15 +1,16 @@
 //! The `parley` command line: `serve` runs the proxy, `check` validates the configuration.
 
+pub mod agents;
+
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::call::agent::AgentFactory;
-use crate::call::echo::EchoFactory;
-use crate::config::{AgentKind, Config, ConfigError, Problem, Secrets, Severity};
+use crate::config::{Config, ConfigError, Problem, Secrets, Severity};
 use crate::edge;
+use crate::engine::tools::ToolExecutor;
+use crate::mcp::{McpBridge, McpError, ServerStatus};
 
 #[derive(Debug, Parser)]
 #[command(name = "parley", version, about = "A voice-agent sidecar for Twilio Media Streams")]
@@ -38,6 +39,10 @@ pub enum CliError {
     Invalid(usize),
     #[error(transparent)]
     Edge(#[from] edge::EdgeError),
+    #[error(transparent)]
+    Agent(#[from] agents::AgentSetupError),
+    #[error("MCP bridge: {0}")]
+    Mcp(#[from] McpError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -47,8 +52,8 @@ pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     Config::load(cli.config.as_deref(), std::env::vars())
 }
 
-/// `parley check`: prints every problem; returns how many are errors.
-pub fn check(config: &Config, secrets: &Secrets) -> usize {
+/// `parley check`: prints every problem and which MCP servers and tools are reachable; returns how many errors.
+pub async fn check(config: &Config, secrets: &Secrets) -> usize {
     let problems = config.problems(secrets);
     for Problem { severity, message } in &problems {
         match severity {
@@ -56,7 +61,25 @@ pub fn check(config: &Config, secrets: &Secrets) -> usize {
             Severity::Warning => println!("warning: {message}"),
         }
     }
-    let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
+    let mut errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
+    if !config.mcp.servers.is_empty() && config.mcp.validate().is_ok() {
+        match McpBridge::connect(config.mcp.clone()).await {
+            Ok(bridge) => {
+                let report = bridge.report();
+                print!("{report}");
+                let unreachable = report.servers.iter().filter(|s| s.status != ServerStatus::Up).count();
+                if unreachable > 0 {
+                    println!("error: {unreachable} MCP server(s) unreachable");
+                    errors += unreachable;
+                }
+                bridge.shutdown().await;
+            }
+            Err(err) => {
+                println!("error: mcp: {err}");
+                errors += 1;
+            }
+        }
+    }
     if errors == 0 {
         println!("configuration is valid: listening on {}, agent {:?}", config.server.listen, config.agent.kind);
     }
@@ -76,7 +99,14 @@ pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
     if errors > 0 {
         return Err(CliError::Invalid(errors));
     }
-    let agents = agent_factory(&config);
+    let tools: Option<Arc<dyn ToolExecutor>> = if config.mcp.servers.is_empty() {
+        None
+    } else {
+        let bridge = McpBridge::connect(config.mcp.clone()).await?;
+        tracing::info!("MCP tools:\n{}", bridge.report());
+        Some(Arc::new(bridge))
+    };
+    let agents = agents::agent_factory(&config, tools)?;
     let server = edge::start(config, secrets, agents).await?;
     // Scripts and tests read the bound address from this line.
     println!("parley listening on {}", server.local_addr);
@@ -85,10 +115,4 @@ pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
     server.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn agent_factory(config: &Config) -> Arc<dyn AgentFactory> {
-    match config.agent.kind {
-        AgentKind::Echo => Arc::new(EchoFactory { delay: Duration::from_millis(config.agent.echo_delay_ms) }),
-    }
 }

@@ -3,6 +3,7 @@
 //!
 //! Unknown keys are errors that name the key, so a typo never silently falls back to a default.
 
+pub mod providers;
 mod secrets;
 
 use std::collections::BTreeMap;
@@ -11,7 +12,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use secrets::{Secret, Secrets};
+pub use secrets::{read_secret, Secret, Secrets};
+
+use crate::engine::config::ConversationConfig;
+use crate::mcp::McpConfig;
+use providers::{LlmSection, SttSection, TtsSection};
 
 /// Prefix of environment variables that override file settings: `PARLEY__SERVER__LISTEN=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "PARLEY__";
@@ -37,6 +42,13 @@ pub struct Config {
     pub twilio: TwilioConfig,
     pub audio: AudioConfig,
     pub agent: AgentConfig,
+    /// How the cascade agent converses: prompt, greeting, turn-taking and barge-in thresholds.
+    pub conversation: ConversationConfig,
+    pub stt: SttSection,
+    pub llm: LlmSection,
+    pub tts: TtsSection,
+    /// The backend's MCP servers, whose tools the LLM may call.
+    pub mcp: McpConfig,
 }
 
 /// The HTTP/WebSocket listener and call admission.
@@ -130,6 +142,9 @@ impl Default for AgentConfig {
 pub enum AgentKind {
     /// Plays the caller's audio back after a delay: exercises the whole Twilio edge without any provider.
     Echo,
+    /// The voice agent: streaming STT → LLM → TTS with turn-taking and barge-in, providers from `[stt]`, `[llm]`,
+    /// `[tts]`.
+    Cascade,
 }
 
 impl Config {
@@ -174,12 +189,40 @@ impl Config {
         if !self.twilio.validate_signatures {
             problems.push(Problem::warning("twilio.validate_signatures is off: anyone can place calls through Parley"));
         }
+        if self.agent.kind == AgentKind::Cascade {
+            problems.extend(self.provider_problems());
+        }
+        if let Err(err) = self.mcp.validate() {
+            problems.push(Problem::error(format!("mcp: {err}")));
+        }
         for (name, value) in &self.twilio.stream_parameters {
             if name.len() + value.len() >= crate::twilio::twiml::MAX_PARAMETER_CHARS {
                 problems.push(Problem::error(format!(
                     "twilio.stream_parameters.{name}: name and value together must be under 500 characters"
                 )));
             }
+        }
+        problems
+    }
+}
+
+impl Config {
+    fn provider_problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let key_env = [&self.stt.deepgram.api_key_env, &self.tts.cartesia.api_key_env];
+        for env in key_env {
+            if read_secret(env).is_none() {
+                problems.push(Problem::error(format!("{env} is not set (an API key the cascade agent needs)")));
+            }
+        }
+        if self.tts.cartesia.voice_id.is_empty() {
+            problems.push(Problem::error("tts.cartesia.voice_id is not set"));
+        }
+        if read_secret(&self.llm.openai.api_key_env).is_none() {
+            problems.push(Problem::warning(format!(
+                "{} is not set: LLM requests go without a key (fine for local OpenAI-compatible servers)",
+                self.llm.openai.api_key_env
+            )));
         }
         problems
     }

@@ -27,7 +27,14 @@ pub fn secrets() -> Secrets {
     Secrets { twilio_auth_token: Some(Secret::new(AUTH_TOKEN.into())) }
 }
 
+/// Logs to the test output when RUST_LOG is set.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
 pub async fn start_server(config: Config) -> RunningServer {
+    init_logs();
     let factory = Arc::new(EchoFactory { delay: Duration::from_millis(config.agent.echo_delay_ms) });
     edge::start(config, secrets(), factory).await.expect("server starts")
 }

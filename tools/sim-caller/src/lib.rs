@@ -394,3 +394,20 @@ pub fn tone(frequency_hz: f32, millis: u32, amplitude: i16) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A speech-like μ-law signal (a 150 Hz voice with harmonics, modulated like syllables): what a VAD calls speech.
+pub fn speech(millis: u32) -> Vec<u8> {
+    (0..millis as usize * 8)
+        .map(|i| {
+            let t = i as f32 / 8000.0;
+            let envelope = 0.6 + 0.4 * (t * 4.0 * std::f32::consts::TAU).sin();
+            let voice: f32 = (1..=8).map(|h| (t * 150.0 * h as f32 * std::f32::consts::TAU).sin() / h as f32).sum();
+            parley::audio::mulaw::encode_sample((voice * envelope * 6000.0) as i16)
+        })
+        .collect()
+}
+
+/// Digital silence as μ-law.
+pub fn silence(millis: u32) -> Vec<u8> {
+    vec![0xFF; millis as usize * 8]
+}

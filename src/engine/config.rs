@@ -1,0 +1,43 @@
+//! Settings of the cascade agent that are not about a particular provider.
+
+use serde::Deserialize;
+
+use super::turn::TurnConfig;
+use super::vad::VadAggressiveness;
+
+/// How the agent converses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversationConfig {
+    /// The system prompt: who the agent is and how it talks.
+    pub system_prompt: String,
+    /// Said when the call is answered (empty: the agent waits for the caller).
+    pub greeting: String,
+    /// Said when a provider fails mid-turn, so the caller is never left in silence.
+    pub fallback_line: String,
+    /// Tool rounds per reply before the model must answer in words.
+    pub max_tool_rounds: usize,
+    /// Said while a tool runs longer than `filler_after_ms`, so the caller does not hear dead air.
+    pub filler_line: String,
+    pub filler_after_ms: u64,
+    pub vad_aggressiveness: VadAggressiveness,
+    pub turn: TurnConfig,
+}
+
+impl Default for ConversationConfig {
+    fn default() -> Self {
+        ConversationConfig {
+            system_prompt:
+                "You are a friendly phone agent. You are speaking on a telephone call, so answer in one or two \
+                            short sentences of plain spoken language: no lists, no markdown, no emoji."
+                    .into(),
+            greeting: "Hello, thanks for calling. How can I help you today?".into(),
+            fallback_line: "Sorry, I'm having trouble right now. Could you say that again?".into(),
+            max_tool_rounds: 4,
+            filler_line: "One moment while I check that.".into(),
+            filler_after_ms: 1_000,
+            vad_aggressiveness: VadAggressiveness::Aggressive,
+            turn: TurnConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! One reply of the agent: the LLM stream, cut into speakable pieces, with the tool loop.
+//!
+//! The task streams the model's text into the sentence chunker and reports each piece to the call's engine (which
+//! owns the TTS socket and the playout queue), runs the model's tool calls concurrently and loops until the model
+//! answers without calling tools. It is cancelled by aborting it: dropping the LLM stream aborts the HTTP request and
+//! dropping the tool futures cancels the backend calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::chunker::{ChunkerConfig, SentenceChunker};
+use super::tools::{ToolCallContext, ToolExecutor};
+use crate::llm::history::{append_tool_round, ToolOutcome, ToolResult};
+use crate::llm::{ChatMessage, LanguageModel, LlmError, LlmEvent, LlmRequest, ToolCall, Usage};
+
+/// What a running reply tells the engine.
+#[derive(Debug)]
+pub enum ReplyEvent {
+    LlmRequestSent {
+        at: Instant,
+    },
+    FirstToken {
+        at: Instant,
+    },
+    /// A speakable piece of text, ready for TTS.
+    Piece {
+        text: String,
+        at: Instant,
+    },
+    /// The model called tools; they are running now.
+    ToolsStarted {
+        calls: Vec<ToolCall>,
+    },
+    /// The model called a tool that needs the caller's spoken confirmation first; it was not run.
+    ConfirmationRequested {
+        call: ToolCall,
+    },
+    /// A tool round is complete: the text spoken before the calls, the calls, and their results.
+    ToolRound {
+        calls: Vec<ToolCall>,
+        results: Vec<ToolResult>,
+    },
+    /// The model finished its answer.
+    Done {
+        usage: Option<Usage>,
+    },
+    /// The model failed; the engine speaks the fallback line.
+    Failed {
+        error: LlmError,
+    },
+}
+
+/// Where a reply reports, tagged with the reply's id so the engine can ignore a cancelled reply's stragglers.
+#[derive(Clone)]
+pub struct ReplyEvents {
+    pub reply_id: u64,
+    pub sender: mpsc::UnboundedSender<(u64, ReplyEvent)>,
+}
+
+impl ReplyEvents {
+    fn send(&self, event: ReplyEvent) -> Result<(), ()> {
+        self.sender.send((self.reply_id, event)).map_err(|_| ())
+    }
+}
+
+/// Everything a reply needs.
+pub struct ReplyJob {
+    pub llm: Arc<dyn LanguageModel>,
+    pub tools: Arc<dyn ToolExecutor>,
+    pub history: Vec<ChatMessage>,
+    pub context: ToolCallContext,
+    pub max_tool_rounds: usize,
+    pub chunker: ChunkerConfig,
+    pub cancel: CancellationToken,
+    /// Said when tools take longer than `filler_after`, so the caller does not hear dead air.
+    pub filler_line: String,
+    pub filler_after: Duration,
+    /// Calls the caller confirmed aloud in this turn: (tool name, arguments).
+    pub confirmed: Vec<(String, serde_json::Value)>,
+}
+
+/// What the model is told when a call needs the caller's confirmation first.
+pub const NEEDS_CONFIRMATION: &str =
+    "Not done yet: this action needs the caller's spoken confirmation. Ask the caller \
+    to confirm it, and call the tool again with the same arguments only after they say yes.";
+
+/// Whether a call is one the caller confirmed (same tool, same arguments).
+fn is_confirmed(call: &ToolCall, confirmed: &[(String, serde_json::Value)]) -> bool {
+    let arguments: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or(serde_json::Value::Null);
+    confirmed.iter().any(|(name, args)| *name == call.name && *args == arguments)
+}
+
+/// Runs the reply to completion, reporting on `events`. Returns when the model is done or failed.
+pub async fn run(job: ReplyJob, events: ReplyEvents) {
+    let mut history = job.history;
+    let tool_specs = job.tools.specs();
+    let mut first_token_seen = false;
+    for round in 0..=job.max_tool_rounds {
+        // The last round offers no tools, so the model must answer in words.
+        let tools = if round < job.max_tool_rounds { tool_specs.clone() } else { Vec::new() };
+        let request = LlmRequest { messages: history.clone(), tools };
+        let _ = events.send(ReplyEvent::LlmRequestSent { at: Instant::now() });
+        let mut stream = match job.llm.stream(request).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                let _ = events.send(ReplyEvent::Failed { error });
+                return;
+            }
+        };
+        let mut chunker = SentenceChunker::new(job.chunker);
+        let mut spoken = String::new();
+        let mut calls = Vec::new();
+        let mut usage = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(LlmEvent::TextDelta(delta)) => {
+                    if !first_token_seen {
+                        first_token_seen = true;
+                        let _ = events.send(ReplyEvent::FirstToken { at: Instant::now() });
+                    }
+                    spoken.push_str(&delta);
+                    for text in chunker.push(&delta) {
+                        let _ = events.send(ReplyEvent::Piece { text, at: Instant::now() });
+                    }
+                }
+                Ok(LlmEvent::ToolCalls(made)) => calls = made,
+                Ok(LlmEvent::Finished { usage: u, .. }) => usage = u,
+                Err(error) => {
+                    let _ = events.send(ReplyEvent::Failed { error });
+                    return;
+                }
+            }
+        }
+        if let Some(text) = chunker.finish() {
+            let _ = events.send(ReplyEvent::Piece { text, at: Instant::now() });
+        }
+        if calls.is_empty() {
+            let _ = events.send(ReplyEvent::Done { usage });
+            return;
+        }
+        let _ = events.send(ReplyEvent::ToolsStarted { calls: calls.clone() });
+        let (held, runnable): (Vec<ToolCall>, Vec<ToolCall>) = calls
+            .iter()
+            .cloned()
+            .partition(|call| job.tools.needs_confirmation(&call.name) && !is_confirmed(call, &job.confirmed));
+        let mut results: Vec<ToolResult> = held
+            .into_iter()
+            .map(|call| {
+                let call_id = call.id.clone();
+                let _ = events.send(ReplyEvent::ConfirmationRequested { call });
+                ToolResult { call_id, outcome: ToolOutcome::Error(NEEDS_CONFIRMATION.into()) }
+            })
+            .collect();
+        let running = run_tools(&job.tools, &runnable, &job.context, &job.cancel);
+        tokio::pin!(running);
+        let ran = tokio::select! {
+            ran = &mut running => ran,
+            () = tokio::time::sleep(job.filler_after), if !runnable.is_empty() && !job.filler_line.is_empty() => {
+                let _ = events.send(ReplyEvent::Piece { text: format!("{} ", job.filler_line), at: Instant::now() });
+                running.await
+            }
+        };
+        results.extend(ran);
+        append_tool_round(&mut history, &spoken, &calls, &results);
+        let _ = events.send(ReplyEvent::ToolRound { calls, results });
+    }
+}
+
+/// Runs every call of one round concurrently.
+async fn run_tools(
+    tools: &Arc<dyn ToolExecutor>,
+    calls: &[ToolCall],
+    context: &ToolCallContext,
+    cancel: &CancellationToken,
+) -> Vec<ToolResult> {
+    let runs = calls.iter().map(|call| async move {
+        let outcome = tools.call(call, context, cancel.child_token()).await;
+        let outcome =
+            if outcome.is_error { ToolOutcome::Error(outcome.content) } else { ToolOutcome::Output(outcome.content) };
+        ToolResult { call_id: call.id.clone(), outcome }
+    });
+    futures_util::future::join_all(runs).await
+}

@@ -1,0 +1,429 @@
+//! Turn-taking: when has the caller finished, and when are they interrupting the agent?
+//!
+//! A pure state machine fed with VAD verdicts, the STT's events and the clock; it answers with decisions and does no
+//! I/O, so every rule is unit-tested. End of turn follows a configurable strategy:
+//! - `stt`: the provider's endpointing — join every final piece until one has `speech_final`; `UtteranceEnd` is the
+//!   backstop when `speech_final` never comes.
+//! - `vad`: Parley's own silence timeout — after `vad_silence_ms` of silence ask the STT to finalize, and end the turn
+//!   on the flushed result (or after `finalize_timeout_ms` with what is there).
+//!
+//! Barge-in: while the agent speaks, caller speech that lasts `barge_in_min_speech_ms` (and, optionally, carries
+//! `barge_in_min_words` words that are not all backchannels like "uh-huh") interrupts it. Shorter noise does not.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::audio::FRAME_MILLIS;
+use crate::stt::Transcript;
+
+/// How the end of the caller's turn is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnStrategy {
+    /// Parley's silence timeout, then an STT finalize.
+    Vad,
+    /// The STT provider's endpointing (`speech_final`, `UtteranceEnd`).
+    #[default]
+    Stt,
+}
+
+/// Thresholds for turn-taking and barge-in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    pub strategy: TurnStrategy,
+    /// Voiced audio needed before Parley believes the caller is speaking.
+    pub min_speech_ms: u64,
+    /// `vad` strategy: silence that ends the caller's speech.
+    pub vad_silence_ms: u64,
+    /// `vad` strategy: how long to wait for the STT's finalized text.
+    pub finalize_timeout_ms: u64,
+    /// Caller speech during agent audio that interrupts it.
+    pub barge_in_min_speech_ms: u64,
+    /// Words of interim transcript that must confirm a barge-in (0: VAD alone decides, fastest).
+    pub barge_in_min_words: usize,
+    /// Words that never interrupt the agent on their own, and are not a turn while the agent speaks.
+    pub backchannels: Vec<String>,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            strategy: TurnStrategy::Stt,
+            min_speech_ms: 100,
+            vad_silence_ms: 500,
+            finalize_timeout_ms: 800,
+            barge_in_min_speech_ms: 140,
+            barge_in_min_words: 0,
+            backchannels: [
+                "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "yeah", "yes", "yep", "okay", "ok", "right", "sure",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// What the turn detector decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TurnDecision {
+    /// The caller started speaking (VAD onset, back-dated to the first voiced frame).
+    SpeechStarted { onset: Instant },
+    /// `vad` strategy: ask the STT to flush what it heard.
+    RequestFinalize,
+    /// The caller interrupts the agent: clear audio and cancel the reply now.
+    BargeIn { onset: Instant },
+    /// The caller's turn is over.
+    EndOfTurn(EndOfTurn),
+}
+
+/// A finished caller turn, with the timestamps latency accounting needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndOfTurn {
+    pub text: String,
+    /// Last voiced frame of the caller, by VAD.
+    pub speech_ended_at: Option<Instant>,
+    /// When the final transcript that completed the turn arrived.
+    pub final_at: Instant,
+}
+
+/// The turn-taking state of one call.
+#[derive(Debug)]
+pub struct TurnDetector {
+    config: TurnConfig,
+    agent_speaking: bool,
+    in_speech: bool,
+    voiced_run_ms: u64,
+    unvoiced_run_ms: u64,
+    onset: Option<Instant>,
+    last_voiced_at: Option<Instant>,
+    barged_in: bool,
+    finals: Vec<String>,
+    interim: String,
+    awaiting_finalize_since: Option<Instant>,
+}
+
+const FRAME_MS: u64 = FRAME_MILLIS as u64;
+
+impl TurnDetector {
+    pub fn new(config: TurnConfig) -> Self {
+        TurnDetector {
+            config,
+            agent_speaking: false,
+            in_speech: false,
+            voiced_run_ms: 0,
+            unvoiced_run_ms: 0,
+            onset: None,
+            last_voiced_at: None,
+            barged_in: false,
+            finals: Vec::new(),
+            interim: String::new(),
+            awaiting_finalize_since: None,
+        }
+    }
+
+    pub fn config(&self) -> &TurnConfig {
+        &self.config
+    }
+
+    /// Whether the agent's audio is playing (or about to): speech now would be a barge-in.
+    pub fn set_agent_speaking(&mut self, speaking: bool) {
+        self.agent_speaking = speaking;
+        if !speaking {
+            self.barged_in = false;
+        }
+    }
+
+    /// The caller is speaking now, by VAD.
+    pub fn caller_speaking(&self) -> bool {
+        self.in_speech
+    }
+
+    /// Forgets words heard so far (their recognition session was lost). Returns whether there were any.
+    pub fn discard_pending(&mut self) -> bool {
+        let had_words = !self.finals.is_empty() || !self.interim.trim().is_empty();
+        self.finals.clear();
+        self.interim.clear();
+        self.awaiting_finalize_since = None;
+        had_words
+    }
+
+    /// One 20 ms VAD verdict, observed at `now`.
+    pub fn on_vad(&mut self, voiced: bool, now: Instant) -> Vec<TurnDecision> {
+        let mut decisions = Vec::new();
+        if voiced {
+            self.voiced_run_ms += FRAME_MS;
+            self.unvoiced_run_ms = 0;
+            self.last_voiced_at = Some(now);
+            if !self.in_speech && self.voiced_run_ms >= self.config.min_speech_ms {
+                self.in_speech = true;
+                self.awaiting_finalize_since = None;
+                let onset = now - Duration::from_millis(self.voiced_run_ms - FRAME_MS);
+                self.onset = Some(onset);
+                decisions.push(TurnDecision::SpeechStarted { onset });
+            }
+        } else {
+            self.unvoiced_run_ms += FRAME_MS;
+            // Speech has short gaps between syllables; only two silent frames in a row break a run.
+            if self.unvoiced_run_ms >= 2 * FRAME_MS && !self.in_speech {
+                self.voiced_run_ms = 0;
+            }
+            if self.in_speech && self.unvoiced_run_ms >= self.config.vad_silence_ms {
+                self.in_speech = false;
+                self.voiced_run_ms = 0;
+                if self.config.strategy == TurnStrategy::Vad {
+                    self.awaiting_finalize_since = Some(now);
+                    decisions.push(TurnDecision::RequestFinalize);
+                }
+            }
+        }
+        if voiced {
+            decisions.extend(self.check_barge_in());
+        }
+        decisions
+    }
+
+    /// A transcript from the STT.
+    pub fn on_transcript(&mut self, transcript: &Transcript, now: Instant) -> Vec<TurnDecision> {
+        let mut decisions = Vec::new();
+        if !transcript.is_final {
+            self.interim = transcript.text.clone();
+            decisions.extend(self.check_barge_in());
+            return decisions;
+        }
+        self.interim.clear();
+        if !transcript.text.trim().is_empty() {
+            self.finals.push(transcript.text.trim().to_owned());
+        }
+        decisions.extend(self.check_barge_in());
+        let ends_turn = match self.config.strategy {
+            TurnStrategy::Stt => transcript.speech_final,
+            TurnStrategy::Vad => transcript.from_finalize && self.awaiting_finalize_since.is_some(),
+        };
+        if ends_turn {
+            decisions.extend(self.end_turn(now));
+        }
+        decisions
+    }
+
+    /// The provider saw a gap after the last final word: the backstop for a missing `speech_final`.
+    pub fn on_utterance_end(&mut self, now: Instant) -> Vec<TurnDecision> {
+        self.end_turn(now).into_iter().collect()
+    }
+
+    /// Time passing: ends a `vad` turn whose finalized text did not come in time.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<TurnDecision> {
+        match self.awaiting_finalize_since {
+            Some(since) if now.duration_since(since) >= Duration::from_millis(self.config.finalize_timeout_ms) => {
+                if self.finals.is_empty() && !self.interim.trim().is_empty() {
+                    self.finals.push(std::mem::take(&mut self.interim));
+                }
+                self.end_turn(now).into_iter().collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// When the next [`TurnDetector::on_tick`] could decide something.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.awaiting_finalize_since.map(|since| since + Duration::from_millis(self.config.finalize_timeout_ms))
+    }
+
+    fn end_turn(&mut self, now: Instant) -> Option<TurnDecision> {
+        self.awaiting_finalize_since = None;
+        // Whatever the VAD still counts belongs to this turn; speech after it needs a fresh onset.
+        self.in_speech = false;
+        self.voiced_run_ms = 0;
+        let text = std::mem::take(&mut self.finals).join(" ");
+        self.interim.clear();
+        if text.trim().is_empty() {
+            return None;
+        }
+        if self.agent_speaking && !self.barged_in && self.is_backchannel(&text) {
+            tracing::debug!(%text, "backchannel while the agent speaks; not a turn");
+            return None;
+        }
+        Some(TurnDecision::EndOfTurn(EndOfTurn { text, speech_ended_at: self.last_voiced_at, final_at: now }))
+    }
+
+    fn check_barge_in(&mut self) -> Option<TurnDecision> {
+        if !self.agent_speaking || self.barged_in || !self.in_speech {
+            return None;
+        }
+        let onset = self.onset?;
+        if self.voiced_run_ms < self.config.barge_in_min_speech_ms {
+            return None;
+        }
+        if self.config.barge_in_min_words > 0 {
+            let heard = format!("{} {}", self.finals.join(" "), self.interim);
+            if word_count(&heard) < self.config.barge_in_min_words || self.is_backchannel(&heard) {
+                return None;
+            }
+        }
+        self.barged_in = true;
+        Some(TurnDecision::BargeIn { onset })
+    }
+
+    /// Every word is a backchannel ("uh-huh", "yeah okay").
+    fn is_backchannel(&self, text: &str) -> bool {
+        let normalized: String =
+            text.to_lowercase().chars().filter(|c| c.is_alphanumeric() || c.is_whitespace() || *c == '-').collect();
+        let normalized = normalized.trim();
+        if normalized.is_empty() {
+            return true;
+        }
+        if self.config.backchannels.iter().any(|b| b == normalized) {
+            return true;
+        }
+        normalized.split_whitespace().all(|w| self.config.backchannels.iter().any(|b| b == w))
+    }
+}
+
+fn word_count(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transcript(text: &str, is_final: bool, speech_final: bool) -> Transcript {
+        Transcript { text: text.into(), is_final, speech_final, from_finalize: false, start: 0.0, duration: 1.0 }
+    }
+
+    /// Feeds `frames` VAD verdicts 20 ms apart starting at `*now`; returns every decision.
+    fn feed(d: &mut TurnDetector, now: &mut Instant, voiced: bool, frames: usize) -> Vec<TurnDecision> {
+        let mut out = Vec::new();
+        for _ in 0..frames {
+            *now += Duration::from_millis(20);
+            out.extend(d.on_vad(voiced, *now));
+        }
+        out
+    }
+
+    #[test]
+    fn stt_strategy_joins_finals_until_speech_final() {
+        let mut d = TurnDetector::new(TurnConfig::default());
+        let mut now = Instant::now();
+        let started = feed(&mut d, &mut now, true, 10);
+        assert!(matches!(started.as_slice(), [TurnDecision::SpeechStarted { .. }]));
+        assert!(d.on_transcript(&transcript("where is", false, false), now).is_empty());
+        assert!(d.on_transcript(&transcript("Where is my", true, false), now).is_empty());
+        let end = d.on_transcript(&transcript("order 456?", true, true), now);
+        match end.as_slice() {
+            [TurnDecision::EndOfTurn(eot)] => {
+                assert_eq!(eot.text, "Where is my order 456?");
+                assert!(eot.speech_ended_at.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn utterance_end_is_the_backstop() {
+        let mut d = TurnDetector::new(TurnConfig::default());
+        let now = Instant::now();
+        d.on_transcript(&transcript("cancel my order", true, false), now);
+        assert!(
+            matches!(d.on_utterance_end(now).as_slice(), [TurnDecision::EndOfTurn(e)] if e.text == "cancel my order")
+        );
+        assert!(d.on_utterance_end(now).is_empty(), "nothing left to end");
+    }
+
+    #[test]
+    fn vad_strategy_finalizes_after_silence() {
+        let config = TurnConfig { strategy: TurnStrategy::Vad, vad_silence_ms: 200, ..TurnConfig::default() };
+        let mut d = TurnDetector::new(config);
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        d.on_transcript(&transcript("book a table", true, false), now);
+        assert!(feed(&mut d, &mut now, false, 9).is_empty());
+        assert_eq!(feed(&mut d, &mut now, false, 1), vec![TurnDecision::RequestFinalize]);
+        let flushed = Transcript { from_finalize: true, ..transcript("for two", true, false) };
+        assert!(
+            matches!(d.on_transcript(&flushed, now).as_slice(), [TurnDecision::EndOfTurn(e)] if e.text == "book a table for two")
+        );
+    }
+
+    #[test]
+    fn vad_strategy_times_out_waiting_for_the_finalize() {
+        let config = TurnConfig {
+            strategy: TurnStrategy::Vad,
+            vad_silence_ms: 100,
+            finalize_timeout_ms: 300,
+            ..TurnConfig::default()
+        };
+        let mut d = TurnDetector::new(config);
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 10);
+        d.on_transcript(&transcript("hello there", false, false), now);
+        feed(&mut d, &mut now, false, 5);
+        let deadline = d.next_deadline().expect("waiting for finalize");
+        assert!(d.on_tick(deadline - Duration::from_millis(1)).is_empty());
+        assert!(matches!(d.on_tick(deadline).as_slice(), [TurnDecision::EndOfTurn(e)] if e.text == "hello there"));
+    }
+
+    #[test]
+    fn sustained_speech_during_agent_audio_barges_in_once() {
+        let mut d = TurnDetector::new(TurnConfig::default());
+        d.set_agent_speaking(true);
+        let mut now = Instant::now();
+        let t0 = now;
+        let decisions = feed(&mut d, &mut now, true, 7); // 140 ms
+        let barge: Vec<_> = decisions.iter().filter(|x| matches!(x, TurnDecision::BargeIn { .. })).collect();
+        assert_eq!(barge.len(), 1, "{decisions:?}");
+        if let TurnDecision::BargeIn { onset } = barge[0] {
+            assert_eq!(*onset, t0 + Duration::from_millis(20), "onset is the first voiced frame");
+        }
+        assert!(!feed(&mut d, &mut now, true, 20).iter().any(|x| matches!(x, TurnDecision::BargeIn { .. })));
+    }
+
+    #[test]
+    fn short_noise_does_not_barge_in() {
+        let mut d = TurnDetector::new(TurnConfig::default());
+        d.set_agent_speaking(true);
+        let mut now = Instant::now();
+        for _ in 0..5 {
+            let decisions = [feed(&mut d, &mut now, true, 3), feed(&mut d, &mut now, false, 10)].concat();
+            assert!(!decisions.iter().any(|x| matches!(x, TurnDecision::BargeIn { .. })), "{decisions:?}");
+        }
+    }
+
+    #[test]
+    fn word_confirmation_ignores_backchannels() {
+        let config = TurnConfig { barge_in_min_words: 2, ..TurnConfig::default() };
+        let mut d = TurnDetector::new(config);
+        d.set_agent_speaking(true);
+        let mut now = Instant::now();
+        assert!(!feed(&mut d, &mut now, true, 15).iter().any(|x| matches!(x, TurnDecision::BargeIn { .. })));
+        assert!(d.on_transcript(&transcript("uh-huh yeah", false, false), now).is_empty());
+        // The backchannel ends as a "turn" while the agent speaks: ignored.
+        assert!(d.on_transcript(&transcript("Uh-huh, yeah.", true, true), now).is_empty());
+        feed(&mut d, &mut now, true, 8);
+        let decisions = d.on_transcript(&transcript("wait stop", false, false), now);
+        assert!(matches!(decisions.as_slice(), [TurnDecision::BargeIn { .. }]), "{decisions:?}");
+    }
+
+    #[test]
+    fn the_tail_of_a_finished_turn_does_not_barge_in_on_the_reply() {
+        let mut d = TurnDetector::new(TurnConfig::default());
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 30);
+        assert!(matches!(d.on_transcript(&transcript("hi", true, true), now).as_slice(), [TurnDecision::EndOfTurn(_)]));
+        d.set_agent_speaking(true);
+        let decisions = [feed(&mut d, &mut now, true, 2), feed(&mut d, &mut now, false, 30)].concat();
+        assert!(!decisions.iter().any(|x| matches!(x, TurnDecision::BargeIn { .. })), "{decisions:?}");
+    }
+
+    #[test]
+    fn backchannel_is_a_turn_when_the_agent_is_silent() {
+        let mut d = TurnDetector::new(TurnConfig::default());
+        let now = Instant::now();
+        assert!(matches!(
+            d.on_transcript(&transcript("yeah", true, true), now).as_slice(),
+            [TurnDecision::EndOfTurn(_)]
+        ));
+    }
+}

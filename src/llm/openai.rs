@@ -1,0 +1,474 @@
+//! OpenAI-compatible Chat Completions streaming.
+//!
+//! One client serves OpenAI and every server that speaks its shape (Groq, vLLM, Ollama, llama.cpp's `llama-server`,
+//! LiteLLM, …): only [`OpenAiConfig::base_url`] and a few request options differ. The work is split in three:
+//! [`request`] builds the JSON body (pure), [`stream`] decodes the event stream into [`LlmEvent`]s (pure), and this
+//! module does the HTTP: timeouts, error bodies, and cancellation — dropping the [`LlmStream`] drops the response
+//! body, which closes the connection, which is how the server learns the caller barged in.
+
+pub mod request;
+pub mod stream;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use tokio::time::Instant;
+use url::Url;
+
+pub use request::{build_body, wire_tool_name, ToolNames};
+pub use stream::ChunkDecoder;
+
+use super::sse::{SseEvent, SseParser};
+use super::{LanguageModel, LlmError, LlmEvent, LlmRequest, LlmStream};
+
+/// How long to keep reading after `data: [DONE]` for the end of the body, so the connection can be reused for the
+/// next turn (saving a TLS handshake) instead of being closed.
+const DRAIN_AFTER_DONE: Duration = Duration::from_millis(250);
+
+/// Which request field carries the output token limit: newer OpenAI models want `max_completion_tokens`, older
+/// models and many self-hosted servers only know `max_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MaxTokensParam {
+    #[default]
+    MaxCompletionTokens,
+    MaxTokens,
+}
+
+/// Settings of one OpenAI-compatible endpoint.
+#[derive(Clone)]
+pub struct OpenAiConfig {
+    /// Provider label for logs, spans and errors (e.g. "openai", "groq", "vllm").
+    pub provider: &'static str,
+    /// API root, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`. A bare host gets `/v1`; a URL that
+    /// already ends in `/chat/completions` is used as is; a query string (Azure's `api-version`) is kept.
+    pub base_url: String,
+    /// Bearer token; `None` for local servers that need none. Never printed by `Debug`.
+    pub api_key: Option<String>,
+    /// Model name sent with every request.
+    pub model: String,
+    /// Sampling temperature; `None` leaves the server's default.
+    pub temperature: Option<f64>,
+    /// Output token limit; `None` sends none.
+    pub max_completion_tokens: Option<u32>,
+    /// Field name used for [`Self::max_completion_tokens`].
+    pub max_tokens_param: MaxTokensParam,
+    /// Send `stream_options: {include_usage: true}` to get token usage; some servers reject the option.
+    pub include_usage: bool,
+    /// Send `parallel_tool_calls` when tools are offered; `None` leaves it out (not every server knows it).
+    pub parallel_tool_calls: Option<bool>,
+    /// Limit for establishing the TCP/TLS connection.
+    pub connect_timeout: Duration,
+    /// Limit from sending the request to the first bytes of the response body.
+    pub first_byte_timeout: Duration,
+    /// Longest silence allowed between two pieces of the body once it has started.
+    pub idle_timeout: Duration,
+    /// Extra headers sent with every request (e.g. `OpenAI-Organization`, or `api-key` for Azure). Their values are
+    /// never printed by `Debug`.
+    pub extra_headers: Vec<(String, String)>,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            provider: "openai",
+            base_url: "https://api.openai.com/v1".into(),
+            api_key: None,
+            model: "gpt-4o-mini".into(),
+            temperature: None,
+            max_completion_tokens: None,
+            max_tokens_param: MaxTokensParam::default(),
+            include_usage: true,
+            parallel_tool_calls: None,
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(15),
+            extra_headers: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.extra_headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("OpenAiConfig")
+            .field("provider", &self.provider)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("model", &self.model)
+            .field("temperature", &self.temperature)
+            .field("max_completion_tokens", &self.max_completion_tokens)
+            .field("max_tokens_param", &self.max_tokens_param)
+            .field("include_usage", &self.include_usage)
+            .field("parallel_tool_calls", &self.parallel_tool_calls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("extra_headers", &header_names)
+            .finish()
+    }
+}
+
+/// Why an [`OpenAiCompatible`] client could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenAiConfigError {
+    #[error("invalid base_url {url:?}: {detail}")]
+    BaseUrl { url: String, detail: String },
+    #[error("invalid extra header {name:?}: {detail}")]
+    Header { name: String, detail: String },
+    #[error("the api_key contains characters that cannot be sent in an HTTP header")]
+    ApiKey,
+    #[error("could not build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// A streaming Chat Completions client for OpenAI and OpenAI-compatible servers.
+pub struct OpenAiCompatible {
+    config: OpenAiConfig,
+    endpoint: Url,
+    headers: HeaderMap,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for OpenAiCompatible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiCompatible")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl OpenAiCompatible {
+    /// Validates the configuration and builds the HTTP client (connections are pooled across turns of a call).
+    pub fn new(config: OpenAiConfig) -> Result<Self, OpenAiConfigError> {
+        let endpoint = chat_completions_url(&config.base_url)?;
+        let headers = request_headers(&config)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|error| OpenAiConfigError::Client(describe(&error)))?;
+        Ok(OpenAiCompatible { config, endpoint, headers, http })
+    }
+
+    /// The full URL requests are posted to.
+    pub fn endpoint(&self) -> &str {
+        self.endpoint.as_str()
+    }
+
+    /// The configuration this client was built from.
+    pub fn config(&self) -> &OpenAiConfig {
+        &self.config
+    }
+
+    fn timeout(&self, limit: Duration) -> LlmError {
+        LlmError::Timeout { provider: self.config.provider, millis: millis(limit) }
+    }
+
+    /// Turns a non-success response into [`LlmError::Http`] carrying the message of the provider's error body.
+    async fn http_error(&self, response: reqwest::Response) -> LlmError {
+        let status = response.status().as_u16();
+        let retry_after = header_text(response.headers(), RETRY_AFTER);
+        let body = match tokio::time::timeout(self.config.first_byte_timeout, response.text()).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(error)) => format!("(error body unreadable: {})", describe(&error)),
+            Err(_) => "(error body not received in time)".into(),
+        };
+        let mut detail = stream::error_message_from_text(&body);
+        if let Some(seconds) = retry_after {
+            detail.push_str(&format!("; retry after {seconds} s"));
+        }
+        LlmError::Http { provider: self.config.provider, status, detail }
+    }
+
+    /// A 200 answer that is JSON rather than an event stream: an error object, or a server ignoring `stream: true`.
+    async fn json_instead_of_stream(&self, response: reqwest::Response) -> LlmError {
+        let provider = self.config.provider;
+        let body = tokio::time::timeout(self.config.first_byte_timeout, response.text()).await;
+        let body = match body {
+            Ok(Ok(body)) => body,
+            _ => String::new(),
+        };
+        match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(value) if value.get("error").is_some_and(|e| !e.is_null()) => {
+                LlmError::Provider { provider, detail: stream::error_message_from_text(&body) }
+            }
+            _ => LlmError::Protocol {
+                provider,
+                detail: "answered with JSON instead of an event stream (does the server support stream: true?)".into(),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl LanguageModel for OpenAiCompatible {
+    fn name(&self) -> &'static str {
+        self.config.provider
+    }
+
+    fn model(&self) -> &str {
+        &self.config.model
+    }
+
+    async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
+        let provider = self.config.provider;
+        let body = build_body(&self.config, &request);
+        let names = ToolNames::for_request(&request);
+        let deadline = Instant::now() + self.config.first_byte_timeout;
+        let send = self.http.post(self.endpoint.clone()).headers(self.headers.clone()).json(&body).send();
+        let response = match tokio::time::timeout_at(deadline, send).await {
+            Err(_) => return Err(self.timeout(self.config.first_byte_timeout)),
+            Ok(Err(error)) => return Err(LlmError::Connect { provider, detail: describe(&error) }),
+            Ok(Ok(response)) => response,
+        };
+        if !response.status().is_success() {
+            return Err(self.http_error(response).await);
+        }
+        if header_text(response.headers(), CONTENT_TYPE).is_some_and(|t| t.starts_with("application/json")) {
+            return Err(self.json_instead_of_stream(response).await);
+        }
+        let request_id = header_text(response.headers(), HeaderName::from_static("x-request-id"));
+        tracing::debug!(provider, model = %self.config.model, request_id = ?request_id, "llm stream accepted");
+        let driver = Driver {
+            provider,
+            body: Box::pin(response.bytes_stream()),
+            body_ended: false,
+            sse: SseParser::new(),
+            decoder: Some(ChunkDecoder::new(provider, names)),
+            queue: VecDeque::new(),
+            request_id,
+            first_byte_deadline: Some(deadline),
+            first_byte_timeout: self.config.first_byte_timeout,
+            idle_timeout: self.config.idle_timeout,
+            failed: false,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(driver, |mut driver| async move {
+            driver.next().await.map(|item| (item, driver))
+        })))
+    }
+}
+
+/// Reads the response body and turns it into events. Owning the body is what makes cancellation work: when the
+/// caller drops the stream, the driver and its body go with it and the connection is closed.
+struct Driver {
+    provider: &'static str,
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    body_ended: bool,
+    sse: SseParser,
+    /// `None` once the response is over (finished or failed).
+    decoder: Option<ChunkDecoder>,
+    queue: VecDeque<Result<LlmEvent, LlmError>>,
+    request_id: Option<String>,
+    /// Set until the first body bytes arrive.
+    first_byte_deadline: Option<Instant>,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+    failed: bool,
+}
+
+impl Driver {
+    async fn next(&mut self) -> Option<Result<LlmEvent, LlmError>> {
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                return Some(item);
+            }
+            match &self.decoder {
+                None => {
+                    self.drain().await;
+                    return None;
+                }
+                Some(decoder) if decoder.is_done() => self.end(),
+                Some(_) => self.read().await,
+            }
+        }
+    }
+
+    /// Waits for the next piece of the body (within the applicable timeout) and decodes it.
+    async fn read(&mut self) {
+        let (deadline, limit) = match self.first_byte_deadline {
+            Some(deadline) => (deadline, self.first_byte_timeout),
+            None => (Instant::now() + self.idle_timeout, self.idle_timeout),
+        };
+        match tokio::time::timeout_at(deadline, self.body.next()).await {
+            Err(_) => self.fail(LlmError::Timeout { provider: self.provider, millis: millis(limit) }),
+            Ok(Some(Ok(bytes))) => {
+                self.first_byte_deadline = None;
+                let events = self.sse.push(&bytes);
+                self.decode(events);
+            }
+            Ok(Some(Err(error))) => {
+                self.body_ended = true;
+                let detail = format!("the stream was interrupted: {}", describe(&error));
+                self.fail(LlmError::Connect { provider: self.provider, detail });
+            }
+            Ok(None) => {
+                self.body_ended = true;
+                let events = self.sse.finish();
+                self.decode(events);
+                self.end();
+            }
+        }
+    }
+
+    fn decode(&mut self, events: Vec<SseEvent>) {
+        for event in events {
+            let Some(decoder) = self.decoder.as_mut() else { return };
+            if decoder.is_done() {
+                return;
+            }
+            match decoder.on_event(&event) {
+                Ok(deltas) => self.queue.extend(deltas.into_iter().map(Ok)),
+                Err(error) => self.fail(error),
+            }
+        }
+    }
+
+    /// Queues the end of the response (tool calls and finish, or the truncation error).
+    fn end(&mut self) {
+        if let Some(decoder) = self.decoder.take() {
+            match decoder.finish(self.request_id.take()) {
+                Ok(events) => self.queue.extend(events.into_iter().map(Ok)),
+                Err(error) => self.fail(error),
+            }
+        }
+    }
+
+    fn fail(&mut self, error: LlmError) {
+        tracing::debug!(provider = self.provider, %error, "llm stream failed");
+        self.decoder = None;
+        self.failed = true;
+        self.queue.push_back(Err(error));
+    }
+
+    /// After a clean end, reads what is left of the body for a moment so the connection returns to the pool.
+    async fn drain(&mut self) {
+        if self.body_ended || self.failed {
+            return;
+        }
+        self.body_ended = true;
+        let body = &mut self.body;
+        let _ =
+            tokio::time::timeout(DRAIN_AFTER_DONE, async move { while let Some(Ok(_)) = body.next().await {} }).await;
+    }
+}
+
+/// The URL to post to, derived from the configured API root.
+pub fn chat_completions_url(base_url: &str) -> Result<Url, OpenAiConfigError> {
+    let invalid = |detail: String| OpenAiConfigError::BaseUrl { url: base_url.to_owned(), detail };
+    let mut url = Url::parse(base_url.trim()).map_err(|error| invalid(error.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https".into()));
+    }
+    let path = url.path().trim_end_matches('/').to_owned();
+    let path = if path.ends_with("/chat/completions") {
+        path
+    } else if path.is_empty() {
+        "/v1/chat/completions".to_owned()
+    } else {
+        format!("{path}/chat/completions")
+    };
+    url.set_path(&path);
+    Ok(url)
+}
+
+fn request_headers(config: &OpenAiConfig) -> Result<HeaderMap, OpenAiConfigError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    if let Some(key) = config.api_key.as_deref().filter(|key| !key.is_empty()) {
+        let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| OpenAiConfigError::ApiKey)?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    for (name, value) in &config.extra_headers {
+        let invalid = |detail: String| OpenAiConfigError::Header { name: name.clone(), detail };
+        let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|error| invalid(error.to_string()))?;
+        let mut header_value =
+            HeaderValue::from_str(value).map_err(|_| invalid("invalid characters in the value".into()))?;
+        header_value.set_sensitive(true);
+        headers.insert(header_name, header_value);
+    }
+    Ok(headers)
+}
+
+fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
+    headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An error with its causes: reqwest's own message ("error sending request") alone does not say what went wrong.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_is_derived_from_the_base_url() {
+        let url = |base: &str| chat_completions_url(base).map(|u| u.to_string()).unwrap_or_else(|e| e.to_string());
+        assert_eq!(url("https://api.openai.com/v1"), "https://api.openai.com/v1/chat/completions");
+        assert_eq!(url("https://api.groq.com/openai/v1/"), "https://api.groq.com/openai/v1/chat/completions");
+        assert_eq!(url("http://127.0.0.1:11434"), "http://127.0.0.1:11434/v1/chat/completions");
+        assert_eq!(url("http://localhost:8080/v1/chat/completions"), "http://localhost:8080/v1/chat/completions");
+        assert_eq!(
+            url("https://x.openai.azure.com/openai/deployments/d?api-version=2024-10-21"),
+            "https://x.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21"
+        );
+        assert!(chat_completions_url("ftp://example.com").is_err());
+        assert!(chat_completions_url("not a url").is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config = OpenAiConfig {
+            api_key: Some("sk-secret-value".into()),
+            extra_headers: vec![("api-key".into(), "azure-secret".into())],
+            ..OpenAiConfig::default()
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("sk-secret-value") && !printed.contains("azure-secret"), "{printed}");
+        assert!(printed.contains("api-key"));
+        let client = OpenAiCompatible::new(config);
+        let printed = format!("{client:?}");
+        assert!(client.is_ok(), "{printed}");
+        assert!(!printed.contains("sk-secret-value") && !printed.contains("azure-secret"), "{printed}");
+    }
+
+    #[test]
+    fn headers_carry_the_key_only_when_configured() {
+        let with_key = OpenAiConfig { api_key: Some("sk-1".into()), ..OpenAiConfig::default() };
+        let headers = request_headers(&with_key).unwrap_or_default();
+        assert_eq!(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()), Some("Bearer sk-1"));
+        let headers = request_headers(&OpenAiConfig::default()).unwrap_or_default();
+        assert!(headers.get(AUTHORIZATION).is_none());
+        assert_eq!(headers.get(ACCEPT).and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    }
+
+    #[test]
+    fn invalid_configuration_is_rejected() {
+        let bad_header =
+            OpenAiConfig { extra_headers: vec![("bad header".into(), "x".into())], ..OpenAiConfig::default() };
+        assert!(matches!(OpenAiCompatible::new(bad_header), Err(OpenAiConfigError::Header { .. })));
+        let bad_key = OpenAiConfig { api_key: Some("sk\nnewline".into()), ..OpenAiConfig::default() };
+        let error = OpenAiCompatible::new(bad_key).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("api_key") && !error.contains("newline"), "{error}");
+    }
+}

@@ -1,0 +1,784 @@
+//! Fake Deepgram live (`/v1/listen`) server.
+//!
+//! A real WebSocket server on 127.0.0.1 that listens to the audio it is sent: it decodes the μ-law, detects speech
+//! by frame energy, answers speech onset with `SpeechStarted` (when `vad_events=true`), and after `endpointing` ms
+//! of silence (audio time, from the query) waits `finalize_delay` and replays the next scripted utterance (interim,
+//! finals ending in `speech_final: true`, `UtteranceEnd`). `Finalize` flushes at once with `from_finalize: true`,
+//! `CloseStream` flushes, sends `Metadata` and closes. Everything it receives is recorded for assertions, and faults
+//! (handshake rejection, dropped connection, malformed JSON) can be injected.
+//!
+//! Messages are built from the documented examples in `proto-fixtures/deepgram/`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+
+const SCRIPT_DEFAULT: &str = include_str!("../../../proto-fixtures/deepgram/script_default.json");
+const SPEECH_STARTED: &str = include_str!("../../../proto-fixtures/deepgram/speech_started.json");
+const METADATA: &str = include_str!("../../../proto-fixtures/deepgram/metadata.json");
+const ERROR: &str = include_str!("../../../proto-fixtures/deepgram/error.json");
+
+/// μ-law bytes per second of 8 kHz mono audio.
+const BYTES_PER_SECOND: f64 = 8000.0;
+/// Speech detection works on 20 ms frames, the size Twilio sends.
+const FRAME_BYTES: usize = 160;
+/// Deepgram's default endpointing when the query does not set it.
+const DEFAULT_ENDPOINTING_MS: u64 = 10;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Script
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The utterances the fake "recognises", in order (wrapping around). Each utterance is a list of server messages in
+/// the documented shapes (`Results`, `UtteranceEnd`) whose times are relative to the utterance's speech onset.
+#[derive(Debug, Clone)]
+pub struct Script {
+    utterances: Vec<Vec<Value>>,
+}
+
+impl Script {
+    /// The built-in script, `proto-fixtures/deepgram/script_default.json`.
+    pub fn builtin() -> Self {
+        // The embedded fixture is checked by this crate's tests; an unreadable one degrades to an empty script.
+        Self::from_json(SCRIPT_DEFAULT).unwrap_or(Self { utterances: Vec::new() })
+    }
+
+    /// Parses a script: `{"utterances": [[message, …], …]}`.
+    pub fn from_json(text: &str) -> anyhow::Result<Self> {
+        let value: Value = serde_json::from_str(text).context("script is not JSON")?;
+        let list = value.get("utterances").and_then(Value::as_array).context("script has no \"utterances\" array")?;
+        let utterances = list
+            .iter()
+            .map(|u| u.as_array().cloned().context("an utterance is not an array of messages"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self { utterances })
+    }
+
+    /// Loads a script file (e.g. another fixture under `proto-fixtures/deepgram/`).
+    pub fn from_file(path: impl AsRef<Path>) -> anyhow::Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_json(&text)
+    }
+
+    /// The scripted utterances.
+    pub fn utterances(&self) -> &[Vec<Value>] {
+        &self.utterances
+    }
+
+    /// The text of an utterance's final results joined with spaces, i.e. what a client should assemble.
+    pub fn final_text(&self, index: usize) -> String {
+        self.utterances
+            .get(index)
+            .map(|messages| {
+                messages
+                    .iter()
+                    .filter(|m| m["type"] == "Results" && m["is_final"] == true)
+                    .filter_map(transcript_of)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn transcript_of(message: &Value) -> Option<String> {
+    message["channel"]["alternatives"][0]["transcript"].as_str().map(str::to_owned)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Options and records
+// ---------------------------------------------------------------------------------------------------------------
+
+/// How the fake behaves.
+#[derive(Debug, Clone)]
+pub struct FakeDeepgramOptions {
+    /// The utterances to answer speech with.
+    pub script: Script,
+    /// Wall-clock wait between detecting the endpoint and sending the results (the recogniser's finalization).
+    pub finalize_delay: Duration,
+    /// Mean absolute 16-bit amplitude of a 20 ms frame above which the frame counts as speech.
+    pub speech_threshold: f64,
+    /// Speech shorter than this (a click, a cough) yields no results at all, as a real recogniser hears no words in it.
+    pub min_utterance: Duration,
+    /// Refuse the WebSocket upgrade with this HTTP status (e.g. 401).
+    pub reject_handshake: Option<u16>,
+    /// Drop the TCP connection, without a close frame, right after sending this many messages.
+    pub drop_after_messages: Option<usize>,
+    /// Connection faults (`drop_after_messages`) hit only the first this many connections (`None`: every one), so
+    /// a client's reconnect can be shown to work.
+    pub faulty_connections: Option<usize>,
+    /// Send a truncated JSON text frame before each utterance's results.
+    pub send_malformed_json: bool,
+    /// Send a message of an unknown `type` before each utterance's results.
+    pub send_unknown_type: bool,
+}
+
+impl Default for FakeDeepgramOptions {
+    fn default() -> Self {
+        Self {
+            script: Script::builtin(),
+            finalize_delay: Duration::from_millis(200),
+            speech_threshold: 500.0,
+            min_utterance: Duration::ZERO,
+            reject_handshake: None,
+            drop_after_messages: None,
+            faulty_connections: None,
+            send_malformed_json: false,
+            send_unknown_type: false,
+        }
+    }
+}
+
+/// One frame the fake received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReceivedFrame {
+    /// A binary frame (audio) with its bytes.
+    Binary(Vec<u8>),
+    /// A text frame (control message).
+    Text(String),
+    /// The client's close frame.
+    Close,
+}
+
+/// Everything one connection attempt showed the fake.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionRecord {
+    /// Query parameters in order.
+    pub query: Vec<(String, String)>,
+    /// The `Authorization` header as sent.
+    pub authorization: Option<String>,
+    /// The status the handshake was refused with, if it was.
+    pub rejected: Option<u16>,
+    /// Frames received, in order.
+    pub received: Vec<ReceivedFrame>,
+    /// Text messages the fake sent, in order.
+    pub sent: Vec<String>,
+    /// The session is over (closed by either side or dropped).
+    pub ended: bool,
+}
+
+impl ConnectionRecord {
+    /// The first value of a query parameter.
+    pub fn query_param(&self, key: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// All audio bytes received, concatenated.
+    pub fn audio(&self) -> Vec<u8> {
+        self.received
+            .iter()
+            .filter_map(|frame| match frame {
+                ReceivedFrame::Binary(bytes) => Some(bytes.as_slice()),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Number of binary frames received.
+    pub fn binary_frames(&self) -> usize {
+        self.received.iter().filter(|frame| matches!(frame, ReceivedFrame::Binary(_))).count()
+    }
+
+    /// The `type` of every text frame received (`KeepAlive`, `Finalize`, `CloseStream`, …), in order; frames that
+    /// are not JSON objects with a `type` show as `"<invalid>"`.
+    pub fn control_types(&self) -> Vec<String> {
+        self.received
+            .iter()
+            .filter_map(|frame| match frame {
+                ReceivedFrame::Text(text) => Some(
+                    serde_json::from_str::<Value>(text)
+                        .ok()
+                        .and_then(|v| v["type"].as_str().map(str::to_owned))
+                        .unwrap_or_else(|| "<invalid>".to_owned()),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+struct Shared {
+    options: FakeDeepgramOptions,
+    records: Mutex<Vec<ConnectionRecord>>,
+    changed: Notify,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn records(&self) -> MutexGuard<'_, Vec<ConnectionRecord>> {
+        self.records.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn update(&self, index: usize, change: impl FnOnce(&mut ConnectionRecord)) {
+        if let Some(record) = self.records().get_mut(index) {
+            change(record);
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A running fake Deepgram. Dropping it stops the server and ends every open session.
+pub struct FakeDeepgram {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl FakeDeepgram {
+    /// Binds 127.0.0.1 on an ephemeral port and starts serving `/v1/listen`.
+    pub async fn start(options: FakeDeepgramOptions) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            options,
+            records: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+            shutdown: shutdown_rx.clone(),
+        });
+        let app = Router::new().route("/v1/listen", get(listen)).with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let mut stop = shutdown_rx;
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            });
+            if let Err(error) = serve.await {
+                tracing::warn!(%error, "fake deepgram server stopped");
+            }
+        });
+        Ok(Self { addr, shared, shutdown, task })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://127.0.0.1:<port>`, the value for a client's base URL.
+    pub fn base_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// A snapshot of every connection attempt so far.
+    pub fn connections(&self) -> Vec<ConnectionRecord> {
+        self.shared.records().clone()
+    }
+
+    /// Waits until `check` holds for the recorded connections, or `timeout` passes; returns whether it held.
+    pub async fn wait_for(&self, timeout: Duration, check: impl Fn(&[ConnectionRecord]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if check(&self.shared.records()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return check(&self.shared.records());
+            }
+        }
+    }
+}
+
+impl Drop for FakeDeepgram {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.task.abort();
+    }
+}
+
+/// The `/v1/listen` handler: record the attempt, refuse it if asked to, otherwise upgrade.
+async fn listen(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let record = ConnectionRecord {
+        query,
+        authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        rejected: shared.options.reject_handshake,
+        ..ConnectionRecord::default()
+    };
+    let params = SessionParams::from_query(&record.query);
+    let index = {
+        let mut records = shared.records();
+        records.push(record);
+        records.len() - 1
+    };
+    shared.changed.notify_waiters();
+    if let Some(status) = shared.options.reject_handshake {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = json!({"err_code": "FAKE_REJECTED", "err_msg": "rejected by the fake server's options"});
+        return (status, body.to_string()).into_response();
+    }
+    upgrade.on_upgrade(move |socket| async move {
+        let session = Session::new(socket, shared.clone(), index, params);
+        session.run().await;
+        shared.update(index, |record| record.ended = true);
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Session
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The options a client chose in the query string.
+#[derive(Debug, Clone)]
+struct SessionParams {
+    /// `None` when endpointing is disabled (`endpointing=false`).
+    endpointing: Option<f64>,
+    interim_results: bool,
+    vad_events: bool,
+    utterance_end: bool,
+}
+
+impl SessionParams {
+    fn from_query(query: &[(String, String)]) -> Self {
+        let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let endpointing = match get("endpointing") {
+            Some("false") => None,
+            Some(ms) => Some(ms.parse::<u64>().unwrap_or(DEFAULT_ENDPOINTING_MS) as f64 / 1000.0),
+            None => Some(DEFAULT_ENDPOINTING_MS as f64 / 1000.0),
+        };
+        Self {
+            endpointing,
+            interim_results: get("interim_results") == Some("true"),
+            vad_events: get("vad_events") == Some("true"),
+            utterance_end: get("utterance_end_ms").is_some(),
+        }
+    }
+}
+
+/// Speech detection state, in stream-relative audio seconds.
+#[derive(Debug, Clone, Copy)]
+enum Vad {
+    Silence,
+    Speech { onset: f64, last_voiced_end: f64 },
+}
+
+/// An utterance whose endpoint was detected, waiting for the finalize delay.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    due: Instant,
+    onset: f64,
+}
+
+/// How flushed results are marked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Flush {
+    /// The endpoint was detected: the scripted messages as they are.
+    Endpoint,
+    /// `Finalize`: finals only, `from_finalize: true`.
+    Finalize,
+    /// `CloseStream`: finals only.
+    Close,
+}
+
+/// The session ended because the fault injection dropped the connection.
+struct Dropped;
+
+struct Session {
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    index: usize,
+    params: SessionParams,
+    /// μ-law bytes received so far (the stream's audio clock).
+    audio_bytes: u64,
+    /// Bytes of an incomplete 20 ms frame.
+    partial: Vec<u8>,
+    vad: Vad,
+    pending: VecDeque<Pending>,
+    next_utterance: usize,
+    sent: usize,
+}
+
+impl Session {
+    fn new(socket: WebSocket, shared: Arc<Shared>, index: usize, params: SessionParams) -> Self {
+        Self {
+            socket,
+            shared,
+            index,
+            params,
+            audio_bytes: 0,
+            partial: Vec::with_capacity(FRAME_BYTES),
+            vad: Vad::Silence,
+            pending: VecDeque::new(),
+            next_utterance: 0,
+            sent: 0,
+        }
+    }
+
+    async fn run(mut self) {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let due = self.pending.front().map(|p| p.due);
+            let outcome = tokio::select! {
+                _ = shutdown.changed() => return,
+                frame = self.socket.recv() => match frame {
+                    Some(Ok(message)) => self.on_message(message).await,
+                    Some(Err(_)) | None => return,
+                },
+                _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    self.send_due().await.map(|()| true)
+                }
+            };
+            match outcome {
+                Ok(true) => {}
+                Ok(false) | Err(Dropped) => return,
+            }
+        }
+    }
+
+    /// Handles one client frame; `Ok(false)` ends the session.
+    async fn on_message(&mut self, message: Message) -> Result<bool, Dropped> {
+        match message {
+            Message::Binary(audio) => {
+                self.record(ReceivedFrame::Binary(audio.to_vec()));
+                self.on_audio(&audio).await?;
+                Ok(true)
+            }
+            Message::Text(text) => {
+                self.record(ReceivedFrame::Text(text.to_string()));
+                self.on_control(text.as_str()).await
+            }
+            Message::Close(_) => {
+                self.record(ReceivedFrame::Close);
+                Ok(false)
+            }
+            Message::Ping(_) | Message::Pong(_) => Ok(true),
+        }
+    }
+
+    fn record(&self, frame: ReceivedFrame) {
+        self.shared.update(self.index, |record| record.received.push(frame));
+    }
+
+    async fn on_audio(&mut self, audio: &[u8]) -> Result<(), Dropped> {
+        self.partial.extend_from_slice(audio);
+        let mut offset = 0;
+        while self.partial.len() - offset >= FRAME_BYTES {
+            let frame: Vec<u8> = self.partial[offset..offset + FRAME_BYTES].to_vec();
+            offset += FRAME_BYTES;
+            self.on_frame(&frame).await?;
+        }
+        self.partial.drain(..offset);
+        Ok(())
+    }
+
+    /// Advances the audio clock by one frame and the speech detector with it.
+    async fn on_frame(&mut self, frame: &[u8]) -> Result<(), Dropped> {
+        let start = self.audio_bytes as f64 / BYTES_PER_SECOND;
+        self.audio_bytes += frame.len() as u64;
+        let end = self.audio_bytes as f64 / BYTES_PER_SECOND;
+        let voiced = mean_amplitude(frame) > self.shared.options.speech_threshold;
+        match (self.vad, voiced) {
+            (Vad::Silence, true) => {
+                self.vad = Vad::Speech { onset: start, last_voiced_end: end };
+                if self.params.vad_events {
+                    let mut message = template(SPEECH_STARTED);
+                    message["timestamp"] = json!(round_ms(start));
+                    message["channel"] = json!([0, 1]);
+                    self.send(message.to_string()).await?;
+                }
+            }
+            (Vad::Speech { onset, .. }, true) => {
+                self.vad = Vad::Speech { onset, last_voiced_end: end };
+            }
+            (Vad::Speech { onset, last_voiced_end }, false) => {
+                let endpoint = self.params.endpointing.is_some_and(|silence| end - last_voiced_end >= silence);
+                if endpoint {
+                    self.vad = Vad::Silence;
+                    let too_short = last_voiced_end - onset < self.shared.options.min_utterance.as_secs_f64();
+                    if !too_short {
+                        let due = Instant::now() + self.shared.options.finalize_delay;
+                        self.pending.push_back(Pending { due, onset });
+                    }
+                }
+            }
+            (Vad::Silence, false) => {}
+        }
+        Ok(())
+    }
+
+    async fn on_control(&mut self, text: &str) -> Result<bool, Dropped> {
+        let kind = serde_json::from_str::<Value>(text).ok().and_then(|v| v["type"].as_str().map(str::to_owned));
+        match kind.as_deref() {
+            Some("KeepAlive") => Ok(true),
+            Some("Finalize") => {
+                self.flush(Flush::Finalize).await?;
+                Ok(true)
+            }
+            Some("CloseStream") => {
+                self.flush(Flush::Close).await?;
+                self.send_metadata().await?;
+                let _ = self.socket.send(Message::Close(None)).await;
+                Ok(false)
+            }
+            _ => {
+                let mut error = template(ERROR);
+                error["description"] = json!("could not parse the client message");
+                error["message"] = json!(text);
+                self.send(error.to_string()).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Sends the results of the utterance whose finalize delay is over.
+    async fn send_due(&mut self) -> Result<(), Dropped> {
+        if let Some(pending) = self.pending.pop_front() {
+            self.send_utterance(pending.onset, Flush::Endpoint).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends everything heard but not yet answered, marked as `mode` says.
+    async fn flush(&mut self, mode: Flush) -> Result<(), Dropped> {
+        while let Some(pending) = self.pending.pop_front() {
+            self.send_utterance(pending.onset, mode).await?;
+        }
+        if let Vad::Speech { onset, .. } = self.vad {
+            self.vad = Vad::Silence;
+            self.send_utterance(onset, mode).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_utterance(&mut self, onset: f64, mode: Flush) -> Result<(), Dropped> {
+        let script = &self.shared.options.script;
+        let count = script.utterances().len();
+        if count == 0 {
+            return Ok(());
+        }
+        let messages = script.utterances()[self.next_utterance % count].clone();
+        self.next_utterance += 1;
+        if self.shared.options.send_malformed_json {
+            self.send(r#"{"type":"Results","channel":{"alternatives":[{"transcr"#.to_owned()).await?;
+        }
+        if self.shared.options.send_unknown_type {
+            self.send(json!({"type": "FutureMessage", "detail": "not in the documented protocol"}).to_string()).await?;
+        }
+        for message in messages {
+            if let Some(message) = self.prepare(message, onset, mode) {
+                self.send(message.to_string()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Shifts a scripted message to the detected onset and marks it for `mode`; `None` drops it.
+    fn prepare(&self, mut message: Value, onset: f64, mode: Flush) -> Option<Value> {
+        match message["type"].as_str() {
+            Some("Results") => {
+                let is_final = message["is_final"] == true;
+                if !is_final && (mode != Flush::Endpoint || !self.params.interim_results) {
+                    return None;
+                }
+                shift(&mut message["start"], onset);
+                if let Some(words) = message["channel"]["alternatives"][0]["words"].as_array_mut() {
+                    for word in words {
+                        shift(&mut word["start"], onset);
+                        shift(&mut word["end"], onset);
+                    }
+                }
+                match mode {
+                    Flush::Endpoint => {}
+                    Flush::Finalize => {
+                        message["from_finalize"] = json!(true);
+                        message["speech_final"] = json!(false);
+                    }
+                    Flush::Close => message["speech_final"] = json!(false),
+                }
+                Some(message)
+            }
+            Some("UtteranceEnd") => {
+                if mode != Flush::Endpoint || !self.params.utterance_end {
+                    return None;
+                }
+                shift(&mut message["last_word_end"], onset);
+                Some(message)
+            }
+            _ => Some(message),
+        }
+    }
+
+    async fn send_metadata(&mut self) -> Result<(), Dropped> {
+        let mut metadata = template(METADATA);
+        metadata["request_id"] = json!(format!("fake-{}", self.index));
+        metadata["duration"] = json!(round_ms(self.audio_bytes as f64 / BYTES_PER_SECOND));
+        metadata["channels"] = json!(1);
+        self.send(metadata.to_string()).await
+    }
+
+    /// Sends one text message, recording it; drops the connection when the fault injection says so.
+    async fn send(&mut self, text: String) -> Result<(), Dropped> {
+        if self.socket.send(Message::Text(text.clone().into())).await.is_err() {
+            return Err(Dropped);
+        }
+        self.shared.update(self.index, |record| record.sent.push(text));
+        self.sent += 1;
+        let faulty = self.shared.options.faulty_connections.is_none_or(|n| self.index < n);
+        match self.shared.options.drop_after_messages {
+            Some(limit) if faulty && self.sent >= limit => Err(Dropped),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn template(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| json!({}))
+}
+
+fn shift(value: &mut Value, by: f64) {
+    if let Some(v) = value.as_f64() {
+        *value = json!(round_ms(v + by));
+    }
+}
+
+fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Audio helpers
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Decodes one G.711 μ-law byte to a 16-bit linear sample (kept local so the fake depends on nothing in Parley).
+pub fn mulaw_decode(byte: u8) -> i16 {
+    let u = !byte;
+    let exponent = (u >> 4) & 0x07;
+    let mantissa = i32::from(u & 0x0f);
+    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
+    let sample = if u & 0x80 != 0 { -magnitude } else { magnitude };
+    sample as i16
+}
+
+/// Encodes a 16-bit linear sample as G.711 μ-law.
+pub fn mulaw_encode(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    const CLIP: i32 = 32635;
+    let value = i32::from(sample);
+    let sign: u8 = if value < 0 { 0x80 } else { 0 };
+    let magnitude = value.abs().min(CLIP) + BIAS;
+    let exponent = (31 - magnitude.leading_zeros() as i32 - 7).clamp(0, 7);
+    let mantissa = (magnitude >> (exponent + 3)) & 0x0f;
+    !(sign | ((exponent as u8) << 4) | mantissa as u8)
+}
+
+/// Mean absolute amplitude of a μ-law frame, the fake's speech detector.
+pub fn mean_amplitude(frame: &[u8]) -> f64 {
+    if frame.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = frame.iter().map(|&b| f64::from(mulaw_decode(b)).abs()).sum();
+    sum / frame.len() as f64
+}
+
+/// `ms` of a 220 Hz tone at about -12 dBFS, as μ-law: stands in for a caller speaking.
+pub fn speech_mulaw(ms: u32) -> Vec<u8> {
+    let samples = ms as usize * 8;
+    (0..samples)
+        .map(|n| {
+            let phase = 2.0 * std::f64::consts::PI * 220.0 * n as f64 / 8000.0;
+            mulaw_encode((phase.sin() * 8000.0) as i16)
+        })
+        .collect()
+}
+
+/// `ms` of digital silence as μ-law.
+pub fn silence_mulaw(ms: u32) -> Vec<u8> {
+    vec![0xff; ms as usize * 8]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mulaw_round_trips_within_quantisation() {
+        for sample in [-32000i16, -8000, -100, 0, 100, 8000, 32000] {
+            let back = mulaw_decode(mulaw_encode(sample));
+            let error = (i32::from(back) - i32::from(sample)).abs();
+            assert!(error <= i32::from(sample).abs() / 16 + 8, "{sample} -> {back}");
+        }
+        assert_eq!(mulaw_decode(0xff), 0);
+        assert_eq!(mulaw_encode(0), 0xff);
+        assert_eq!(mulaw_decode(0x80), 32124);
+        assert_eq!(mulaw_decode(0x00), -32124);
+    }
+
+    #[test]
+    fn speech_is_loud_and_silence_is_quiet() {
+        let threshold = FakeDeepgramOptions::default().speech_threshold;
+        assert!(mean_amplitude(&speech_mulaw(20)) > threshold);
+        assert!(mean_amplitude(&silence_mulaw(20)) < threshold);
+    }
+
+    #[test]
+    fn builtin_script_has_speech_final_utterances() {
+        let script = Script::builtin();
+        assert_eq!(script.utterances().len(), 2);
+        assert_eq!(script.final_text(0), "Book a table for two.");
+        assert_eq!(script.final_text(1), "At seven, please.");
+        for utterance in script.utterances() {
+            let last_final = utterance
+                .iter()
+                .rev()
+                .find(|m| m["type"] == "Results" && m["is_final"] == true)
+                .expect("a final result");
+            assert_eq!(last_final["speech_final"], true);
+            assert_eq!(utterance.last().expect("messages")["type"], "UtteranceEnd");
+        }
+    }
+
+    #[test]
+    fn query_options_are_read() {
+        let query = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let params = SessionParams::from_query(&query(&[
+            ("endpointing", "300"),
+            ("interim_results", "true"),
+            ("vad_events", "true"),
+            ("utterance_end_ms", "1000"),
+        ]));
+        assert_eq!(params.endpointing, Some(0.3));
+        assert!(params.interim_results && params.vad_events && params.utterance_end);
+        let params = SessionParams::from_query(&query(&[("endpointing", "false")]));
+        assert_eq!(params.endpointing, None);
+        assert!(!params.interim_results && !params.vad_events && !params.utterance_end);
+        assert_eq!(SessionParams::from_query(&[]).endpointing, Some(0.01));
+    }
+
+    #[test]
+    fn bad_scripts_are_errors() {
+        assert!(Script::from_json("{").is_err());
+        assert!(Script::from_json(r#"{"utterances": 3}"#).is_err());
+        assert!(Script::from_json(r#"{"utterances": [3]}"#).is_err());
+        assert_eq!(Script::from_json(r#"{"utterances": [[]]}"#).map(|s| s.utterances().len()).ok(), Some(1));
+    }
+}

@@ -1,0 +1,8 @@
+//! Fake provider servers for Parley's tests and benchmarks.
+//!
+//! Each fake is a real server bound to 127.0.0.1 on an ephemeral port that speaks the provider's documented wire
+//! protocol, replays messages from `proto-fixtures/`, and has configurable delays so latency can be measured.
+
+pub mod cartesia;
+pub mod deepgram;
+pub mod openai;

@@ -1,0 +1,148 @@
+//! The rig: Parley's cascade wired to fake Deepgram, OpenAI-compatible and Cartesia servers on 127.0.0.1, with
+//! simulated Twilio callers. Shared by the cascade integration tests, the latency benchmark and the load generator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fake_providers::cartesia::{FakeCartesia, FakeCartesiaOptions};
+use fake_providers::deepgram::{FakeDeepgram, FakeDeepgramOptions};
+use fake_providers::openai::{self, FakeOpenAi, FakeOpenAiOptions};
+use parley::config::{Config, Secrets};
+use parley::edge::{self, RunningServer};
+use parley::engine::cascade::{CascadeDeps, CascadeFactory};
+use parley::engine::config::ConversationConfig;
+use parley::engine::latency::TurnLatency;
+use parley::engine::tools::{NoTools, ToolExecutor};
+use parley::llm::openai::{OpenAiCompatible, OpenAiConfig};
+use parley::stt::deepgram::{Deepgram, DeepgramConfig};
+use parley::tts::cartesia::{Cartesia, CartesiaConfig};
+use parley::twilio::messages::OutboundMessage;
+use sim_caller::{silence, speech, Received, SimCall, StartOptions};
+use tokio::sync::mpsc;
+
+/// How long rig helpers wait before giving up.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// What the rig is made of.
+pub struct RigOptions {
+    pub openai: FakeOpenAiOptions,
+    pub deepgram: FakeDeepgramOptions,
+    pub cartesia: FakeCartesiaOptions,
+    pub conversation: ConversationConfig,
+    pub tools: Arc<dyn ToolExecutor>,
+    pub max_calls: usize,
+}
+
+impl Default for RigOptions {
+    fn default() -> Self {
+        RigOptions {
+            openai: FakeOpenAiOptions::default(),
+            deepgram: FakeDeepgramOptions::default(),
+            cartesia: FakeCartesiaOptions::default(),
+            conversation: ConversationConfig { greeting: String::new(), ..ConversationConfig::default() },
+            tools: Arc::new(NoTools),
+            max_calls: 100,
+        }
+    }
+}
+
+/// A running Parley with its fake providers.
+pub struct Rig {
+    pub server: RunningServer,
+    pub deepgram: FakeDeepgram,
+    pub openai: FakeOpenAi,
+    pub cartesia: FakeCartesia,
+    pub reports: mpsc::UnboundedReceiver<TurnLatency>,
+}
+
+impl Rig {
+    /// Starts the fakes and Parley (signature validation off) on ephemeral ports.
+    pub async fn start(options: RigOptions) -> Rig {
+        let deepgram = FakeDeepgram::start(options.deepgram).await.expect("fake deepgram starts");
+        let openai = openai::start(options.openai).await.expect("fake openai starts");
+        let cartesia = FakeCartesia::start(options.cartesia).await.expect("fake cartesia starts");
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let llm = OpenAiCompatible::new(OpenAiConfig {
+            base_url: openai.base_url(),
+            api_key: Some("test-key".into()),
+            model: "gpt-test".into(),
+            ..OpenAiConfig::default()
+        })
+        .expect("llm client");
+        let deps = CascadeDeps {
+            stt: Arc::new(Deepgram::new(DeepgramConfig {
+                base_url: deepgram.base_url(),
+                api_key: "test-key".into(),
+                ..DeepgramConfig::default()
+            })),
+            llm: Arc::new(llm),
+            tts: Arc::new(Cartesia::new(CartesiaConfig {
+                base_url: cartesia.base_url(),
+                api_key: "test-key".into(),
+                voice_id: "test-voice".into(),
+                ..CartesiaConfig::default()
+            })),
+            tools: options.tools,
+            config: Arc::new(options.conversation),
+            redact_numbers: false,
+            turn_reports: Some(reports_tx),
+        };
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().expect("address");
+        config.server.max_concurrent_calls = options.max_calls;
+        config.twilio.validate_signatures = false;
+        let server =
+            edge::start(config, Secrets::default(), Arc::new(CascadeFactory { deps })).await.expect("parley starts");
+        Rig { server, deepgram, openai, cartesia, reports }
+    }
+
+    /// Places a call as Twilio would.
+    pub async fn call(&self, n: u32) -> SimCall {
+        let url = format!("ws://{}/twilio/media", self.server.local_addr);
+        let mut call = SimCall::connect(&url, None).await.expect("media stream accepted");
+        let options = StartOptions {
+            stream_sid: format!("MZ{n:032}"),
+            call_sid: format!("CA{n:032}"),
+            ..StartOptions::default()
+        };
+        call.start(&options).expect("start sent");
+        call
+    }
+
+    /// The next finished turn's latency record.
+    pub async fn next_report(&mut self) -> TurnLatency {
+        tokio::time::timeout(WAIT, self.reports.recv()).await.expect("a turn report in time").expect("reports open")
+    }
+}
+
+/// The caller says something: speech, then enough silence for the recogniser's endpointing.
+pub async fn say(call: &mut SimCall, speech_ms: u32) {
+    call.stream_audio(&speech(speech_ms)).await.expect("speech sent");
+    call.stream_audio(&silence(600)).await.expect("silence sent");
+}
+
+/// Keeps the line alive (Twilio streams silence all the time) until `done` holds.
+pub async fn listen_until(call: &mut SimCall, what: &str, done: impl Fn(&[Received]) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if call.wait_until(what, Duration::from_millis(1), &done).await.is_ok() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        call.stream_audio(&silence(100)).await.expect("silence sent");
+    }
+}
+
+/// Media messages received so far.
+pub fn media_count(log: &[Received]) -> usize {
+    log.iter().filter(|r| matches!(r, Received::Message { message: OutboundMessage::Media { .. }, .. })).count()
+}
+
+/// Percentile (0–100) of a sample, nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
