@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::frame::Framer;
 use super::{mulaw_millis, FRAME_BYTES, FRAME_MILLIS, SAMPLE_RATE};
+use crate::call::tap::{CallTap, TapEvent};
 use crate::twilio::messages::OutboundMessage;
 
 const FRAME_DURATION: Duration = Duration::from_millis(FRAME_MILLIS as u64);
@@ -129,10 +130,11 @@ struct Playout {
     finish_at: Instant,
     progress: PlayoutProgress,
     publish: watch::Sender<PlayoutProgress>,
+    tap: CallTap,
 }
 
 /// Starts the playout task for a stream; it ends when every handle is dropped or Twilio's side is gone.
-pub fn spawn(stream_sid: String, lead: Duration, out: mpsc::Sender<OutboundMessage>) -> PlayoutHandle {
+pub fn spawn(stream_sid: String, lead: Duration, out: mpsc::Sender<OutboundMessage>, tap: CallTap) -> PlayoutHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let (publish, progress) = watch::channel(PlayoutProgress::default());
     let playout = Playout {
@@ -146,6 +148,7 @@ pub fn spawn(stream_sid: String, lead: Duration, out: mpsc::Sender<OutboundMessa
         finish_at: Instant::now(),
         progress: PlayoutProgress::default(),
         publish,
+        tap,
     };
     tokio::spawn(playout.run(rx));
     PlayoutHandle { commands, progress }
@@ -218,7 +221,9 @@ impl Playout {
                     let Some(Queued::Frame(frame)) = self.queue.pop_front() else { break };
                     self.finish_at = self.finish_at.max(now) + FRAME_DURATION;
                     self.progress.sent_bytes += frame.len() as u64;
-                    OutboundMessage::media(&self.stream_sid, &frame)
+                    let message = OutboundMessage::media(&self.stream_sid, &frame);
+                    self.tap.send(TapEvent::AgentAudioSent { at: now, frame });
+                    message
                 }
                 _ => break,
             };
@@ -259,6 +264,7 @@ impl Playout {
         self.finish_at = now;
         self.progress.clears += 1;
         let _ = self.out.send(OutboundMessage::clear(&self.stream_sid)).await;
+        self.tap.send(TapEvent::AgentAudioCleared { at: Instant::now() });
         tracing::debug!(
             heard_ms = mulaw_millis(report.heard_estimate_bytes as usize),
             dropped_ms = mulaw_millis(report.dropped_bytes as usize),
@@ -297,7 +303,7 @@ mod tests {
 
     fn start(lead_ms: u64) -> (PlayoutHandle, mpsc::Receiver<Out>) {
         let (tx, rx) = mpsc::channel(1024);
-        (spawn("MZ1".into(), Duration::from_millis(lead_ms), tx), rx)
+        (spawn("MZ1".into(), Duration::from_millis(lead_ms), tx, CallTap::default()), rx)
     }
 
     async fn next(rx: &mut mpsc::Receiver<Out>) -> Out {

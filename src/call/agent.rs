@@ -5,6 +5,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::tap::CallTap;
 use super::CallInfo;
 use crate::audio::playout::PlayoutHandle;
 
@@ -26,6 +27,8 @@ pub struct AgentContext {
     pub playout: PlayoutHandle,
     /// Cancel to end the call from Parley's side (the session closes the stream, which hangs up).
     pub hang_up: CancellationToken,
+    /// Where the agent reports the conversation's events (a no-op when no archive listens).
+    pub tap: CallTap,
 }
 
 /// Answers one call. Runs as its own task until the call ends.

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod echo;
 pub mod registry;
+pub mod tap;
 
 use std::collections::BTreeMap;
 

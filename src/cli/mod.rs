@@ -107,7 +107,7 @@ pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
         Some(Arc::new(bridge))
     };
     let agents = agents::agent_factory(&config, tools)?;
-    let server = edge::start(config, secrets, agents).await?;
+    let server = edge::start(config, secrets, agents, None).await?;
     // Scripts and tests read the bound address from this line.
     println!("parley listening on {}", server.local_addr);
     edge::wait_for_signal().await;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::call::agent::AgentFactory;
 use crate::call::registry::CallRegistry;
+use crate::call::tap::Taps;
 use crate::config::{Config, Secrets};
 use crate::twilio::signature::SignatureValidator;
 
@@ -44,6 +45,7 @@ pub(crate) struct AppState {
     pub validator: Option<SignatureValidator>,
     pub registry: Arc<CallRegistry>,
     pub agents: Arc<dyn AgentFactory>,
+    pub taps: Taps,
 }
 
 /// A server that is accepting calls.
@@ -73,10 +75,12 @@ impl RunningServer {
 }
 
 /// Binds the listener and starts serving.
+/// `taps` (the archive) gets a copy of every call, when given.
 pub async fn start(
     config: Config,
     secrets: Secrets,
     agents: Arc<dyn AgentFactory>,
+    taps: Taps,
 ) -> Result<RunningServer, EdgeError> {
     let validator = match (config.twilio.validate_signatures, &secrets.twilio_auth_token) {
         (true, Some(token)) => Some(SignatureValidator::new(token.expose())),
@@ -93,7 +97,7 @@ pub async fn start(
     let local_addr = listener.local_addr().map_err(|source| EdgeError::Bind { addr, source })?;
     let registry = CallRegistry::new(config.server.max_concurrent_calls);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let state = Arc::new(AppState { config, validator, registry: Arc::clone(&registry), agents });
+    let state = Arc::new(AppState { config, validator, registry: Arc::clone(&registry), agents, taps });
     let stop_http = CancellationToken::new();
     let stop = stop_http.clone();
     let app = router(state);

@@ -17,6 +17,7 @@ use crate::audio::jitter::InboundFrameQueue;
 use crate::audio::playout::{self, PlayoutHandle};
 use crate::call::agent::{AgentContext, CallEvent};
 use crate::call::registry::CallPermit;
+use crate::call::tap::{CallTap, ConversationEvent, TapEvent};
 use crate::call::CallInfo;
 use crate::telemetry::redact;
 use crate::twilio::messages::{parse_inbound, InboundMessage, OutboundMessage, ProtocolError, Start};
@@ -61,6 +62,7 @@ struct Counters {
 
 struct LiveCall {
     call: CallInfo,
+    tap: CallTap,
     events: mpsc::Sender<CallEvent>,
     playout: PlayoutHandle,
     jitter: InboundFrameQueue,
@@ -190,6 +192,7 @@ impl Session {
             }
             InboundMessage::Dtmf(dtmf) => {
                 if let Some(live) = &self.live {
+                    live.tap.conversation(ConversationEvent::Dtmf { digit: dtmf.dtmf.digit.clone() });
                     if live.events.try_send(CallEvent::Dtmf(dtmf.dtmf.digit)).is_err() {
                         tracing::warn!("agent is not keeping up; a key press was dropped");
                     }
@@ -233,8 +236,9 @@ impl Session {
             peer = %self.peer,
             "call started"
         );
+        let tap = self.state.taps.as_ref().map(|taps| taps.open(&call)).unwrap_or_default();
         let lead = Duration::from_millis(self.state.config.audio.playout_lead_ms);
-        let playout = playout::spawn(call.stream_sid.clone(), lead, self.outbound.clone());
+        let playout = playout::spawn(call.stream_sid.clone(), lead, self.outbound.clone(), tap.clone());
         let (events, events_rx) = mpsc::channel(AGENT_QUEUE_FRAMES);
         let agent = self.state.agents.create(&call);
         let ctx = AgentContext {
@@ -242,10 +246,11 @@ impl Session {
             events: events_rx,
             playout: playout.clone(),
             hang_up: self.hang_up.clone(),
+            tap: tap.clone(),
         };
         let agent = tokio::spawn(agent.run(ctx));
         let jitter = InboundFrameQueue::new(self.state.config.audio.jitter_max_held_frames);
-        self.live = Some(LiveCall { call, events, playout, jitter, agent, started_at: Instant::now() });
+        self.live = Some(LiveCall { call, tap, events, playout, jitter, agent, started_at: Instant::now() });
     }
 
     /// Ends the call: the agent hears the hang-up (after any audio still held) and gets a moment to finish.
@@ -261,6 +266,7 @@ impl Session {
         if tokio::time::timeout(Duration::from_secs(2), &mut live.agent).await.is_err() {
             live.agent.abort();
         }
+        live.tap.send(TapEvent::Ended { at: Instant::now(), reason: format!("{ending:?}") });
         let progress = live.playout.progress();
         let jitter = live.jitter.stats();
         tracing::info!(
@@ -284,6 +290,9 @@ impl Session {
 /// Moves every whole frame from the jitter queue to the agent, never blocking the socket.
 fn deliver_frames(live: &mut LiveCall, counters: &mut Counters) {
     while let Some(frame) = live.jitter.pop() {
+        if live.tap.is_active() {
+            live.tap.send(TapEvent::CallerAudio { at: Instant::now(), frame: frame.clone() });
+        }
         if live.events.try_send(CallEvent::Audio(frame)).is_err() {
             counters.dropped_for_slow_agent += 1;
         }

@@ -22,8 +22,9 @@ use super::turn::{EndOfTurn, TurnDecision, TurnDetector};
 use super::vad::{VadPool, VadVerdict};
 use crate::audio::playout::{ClearReport, PlayoutHandle, PlayoutProgress};
 use crate::call::agent::{Agent, AgentContext, AgentFactory, CallEvent};
+use crate::call::tap::{CallTap, ConversationEvent};
 use crate::call::CallInfo;
-use crate::llm::history::{append_tool_round, ToolResult};
+use crate::llm::history::{append_tool_round, ToolOutcome, ToolResult};
 use crate::llm::{ChatMessage, LanguageModel, Role, ToolCall};
 use crate::stt::{SpeechToText, SttEvent, SttInput};
 use crate::tts::{TextToSpeech, TtsEvent, TtsInput};
@@ -64,7 +65,7 @@ pub struct CascadeAgent {
 #[async_trait]
 impl Agent for CascadeAgent {
     async fn run(self: Box<Self>, ctx: AgentContext) {
-        Engine::new(self.deps, ctx.call.clone(), ctx.playout.clone()).run(ctx).await;
+        Engine::new(self.deps, ctx.call.clone(), ctx.playout.clone(), ctx.tap.clone()).run(ctx).await;
     }
 }
 
@@ -114,6 +115,7 @@ struct Engine {
     deps: CascadeDeps,
     call: CallInfo,
     playout: PlayoutHandle,
+    tap: CallTap,
     turn: TurnDetector,
     stt_input: Option<mpsc::Sender<SttInput>>,
     stt_retry_at: Option<Instant>,
@@ -171,13 +173,14 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Engine {
-    fn new(deps: CascadeDeps, call: CallInfo, playout: PlayoutHandle) -> Engine {
+    fn new(deps: CascadeDeps, call: CallInfo, playout: PlayoutHandle, tap: CallTap) -> Engine {
         let history = vec![ChatMessage::system(deps.config.system_prompt.clone())];
         let turn = TurnDetector::new(deps.config.turn.clone());
         Engine {
             deps,
             call,
             playout,
+            tap,
             turn,
             stt_input: None,
             stt_retry_at: None,
@@ -262,6 +265,7 @@ impl Engine {
             }
             Err(err) => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.deps.stt.name(), %err, "speech-to-text unavailable; retrying");
+                self.provider_error("stt", self.deps.stt.name(), &err);
                 self.stt_input = None;
                 self.stt_retry_at = Some(Instant::now() + STT_RETRY);
                 None
@@ -277,6 +281,7 @@ impl Engine {
             }
             Err(err) => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.deps.tts.name(), %err, "text-to-speech unavailable");
+                self.provider_error("tts", self.deps.tts.name(), &err);
                 self.tts_input = None;
                 None
             }
@@ -307,6 +312,7 @@ impl Engine {
             Some(SttEvent::SpeechStarted { .. }) => {}
             Some(SttEvent::Error(err)) => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.deps.stt.name(), %err, "speech-to-text failed; reconnecting");
+                self.provider_error("stt", self.deps.stt.name(), &err);
                 self.stt_lost(inputs).await;
             }
             Some(SttEvent::Closed) | None => {
@@ -341,12 +347,14 @@ impl Engine {
             }
             Some(TtsEvent::Error { context: Some(context), error }) => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.deps.tts.name(), %error, %context, "text-to-speech failed for a reply");
+                self.provider_error("tts", self.deps.tts.name(), &error);
                 if let Some(reply) = self.reply.as_mut().filter(|r| r.context == context) {
                     reply.synthesis_done = true;
                 }
             }
             Some(TtsEvent::Error { context: None, error }) => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.deps.tts.name(), %error, "text-to-speech session failed");
+                self.provider_error("tts", self.deps.tts.name(), &error);
                 self.tts_lost(inputs);
             }
             Some(TtsEvent::Closed) | None => self.tts_lost(inputs),
@@ -416,6 +424,7 @@ impl Engine {
         let confirmed = if is_affirmative(&end.text) { pending } else { Vec::new() };
         self.turn_index += 1;
         tracing::info!(call_sid = %self.call.call_sid, turn = self.turn_index, text = %end.text, "caller turn");
+        self.tap.conversation(ConversationEvent::CallerTurn { turn: self.turn_index, text: end.text.clone() });
         if self.tts_input.is_none() {
             inputs.tts = self.open_tts().await;
         }
@@ -523,9 +532,26 @@ impl Engine {
             ReplyEvent::ToolsStarted { calls } => {
                 let names: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
                 tracing::info!(call_sid = %self.call.call_sid, tools = ?names, "calling tools");
+                for call in &calls {
+                    self.tap.conversation(ConversationEvent::ToolCall {
+                        turn: self.turn_index,
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                    });
+                }
                 reply.current_segment().calls = calls;
             }
             ReplyEvent::ToolRound { calls, results } => {
+                for result in &results {
+                    let (content, is_error) = match &result.outcome {
+                        ToolOutcome::Output(text) => (text.clone(), false),
+                        ToolOutcome::Error(text) => (text.clone(), true),
+                        ToolOutcome::Cancelled => ("cancelled".to_owned(), true),
+                    };
+                    let id = result.call_id.clone();
+                    self.tap.conversation(ConversationEvent::ToolResult { turn: self.turn_index, id, content, is_error });
+                }
                 let segment = reply.current_segment();
                 segment.calls = calls;
                 segment.results = results;
@@ -534,6 +560,7 @@ impl Engine {
             ReplyEvent::Done { .. } => self.finish_text(None).await,
             ReplyEvent::Failed { error } => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.deps.llm.name(), %error, "LLM failed; speaking the fallback line");
+                self.provider_error("llm", self.deps.llm.name(), &error);
                 let line = self.deps.config.fallback_line.clone();
                 self.finish_text(Some(line)).await;
             }
@@ -577,7 +604,7 @@ impl Engine {
             if let Some(reply) = self.reply.take() {
                 let text = reply.text();
                 self.rate.observe(&text, reply.audio_bytes);
-                self.commit(&reply, &text);
+                self.commit(&reply, &text, false);
                 if reply.answers_turn {
                     self.report(reply.latency);
                 }
@@ -597,11 +624,9 @@ impl Engine {
             reply.latency.barge_in_onset = Some(onset);
             reply.latency.clear_sent = Some(cleared_at);
         }
-        tracing::info!(
-            call_sid = %self.call.call_sid,
-            reaction_ms = cleared_at.saturating_duration_since(onset).as_secs_f64() * 1000.0,
-            "barge-in: cleared the agent's audio"
-        );
+        let reaction_ms = cleared_at.saturating_duration_since(onset).as_secs_f64() * 1000.0;
+        tracing::info!(call_sid = %self.call.call_sid, reaction_ms, "barge-in: cleared the agent's audio");
+        self.tap.conversation(ConversationEvent::BargeIn { turn: self.turn_index, reaction_ms });
         self.interrupt_reply(report).await;
     }
 
@@ -635,22 +660,32 @@ impl Engine {
             unheard_chars = text.chars().count() - heard.chars().count(),
             "reply interrupted"
         );
-        self.commit(&reply, &heard);
+        self.commit(&reply, &heard, true);
         if reply.answers_turn {
             self.report(reply.latency);
         }
         self.turn.set_agent_speaking(false);
     }
 
+    fn provider_error(&self, stage: &str, provider: &str, error: &dyn std::fmt::Display) {
+        self.tap.conversation(ConversationEvent::ProviderError {
+            stage: stage.to_owned(),
+            provider: provider.to_owned(),
+            error: error.to_string(),
+        });
+    }
+
     fn report(&self, latency: TurnLatency) {
         latency.log(&self.call.call_sid);
+        self.tap.conversation(ConversationEvent::Latency { turn: latency.turn_index, stages: latency.stages_ms() });
         if let Some(reports) = &self.deps.turn_reports {
             let _ = reports.send(latency);
         }
     }
 
     /// Writes the reply into the history as heard: `heard` is a prefix of the reply's text.
-    fn commit(&mut self, reply: &Reply, heard: &str) {
+    fn commit(&mut self, reply: &Reply, heard: &str, interrupted: bool) {
+        self.tap.conversation(ConversationEvent::AgentSaid { turn: self.turn_index, text: heard.to_owned(), interrupted });
         let mut remaining = heard.len();
         for segment in &reply.segments {
             let take = remaining.min(segment.text.len());

@@ -58,6 +58,25 @@ impl TurnLatency {
         between(self.barge_in_onset, self.clear_sent)
     }
 
+    /// Each measured stage in milliseconds, named as in the log line (stages that did not happen are left out).
+    pub fn stages_ms(&self) -> Vec<(String, f64)> {
+        [
+            ("speech_end_to_first_audio", self.speech_end_to_first_audio()),
+            ("speech_end_to_final", between(self.speech_ended, self.stt_final)),
+            ("eot_to_llm_request", between(self.end_of_turn, self.llm_request_sent)),
+            ("llm_first_token", between(self.llm_request_sent, self.llm_first_token)),
+            ("first_token_to_piece", between(self.llm_first_token, self.first_piece)),
+            ("piece_to_tts_request", between(self.first_piece, self.first_tts_request)),
+            ("tts_first_audio", between(self.first_tts_request, self.first_tts_audio)),
+            ("tts_audio_to_twilio", between(self.first_tts_audio, self.first_audio_sent)),
+            ("parley_added", self.parley_added()),
+            ("barge_in_reaction", self.barge_in_reaction()),
+        ]
+        .into_iter()
+        .filter_map(|(name, d)| ms(d).map(|ms| (name.to_owned(), ms)))
+        .collect()
+    }
+
     /// Logs the turn as one line of milliseconds per stage.
     pub fn log(&self, call_sid: &str) {
         tracing::info!(

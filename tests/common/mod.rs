@@ -36,7 +36,7 @@ pub fn init_logs() {
 pub async fn start_server(config: Config) -> RunningServer {
     init_logs();
     let factory = Arc::new(EchoFactory { delay: Duration::from_millis(config.agent.echo_delay_ms) });
-    edge::start(config, secrets(), factory).await.expect("server starts")
+    edge::start(config, secrets(), factory, None).await.expect("server starts")
 }
 
 pub fn validator() -> SignatureValidator {

@@ -92,7 +92,7 @@ impl Rig {
         config.server.max_concurrent_calls = options.max_calls;
         config.twilio.validate_signatures = false;
         let server =
-            edge::start(config, Secrets::default(), Arc::new(CascadeFactory { deps })).await.expect("parley starts");
+            edge::start(config, Secrets::default(), Arc::new(CascadeFactory { deps }), None).await.expect("parley starts");
         Rig { server, deepgram, openai, cartesia, reports }
     }
 
