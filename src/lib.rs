@@ -4,6 +4,7 @@
 //! HTTP/WebSocket server that speaks it, [`audio`] the G.711 codec and frame queues, [`call`] the per-call sessions and
 //! agents, and [`stt`], [`llm`], [`tts`] the streaming providers of the cascade.
 
+pub mod archive;
 pub mod audio;
 pub mod call;
 pub mod cli;
@@ -11,8 +12,10 @@ pub mod config;
 pub mod edge;
 pub mod engine;
 pub mod llm;
+pub mod local;
 pub mod mcp;
 pub mod stt;
 pub mod telemetry;
+pub mod transcribe;
 pub mod tts;
 pub mod twilio;

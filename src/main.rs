@@ -9,7 +9,6 @@ use parley::config::Secrets;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    parley::telemetry::init_logging();
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
@@ -20,8 +19,30 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = cli::load_config(&cli)?;
+    let config = match cli::load_config(&cli) {
+        Ok(config) => config,
+        Err(err) => {
+            parley::telemetry::init_logging();
+            return Err(err.into());
+        }
+    };
+    // Logs, plus the OTLP exporters when `[telemetry]` asks for them.
+    let telemetry = match parley::telemetry::init(&config.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            parley::telemetry::init_logging();
+            tracing::error!(%err, "telemetry export is off");
+            parley::telemetry::Telemetry::default()
+        }
+    };
     let secrets = Secrets::from_env();
+    let result = run_command(cli, config, secrets).await;
+    // Exporting the last spans blocks; keep it off the runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result
+}
+
+async fn run_command(cli: Cli, config: parley::config::Config, secrets: Secrets) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => {
             Ok(if cli::check(&config, &secrets).await == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -29,6 +50,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => {
             cli::serve(config, secrets).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Archive { command } => {
+            parley::archive::cli::run(&config.archive, &command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Transcribe(args) => {
+            let failed = parley::transcribe::cli::run(&config, &args).await?;
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

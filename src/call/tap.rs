@@ -32,16 +32,45 @@ pub enum TapEvent {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ConversationEvent {
     /// What the caller said in a turn, by the hot-path STT.
-    CallerTurn { turn: u64, text: String },
+    CallerTurn {
+        turn: u64,
+        text: String,
+    },
     /// What the agent said, as far as the caller heard it.
-    AgentSaid { turn: u64, text: String, interrupted: bool },
-    ToolCall { turn: u64, id: String, name: String, arguments: String },
-    ToolResult { turn: u64, id: String, content: String, is_error: bool },
-    BargeIn { turn: u64, reaction_ms: f64 },
+    AgentSaid {
+        turn: u64,
+        text: String,
+        interrupted: bool,
+    },
+    ToolCall {
+        turn: u64,
+        id: String,
+        name: String,
+        arguments: String,
+    },
+    ToolResult {
+        turn: u64,
+        id: String,
+        content: String,
+        is_error: bool,
+    },
+    BargeIn {
+        turn: u64,
+        reaction_ms: f64,
+    },
     /// Each stage's milliseconds for one turn.
-    Latency { turn: u64, stages: Vec<(String, f64)> },
-    ProviderError { stage: String, provider: String, error: String },
-    Dtmf { digit: String },
+    Latency {
+        turn: u64,
+        stages: Vec<(String, f64)>,
+    },
+    ProviderError {
+        stage: String,
+        provider: String,
+        error: String,
+    },
+    Dtmf {
+        digit: String,
+    },
 }
 
 /// The sending side of a call's tap; cheap to clone, and a no-op when nobody listens.

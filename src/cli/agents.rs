@@ -5,13 +5,22 @@ use std::time::Duration;
 
 use crate::call::agent::AgentFactory;
 use crate::call::echo::EchoFactory;
-use crate::config::providers::{CartesiaSettings, DeepgramSettings, OpenAiSettings};
+use crate::config::providers::{
+    AnthropicSettings, CartesiaSettings, DeepgramFluxSettings, DeepgramSettings, ElevenLabsSettings, LlmProvider,
+    OpenAiSettings, OpenAiSpeechSettings, SttProvider, TtsProvider,
+};
 use crate::config::{read_secret, AgentKind, Config};
 use crate::engine::cascade::{CascadeDeps, CascadeFactory};
 use crate::engine::tools::{NoTools, ToolExecutor};
+use crate::llm::anthropic::{Anthropic, AnthropicConfig, AnthropicConfigError};
 use crate::llm::openai::{OpenAiCompatible, OpenAiConfig, OpenAiConfigError};
 use crate::stt::deepgram::{Deepgram, DeepgramConfig};
+use crate::stt::deepgram_flux::{DeepgramFlux, FluxConfig};
+use crate::stt::whisper::WhisperStt;
 use crate::tts::cartesia::{Cartesia, CartesiaConfig};
+use crate::tts::elevenlabs::{ElevenLabs, ElevenLabsConfig};
+use crate::tts::espeak::Espeak;
+use crate::tts::openai_speech::{OpenAiSpeech, OpenAiSpeechConfig, OpenAiSpeechConfigError};
 
 /// Why the agent could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +29,12 @@ pub enum AgentSetupError {
     MissingKey(String),
     #[error("LLM client: {0}")]
     Llm(#[from] OpenAiConfigError),
+    #[error("Anthropic client: {0}")]
+    Anthropic(#[from] AnthropicConfigError),
+    #[error("OpenAI speech client: {0}")]
+    OpenAiSpeech(#[from] OpenAiSpeechConfigError),
+    #[error("local speech-to-text: {0}")]
+    Whisper(#[from] crate::local::WhisperError),
 }
 
 /// Builds the factory that makes an agent per call.
@@ -31,9 +46,9 @@ pub fn agent_factory(
         AgentKind::Echo => Ok(Arc::new(EchoFactory { delay: Duration::from_millis(config.agent.echo_delay_ms) })),
         AgentKind::Cascade => {
             let deps = CascadeDeps {
-                stt: Arc::new(Deepgram::new(deepgram_config(&config.stt.deepgram)?)),
-                llm: Arc::new(OpenAiCompatible::new(openai_config(&config.llm.openai))?),
-                tts: Arc::new(Cartesia::new(cartesia_config(&config.tts.cartesia)?)),
+                stt: stt_provider(config)?,
+                llm: llm_provider(config)?,
+                tts: tts_provider(config)?,
                 tools: tools.unwrap_or_else(|| Arc::new(NoTools)),
                 config: Arc::new(config.conversation.clone()),
                 redact_numbers: config.twilio.redact_numbers,
@@ -42,6 +57,90 @@ pub fn agent_factory(
             Ok(Arc::new(CascadeFactory { deps }))
         }
     }
+}
+
+/// The `[stt]` provider; the local Whisper model is loaded here, once, and shared by every call.
+fn stt_provider(config: &Config) -> Result<Arc<dyn crate::stt::SpeechToText>, AgentSetupError> {
+    Ok(match config.stt.provider {
+        SttProvider::Deepgram => Arc::new(Deepgram::new(deepgram_config(&config.stt.deepgram)?)),
+        SttProvider::DeepgramFlux => Arc::new(DeepgramFlux::new(flux_config(&config.stt.deepgram_flux)?)),
+        SttProvider::Whisper => {
+            let engine = crate::local::WhisperEngine::load(&config.local.whisper)?;
+            Arc::new(WhisperStt::new(Arc::new(engine), config.local.whisper.segmenter.clone()))
+        }
+    })
+}
+
+fn tts_provider(config: &Config) -> Result<Arc<dyn crate::tts::TextToSpeech>, AgentSetupError> {
+    Ok(match config.tts.provider {
+        TtsProvider::Cartesia => Arc::new(Cartesia::new(cartesia_config(&config.tts.cartesia)?)),
+        TtsProvider::Espeak => Arc::new(Espeak::new(config.local.espeak.clone())),
+        TtsProvider::Elevenlabs => Arc::new(ElevenLabs::new(elevenlabs_config(&config.tts.elevenlabs)?)),
+        TtsProvider::OpenaiSpeech => Arc::new(OpenAiSpeech::new(openai_speech_config(&config.tts.openai_speech))?),
+    })
+}
+
+/// The `[llm]` provider.
+fn llm_provider(config: &Config) -> Result<Arc<dyn crate::llm::LanguageModel>, AgentSetupError> {
+    Ok(match config.llm.provider {
+        LlmProvider::Openai => Arc::new(OpenAiCompatible::new(openai_config(&config.llm.openai))?),
+        LlmProvider::Anthropic => Arc::new(Anthropic::new(anthropic_config(&config.llm.anthropic)?)?),
+    })
+}
+
+fn anthropic_config(settings: &AnthropicSettings) -> Result<AnthropicConfig, AgentSetupError> {
+    let defaults = AnthropicConfig::default();
+    Ok(AnthropicConfig {
+        api_key: required_key(&settings.api_key_env)?,
+        base_url: settings.base_url.clone().unwrap_or(defaults.base_url),
+        model: settings.model.clone().unwrap_or(defaults.model),
+        max_tokens: settings.max_tokens.unwrap_or(defaults.max_tokens),
+        temperature: settings.temperature.or(defaults.temperature),
+        version: settings.version.clone().unwrap_or(defaults.version),
+        ..AnthropicConfig::default()
+    })
+}
+
+fn openai_speech_config(settings: &OpenAiSpeechSettings) -> OpenAiSpeechConfig {
+    let defaults = OpenAiSpeechConfig::default();
+    OpenAiSpeechConfig {
+        api_key: read_secret(&settings.api_key_env).map(|s| s.expose().to_owned()),
+        base_url: settings.base_url.clone().unwrap_or(defaults.base_url),
+        model: settings.model.clone().unwrap_or(defaults.model),
+        voice: settings.voice.clone().unwrap_or(defaults.voice),
+        instructions: settings.instructions.clone().or(defaults.instructions),
+        speed: settings.speed.or(defaults.speed),
+        ..OpenAiSpeechConfig::default()
+    }
+}
+
+fn elevenlabs_config(settings: &ElevenLabsSettings) -> Result<ElevenLabsConfig, AgentSetupError> {
+    let defaults = ElevenLabsConfig::default();
+    Ok(ElevenLabsConfig {
+        api_key: required_key(&settings.api_key_env)?,
+        voice_id: settings.voice_id.clone(),
+        base_url: settings.base_url.clone().unwrap_or(defaults.base_url),
+        model_id: settings.model_id.clone().unwrap_or(defaults.model_id),
+        language_code: settings.language_code.clone().or(defaults.language_code),
+        stability: settings.stability.or(defaults.stability),
+        similarity_boost: settings.similarity_boost.or(defaults.similarity_boost),
+        speed: settings.speed.or(defaults.speed),
+        ..ElevenLabsConfig::default()
+    })
+}
+
+fn flux_config(settings: &DeepgramFluxSettings) -> Result<FluxConfig, AgentSetupError> {
+    let defaults = FluxConfig::default();
+    Ok(FluxConfig {
+        api_key: required_key(&settings.api_key_env)?,
+        base_url: settings.base_url.clone().unwrap_or(defaults.base_url),
+        model: settings.model.clone().unwrap_or(defaults.model),
+        eot_threshold: settings.eot_threshold.or(defaults.eot_threshold),
+        eager_eot_threshold: settings.eager_eot_threshold.or(defaults.eager_eot_threshold),
+        eot_timeout_ms: settings.eot_timeout_ms.or(defaults.eot_timeout_ms),
+        keyterms: settings.keyterms.clone(),
+        ..FluxConfig::default()
+    })
 }
 
 fn required_key(env: &str) -> Result<String, AgentSetupError> {

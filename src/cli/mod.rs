@@ -28,6 +28,13 @@ pub enum Command {
     Serve,
     /// Load and validate the configuration, print what is missing, exit non-zero on errors.
     Check,
+    /// Read the call archive.
+    Archive {
+        #[command(subcommand)]
+        command: crate::archive::cli::ArchiveCommand,
+    },
+    /// Transcribe archived calls offline (Whisper or an OpenAI-compatible server) and score the live transcript.
+    Transcribe(crate::transcribe::cli::TranscribeArgs),
 }
 
 /// Errors the CLI reports before exiting non-zero.
@@ -43,6 +50,8 @@ pub enum CliError {
     Agent(#[from] agents::AgentSetupError),
     #[error("MCP bridge: {0}")]
     Mcp(#[from] McpError),
+    #[error("archive: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -107,7 +116,13 @@ pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
         Some(Arc::new(bridge))
     };
     let agents = agents::agent_factory(&config, tools)?;
-    let server = edge::start(config, secrets, agents, None).await?;
+    let taps: crate::call::tap::Taps = if config.archive.enabled {
+        let archive = crate::archive::Archive::start(&config.archive, config.twilio.redact_numbers)?;
+        Some(Arc::new(archive))
+    } else {
+        None
+    };
+    let server = edge::start(config, secrets, agents, taps).await?;
     // Scripts and tests read the bound address from this line.
     println!("parley listening on {}", server.local_addr);
     edge::wait_for_signal().await;

@@ -49,6 +49,12 @@ pub struct Config {
     pub tts: TtsSection,
     /// The backend's MCP servers, whose tools the LLM may call.
     pub mcp: McpConfig,
+    /// The call archive: recordings, timelines and metadata of every call.
+    pub archive: crate::archive::ArchiveConfig,
+    /// Local speech engines (Whisper, eSpeak NG) and the offline transcription worker.
+    pub local: crate::local::LocalConfig,
+    /// Traces and metrics export (OpenTelemetry, Prometheus).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// The HTTP/WebSocket listener and call admission.
@@ -209,13 +215,30 @@ impl Config {
 impl Config {
     fn provider_problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let key_env = [&self.stt.deepgram.api_key_env, &self.tts.cartesia.api_key_env];
+        // Local providers need no key; the cloud ones do.
+        let mut key_env = Vec::new();
+        match self.stt.provider {
+            providers::SttProvider::Deepgram => key_env.push(&self.stt.deepgram.api_key_env),
+            providers::SttProvider::DeepgramFlux => key_env.push(&self.stt.deepgram_flux.api_key_env),
+            providers::SttProvider::Whisper => {
+                let model = self.local.whisper.model_dir();
+                if !model.join("model.bin").is_file() {
+                    problems.push(Problem::error(format!(
+                        "no Whisper model at {} (run scripts/fetch-whisper-model or set local.whisper.model)",
+                        model.display()
+                    )));
+                }
+            }
+        }
+        if self.tts.provider == providers::TtsProvider::Cartesia {
+            key_env.push(&self.tts.cartesia.api_key_env);
+        }
         for env in key_env {
             if read_secret(env).is_none() {
                 problems.push(Problem::error(format!("{env} is not set (an API key the cascade agent needs)")));
             }
         }
-        if self.tts.cartesia.voice_id.is_empty() {
+        if self.tts.provider == providers::TtsProvider::Cartesia && self.tts.cartesia.voice_id.is_empty() {
             problems.push(Problem::error("tts.cartesia.voice_id is not set"));
         }
         if read_secret(&self.llm.openai.api_key_env).is_none() {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 pub struct SttSection {
     pub provider: SttProvider,
     pub deepgram: DeepgramSettings,
+    pub deepgram_flux: DeepgramFluxSettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -18,6 +19,11 @@ pub struct SttSection {
 pub enum SttProvider {
     #[default]
     Deepgram,
+    /// Deepgram Flux (`/v2/listen`): turn detection built into the model.
+    #[serde(rename = "deepgram_flux")]
+    DeepgramFlux,
+    /// Whisper on this machine (`[local.whisper]`): no account, no network.
+    Whisper,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +59,7 @@ impl Default for DeepgramSettings {
 pub struct LlmSection {
     pub provider: LlmProvider,
     pub openai: OpenAiSettings,
+    pub anthropic: AnthropicSettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -61,6 +68,8 @@ pub enum LlmProvider {
     /// Any OpenAI-compatible Chat Completions server: OpenAI, Groq, vLLM, Ollama, llama.cpp.
     #[default]
     Openai,
+    /// Anthropic Messages (Claude).
+    Anthropic,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,12 +98,41 @@ impl Default for OpenAiSettings {
     }
 }
 
+/// `[llm.anthropic]`: unset fields keep the client's defaults (`llm::anthropic::AnthropicConfig`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnthropicSettings {
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    /// The `anthropic-version` header.
+    pub version: Option<String>,
+    /// Environment variable holding the API key (required).
+    pub api_key_env: String,
+}
+
+impl Default for AnthropicSettings {
+    fn default() -> Self {
+        AnthropicSettings {
+            base_url: None,
+            model: None,
+            max_tokens: None,
+            temperature: None,
+            version: None,
+            api_key_env: "ANTHROPIC_API_KEY".into(),
+        }
+    }
+}
+
 /// `[tts]`: streaming text-to-speech.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TtsSection {
     pub provider: TtsProvider,
     pub cartesia: CartesiaSettings,
+    pub openai_speech: OpenAiSpeechSettings,
+    pub elevenlabs: ElevenLabsSettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -102,6 +140,13 @@ pub struct TtsSection {
 pub enum TtsProvider {
     #[default]
     Cartesia,
+    /// OpenAI `/v1/audio/speech` (or a self-hosted server implementing it), one HTTP request per text piece.
+    #[serde(rename = "openai_speech")]
+    OpenaiSpeech,
+    /// ElevenLabs `multi-stream-input` WebSocket, μ-law 8 kHz.
+    Elevenlabs,
+    /// eSpeak NG on this machine (`[local.espeak]`): no account, no network.
+    Espeak,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +169,92 @@ impl Default for CartesiaSettings {
             language: None,
             version: None,
             api_key_env: "CARTESIA_API_KEY".into(),
+        }
+    }
+}
+
+/// `[tts.openai_speech]`: unset fields keep the client's defaults (`tts::openai_speech::OpenAiSpeechConfig`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiSpeechSettings {
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub voice: Option<String>,
+    pub instructions: Option<String>,
+    pub speed: Option<f64>,
+    /// Environment variable holding the API key; an unset variable means no key (local servers).
+    pub api_key_env: String,
+}
+
+impl Default for OpenAiSpeechSettings {
+    fn default() -> Self {
+        OpenAiSpeechSettings {
+            base_url: None,
+            model: None,
+            voice: None,
+            instructions: None,
+            speed: None,
+            api_key_env: "OPENAI_API_KEY".into(),
+        }
+    }
+}
+
+/// `[tts.elevenlabs]`: unset fields keep the client's defaults (`tts::elevenlabs::ElevenLabsConfig`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElevenLabsSettings {
+    pub base_url: Option<String>,
+    /// The voice to speak with (required).
+    pub voice_id: String,
+    pub model_id: Option<String>,
+    pub language_code: Option<String>,
+    pub stability: Option<f64>,
+    pub similarity_boost: Option<f64>,
+    pub speed: Option<f64>,
+    /// Environment variable holding the API key (required).
+    pub api_key_env: String,
+}
+
+impl Default for ElevenLabsSettings {
+    fn default() -> Self {
+        ElevenLabsSettings {
+            base_url: None,
+            voice_id: String::new(),
+            model_id: None,
+            language_code: None,
+            stability: None,
+            similarity_boost: None,
+            speed: None,
+            api_key_env: "ELEVENLABS_API_KEY".into(),
+        }
+    }
+}
+
+/// `[stt.deepgram_flux]`: unset fields keep the client's defaults (`stt::deepgram_flux::FluxConfig`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeepgramFluxSettings {
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub eot_threshold: Option<f64>,
+    /// Setting it enables the EagerEndOfTurn / TurnResumed events.
+    pub eager_eot_threshold: Option<f64>,
+    pub eot_timeout_ms: Option<u32>,
+    pub keyterms: Vec<String>,
+    /// Environment variable holding the API key (required).
+    pub api_key_env: String,
+}
+
+impl Default for DeepgramFluxSettings {
+    fn default() -> Self {
+        DeepgramFluxSettings {
+            base_url: None,
+            model: None,
+            eot_threshold: None,
+            eager_eot_threshold: None,
+            eot_timeout_ms: None,
+            keyterms: Vec::new(),
+            api_key_env: "DEEPGRAM_API_KEY".into(),
         }
     }
 }

@@ -29,6 +29,8 @@ pub use shutdown::wait_for_signal;
 pub const VOICE_PATH: &str = "/twilio/voice";
 pub const MEDIA_PATH: &str = "/twilio/media";
 pub const STREAM_STATUS_PATH: &str = "/twilio/stream-status";
+/// Prometheus scrapes this (when `telemetry.prometheus` is on).
+pub const METRICS_PATH: &str = "/metrics";
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,7 @@ pub async fn start(
     let listener = TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })?;
     let local_addr = listener.local_addr().map_err(|source| EdgeError::Bind { addr, source })?;
     let registry = CallRegistry::new(config.server.max_concurrent_calls);
+    crate::telemetry::metrics::global().watch_registry(&registry);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let state = Arc::new(AppState { config, validator, registry: Arc::clone(&registry), agents, taps });
     let stop_http = CancellationToken::new();
@@ -117,5 +120,16 @@ fn router(state: Arc<AppState>) -> Router {
         .route(MEDIA_PATH, get(media::upgrade))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route(METRICS_PATH, get(metrics))
         .with_state(state)
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format (404 when `telemetry.prometheus` is off).
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !state.config.telemetry.prometheus {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    }
+    let body = crate::telemetry::metrics::global().prometheus_text();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::AppState;
 use crate::audio::jitter::InboundFrameQueue;
@@ -68,6 +69,8 @@ struct LiveCall {
     jitter: InboundFrameQueue,
     agent: JoinHandle<()>,
     started_at: Instant,
+    /// The call's root span: the agent and its turns are traced under it.
+    span: tracing::Span,
 }
 
 struct Session {
@@ -248,9 +251,11 @@ impl Session {
             hang_up: self.hang_up.clone(),
             tap: tap.clone(),
         };
-        let agent = tokio::spawn(agent.run(ctx));
+        let span = call_span(&call, redact_numbers);
+        crate::telemetry::metrics::global().call_started();
+        let agent = tokio::spawn(agent.run(ctx).instrument(span.clone()));
         let jitter = InboundFrameQueue::new(self.state.config.audio.jitter_max_held_frames);
-        self.live = Some(LiveCall { call, tap, events, playout, jitter, agent, started_at: Instant::now() });
+        self.live = Some(LiveCall { call, tap, events, playout, jitter, agent, started_at: Instant::now(), span });
     }
 
     /// Ends the call: the agent hears the hang-up (after any audio still held) and gets a moment to finish.
@@ -284,7 +289,32 @@ impl Session {
             marks_played = progress.marks_played,
             "call ended"
         );
+        live.span.record("call.outcome", format!("{ending:?}").as_str());
     }
+}
+
+/// The root span of a call (Twilio passes no trace context, so every call starts a trace). The caller's and callee's
+/// numbers are left out when numbers are redacted.
+fn call_span(call: &CallInfo, redact_numbers: bool) -> tracing::Span {
+    let span = tracing::info_span!(
+        "call",
+        otel.kind = "server",
+        call_sid = %call.call_sid,
+        stream_sid = %call.stream_sid,
+        gen_ai.conversation.id = %call.call_sid,
+        call.from = tracing::field::Empty,
+        call.to = tracing::field::Empty,
+        call.outcome = tracing::field::Empty,
+    );
+    if !redact_numbers {
+        if let Some(from) = &call.from {
+            span.record("call.from", from.as_str());
+        }
+        if let Some(to) = &call.to {
+            span.record("call.to", to.as_str());
+        }
+    }
+    span
 }
 
 /// Moves every whole frame from the jitter queue to the agent, never blocking the socket.

@@ -27,6 +27,8 @@ use crate::call::CallInfo;
 use crate::llm::history::{append_tool_round, ToolOutcome, ToolResult};
 use crate::llm::{ChatMessage, LanguageModel, Role, ToolCall};
 use crate::stt::{SpeechToText, SttEvent, SttInput};
+use crate::telemetry::spans::{StageProviders, TurnEnd, TurnTrace};
+use crate::telemetry::{metrics, otel};
 use crate::tts::{TextToSpeech, TtsEvent, TtsInput};
 
 /// How long to wait before reconnecting a failed STT session.
@@ -95,6 +97,10 @@ struct Reply {
     latency: TurnLatency,
     /// Whether this reply is a caller turn's answer (its latency is reported).
     answers_turn: bool,
+    /// The turn's span, closed with the stage spans when the reply is over.
+    trace: TurnTrace,
+    /// When the TTS said this reply's synthesis was complete.
+    synthesis_done_at: Option<Instant>,
 }
 
 impl Reply {
@@ -130,6 +136,10 @@ struct Engine {
     stt_dropped_frames: u64,
     /// Destructive calls waiting for the caller's yes: (tool name, arguments).
     pending_confirmations: Vec<(String, serde_json::Value)>,
+    /// The call's span (parent of every turn span), when tracing is on.
+    call_trace: Option<opentelemetry::Context>,
+    /// Every reported turn's latency, for the summary logged at the end of the call.
+    turn_latencies: Vec<TurnLatency>,
 }
 
 /// Whether the caller's words are a yes (to a confirmation question).
@@ -193,12 +203,19 @@ impl Engine {
             replies: mpsc::unbounded_channel().0,
             stt_dropped_frames: 0,
             pending_confirmations: Vec::new(),
+            call_trace: None,
+            turn_latencies: Vec::new(),
         }
     }
 
     async fn run(mut self, mut ctx: AgentContext) {
         let (replies, replies_rx) = mpsc::unbounded_channel();
         self.replies = replies;
+        if otel::enabled() {
+            // The agent task runs inside the call's span (src/edge/session.rs).
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            self.call_trace = Some(tracing::Span::current().context());
+        }
         let mut vad = VadPool::global().open(self.deps.config.vad_aggressiveness);
         let mut inputs = Inputs { stt: None, tts: None, vad: None, replies: replies_rx };
         if let Some(vad) = vad.as_mut() {
@@ -310,6 +327,7 @@ impl Engine {
                 self.apply(decisions, inputs).await;
             }
             Some(SttEvent::SpeechStarted { .. }) => {}
+            Some(SttEvent::TurnInfo { .. }) => {}
             Some(SttEvent::Error(err)) => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.deps.stt.name(), %err, "speech-to-text failed; reconnecting");
                 self.provider_error("stt", self.deps.stt.name(), &err);
@@ -341,6 +359,7 @@ impl Engine {
             Some(TtsEvent::Done { context }) => {
                 if let Some(reply) = self.reply.as_mut().filter(|r| r.context == context) {
                     reply.synthesis_done = true;
+                    reply.synthesis_done_at.get_or_insert_with(Instant::now);
                     let progress = self.playout.progress();
                     self.on_playout(progress);
                 }
@@ -447,9 +466,16 @@ impl Engine {
             filler_line: self.deps.config.filler_line.clone(),
             filler_after: Duration::from_millis(self.deps.config.filler_after_ms),
             confirmed,
+            trace: None,
         };
         let events = ReplyEvents { reply_id, sender: self.replies.clone() };
-        let task = tokio::spawn(reply::run(job, events));
+        let trace = match &self.call_trace {
+            Some(call) => {
+                TurnTrace::start(call, &self.call.call_sid, self.turn_index, end.speech_ended_at.or(Some(decided_at)))
+            }
+            None => TurnTrace::default(),
+        };
+        let task = tokio::spawn(reply::run(ReplyJob { trace: trace.reply_trace(), ..job }, events));
         let latency = TurnLatency {
             turn_index: self.turn_index,
             speech_ended: end.speech_ended_at,
@@ -471,6 +497,8 @@ impl Engine {
             marks: 0,
             latency,
             answers_turn: true,
+            trace,
+            synthesis_done_at: None,
         });
         self.turn.set_agent_speaking(true);
     }
@@ -494,6 +522,8 @@ impl Engine {
             marks: 0,
             latency: TurnLatency::default(),
             answers_turn,
+            trace: TurnTrace::default(),
+            synthesis_done_at: None,
         });
         self.turn.set_agent_speaking(true);
         self.send_tts(TtsInput::Text { context, text: line.to_owned(), last: true }).await;
@@ -550,7 +580,12 @@ impl Engine {
                         ToolOutcome::Cancelled => ("cancelled".to_owned(), true),
                     };
                     let id = result.call_id.clone();
-                    self.tap.conversation(ConversationEvent::ToolResult { turn: self.turn_index, id, content, is_error });
+                    self.tap.conversation(ConversationEvent::ToolResult {
+                        turn: self.turn_index,
+                        id,
+                        content,
+                        is_error,
+                    });
                 }
                 let segment = reply.current_segment();
                 segment.calls = calls;
@@ -606,7 +641,7 @@ impl Engine {
                 self.rate.observe(&text, reply.audio_bytes);
                 self.commit(&reply, &text, false);
                 if reply.answers_turn {
-                    self.report(reply.latency);
+                    self.report(reply, TurnEnd::Completed);
                 }
             }
             self.turn.set_agent_speaking(false);
@@ -623,6 +658,7 @@ impl Engine {
         if let Some(reply) = self.reply.as_mut() {
             reply.latency.barge_in_onset = Some(onset);
             reply.latency.clear_sent = Some(cleared_at);
+            reply.trace.barge_in(onset, cleared_at);
         }
         let reaction_ms = cleared_at.saturating_duration_since(onset).as_secs_f64() * 1000.0;
         tracing::info!(call_sid = %self.call.call_sid, reaction_ms, "barge-in: cleared the agent's audio");
@@ -662,12 +698,13 @@ impl Engine {
         );
         self.commit(&reply, &heard, true);
         if reply.answers_turn {
-            self.report(reply.latency);
+            self.report(reply, TurnEnd::Interrupted);
         }
         self.turn.set_agent_speaking(false);
     }
 
     fn provider_error(&self, stage: &str, provider: &str, error: &dyn std::fmt::Display) {
+        metrics::global().provider_error(stage, provider);
         self.tap.conversation(ConversationEvent::ProviderError {
             stage: stage.to_owned(),
             provider: provider.to_owned(),
@@ -675,7 +712,13 @@ impl Engine {
         });
     }
 
-    fn report(&self, latency: TurnLatency) {
+    /// A turn is over: its log line, metrics, spans, and the tap's record.
+    fn report(&mut self, reply: Reply, end: TurnEnd) {
+        let latency = reply.latency;
+        let providers = StageProviders { stt: self.deps.stt.name(), tts: self.deps.tts.name() };
+        reply.trace.finish(&latency, reply.synthesis_done_at, Instant::now(), end, &providers);
+        metrics::global().turn_finished(&latency);
+        self.turn_latencies.push(latency.clone());
         latency.log(&self.call.call_sid);
         self.tap.conversation(ConversationEvent::Latency { turn: latency.turn_index, stages: latency.stages_ms() });
         if let Some(reports) = &self.deps.turn_reports {
@@ -683,9 +726,27 @@ impl Engine {
         }
     }
 
+    /// The per-call latency summary: one line per turn with each stage's milliseconds.
+    fn log_latency_summary(&self) {
+        for latency in &self.turn_latencies {
+            let stages: Vec<String> =
+                latency.stages_ms().iter().map(|(stage, ms)| format!("{stage}={ms:.1}")).collect();
+            tracing::info!(
+                call_sid = %self.call.call_sid,
+                turn = latency.turn_index,
+                stages = %stages.join(" "),
+                "call latency summary"
+            );
+        }
+    }
+
     /// Writes the reply into the history as heard: `heard` is a prefix of the reply's text.
     fn commit(&mut self, reply: &Reply, heard: &str, interrupted: bool) {
-        self.tap.conversation(ConversationEvent::AgentSaid { turn: self.turn_index, text: heard.to_owned(), interrupted });
+        self.tap.conversation(ConversationEvent::AgentSaid {
+            turn: self.turn_index,
+            text: heard.to_owned(),
+            interrupted,
+        });
         let mut remaining = heard.len();
         for segment in &reply.segments {
             let take = remaining.min(segment.text.len());
@@ -712,7 +773,11 @@ impl Engine {
             if let Some(task) = reply.task.take() {
                 task.abort();
             }
+            let providers = StageProviders { stt: self.deps.stt.name(), tts: self.deps.tts.name() };
+            let (ended, latency) = (Instant::now(), &reply.latency);
+            reply.trace.finish(latency, reply.synthesis_done_at, ended, TurnEnd::SessionClosed, &providers);
         }
+        self.log_latency_summary();
         if let Some(stt) = self.stt_input.take() {
             let _ = stt.try_send(SttInput::Close);
         }

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::chunker::{ChunkerConfig, SentenceChunker};
 use super::tools::{ToolCallContext, ToolExecutor};
 use crate::llm::history::{append_tool_round, ToolOutcome, ToolResult};
-use crate::llm::{ChatMessage, LanguageModel, LlmError, LlmEvent, LlmRequest, ToolCall, Usage};
+use crate::llm::{ChatMessage, FinishReason, LanguageModel, LlmError, LlmEvent, LlmRequest, ToolCall, Usage};
+use crate::telemetry::metrics;
+use crate::telemetry::spans::{LlmTrace, ReplyTrace, ToolTrace};
 
 /// What a running reply tells the engine.
 #[derive(Debug)]
@@ -82,6 +84,8 @@ pub struct ReplyJob {
     pub filler_after: Duration,
     /// Calls the caller confirmed aloud in this turn: (tool name, arguments).
     pub confirmed: Vec<(String, serde_json::Value)>,
+    /// The turn's span, parent of the LLM and tool spans (`None` when tracing is off).
+    pub trace: Option<ReplyTrace>,
 }
 
 /// What the model is told when a call needs the caller's confirmation first.
@@ -105,9 +109,11 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
         let tools = if round < job.max_tool_rounds { tool_specs.clone() } else { Vec::new() };
         let request = LlmRequest { messages: history.clone(), tools };
         let _ = events.send(ReplyEvent::LlmRequestSent { at: Instant::now() });
+        let mut llm_trace = LlmTrace::start(job.trace.as_ref(), job.llm.name(), job.llm.model(), round);
         let mut stream = match job.llm.stream(request).await {
             Ok(stream) => stream,
             Err(error) => {
+                llm_trace.failed(&error);
                 let _ = events.send(ReplyEvent::Failed { error });
                 return;
             }
@@ -119,6 +125,7 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
         while let Some(event) = stream.next().await {
             match event {
                 Ok(LlmEvent::TextDelta(delta)) => {
+                    llm_trace.first_token();
                     if !first_token_seen {
                         first_token_seen = true;
                         let _ = events.send(ReplyEvent::FirstToken { at: Instant::now() });
@@ -129,8 +136,12 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
                     }
                 }
                 Ok(LlmEvent::ToolCalls(made)) => calls = made,
-                Ok(LlmEvent::Finished { usage: u, .. }) => usage = u,
+                Ok(LlmEvent::Finished { usage: u, reason, request_id }) => {
+                    llm_trace.finished(u, finish_reason(&reason), request_id.as_deref());
+                    usage = u;
+                }
                 Err(error) => {
+                    llm_trace.failed(&error);
                     let _ = events.send(ReplyEvent::Failed { error });
                     return;
                 }
@@ -140,6 +151,7 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
             let _ = events.send(ReplyEvent::Piece { text, at: Instant::now() });
         }
         if calls.is_empty() {
+            llm_trace.end();
             let _ = events.send(ReplyEvent::Done { usage });
             return;
         }
@@ -156,7 +168,7 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
                 ToolResult { call_id, outcome: ToolOutcome::Error(NEEDS_CONFIRMATION.into()) }
             })
             .collect();
-        let running = run_tools(&job.tools, &runnable, &job.context, &job.cancel);
+        let running = run_tools(&job.tools, &runnable, &job.context, &job.cancel, llm_trace.tools_trace());
         tokio::pin!(running);
         let ran = tokio::select! {
             ran = &mut running => ran,
@@ -165,21 +177,44 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
                 running.await
             }
         };
+        llm_trace.end();
         results.extend(ran);
         append_tool_round(&mut history, &spoken, &calls, &results);
         let _ = events.send(ReplyEvent::ToolRound { calls, results });
     }
 }
 
-/// Runs every call of one round concurrently.
+/// The OpenTelemetry spelling of a finish reason.
+fn finish_reason(reason: &FinishReason) -> &str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
+        FinishReason::Other(other) => other,
+    }
+}
+
+/// Runs every call of one round concurrently, each under its own span whose `traceparent` the backend receives.
 async fn run_tools(
     tools: &Arc<dyn ToolExecutor>,
     calls: &[ToolCall],
     context: &ToolCallContext,
     cancel: &CancellationToken,
+    trace: Option<ReplyTrace>,
 ) -> Vec<ToolResult> {
+    let trace = trace.as_ref();
     let runs = calls.iter().map(|call| async move {
-        let outcome = tools.call(call, context, cancel.child_token()).await;
+        let server = tools.server_of(&call.name);
+        let span = ToolTrace::start(trace, &call.name, &call.id, server.as_deref());
+        let mut context = context.clone();
+        if let Some(traceparent) = span.traceparent() {
+            context.traceparent = Some(traceparent);
+        }
+        let started = Instant::now();
+        let outcome = tools.call(call, &context, cancel.child_token()).await;
+        metrics::global().tool_finished(&call.name, started.elapsed(), outcome.is_error);
+        span.end(outcome.is_error, &outcome.content);
         let outcome =
             if outcome.is_error { ToolOutcome::Error(outcome.content) } else { ToolOutcome::Output(outcome.content) };
         ToolResult { call_id: call.id.clone(), outcome }

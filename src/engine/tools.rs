@@ -47,6 +47,11 @@ pub trait ToolExecutor: Send + Sync {
         false
     }
 
+    /// The backend server behind a tool, for its span (`None` when unknown).
+    fn server_of(&self, _name: &str) -> Option<String> {
+        None
+    }
+
     /// Runs one call. `cancel` fires on barge-in or hang-up; the implementation should stop the call at the backend
     /// (MCP `notifications/cancelled`) and return promptly.
     async fn call(&self, call: &ToolCall, context: &ToolCallContext, cancel: CancellationToken) -> ToolOutcome;

@@ -127,6 +127,7 @@ pub trait LanguageModel: Send + Sync {
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError>;
 }
 
+pub mod anthropic;
 pub mod history;
 pub mod openai;
 pub mod sse;

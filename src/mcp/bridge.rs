@@ -264,6 +264,10 @@ impl ToolExecutor for McpBridge {
         self.is_destructive(name)
     }
 
+    fn server_of(&self, name: &str) -> Option<String> {
+        self.resolve(name).map(|(server, _)| server)
+    }
+
     fn specs(&self) -> Vec<ToolSpec> {
         self.shared
             .catalog()

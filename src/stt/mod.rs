@@ -60,10 +60,31 @@ pub enum SttEvent {
     UtteranceEnd {
         last_word_end: f64,
     },
+    /// A turn event from a provider with built-in turn detection (Deepgram Flux). Such providers also emit the
+    /// plain events above (`SpeechStarted`, interim and final `Transcript`s), so an engine that ignores this one
+    /// still works; the eager pair lets an engine start a reply speculatively and abandon it.
+    TurnInfo {
+        event: TurnEvent,
+        /// The whole current turn so far (not a delta).
+        transcript: String,
+    },
     /// The provider failed; the session is over after this.
     Error(SttError),
     /// The session ended normally.
     Closed,
+}
+
+/// Turn events of providers with built-in turn detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnEvent {
+    /// The caller began speaking (a barge-in trigger).
+    StartOfTurn,
+    /// The caller is probably done: a reply may start speculatively.
+    EagerEndOfTurn,
+    /// The eager guess was wrong, the caller kept talking: abandon the speculative reply.
+    TurnResumed,
+    /// The caller finished; the transcript is the complete turn.
+    EndOfTurn,
 }
 
 /// A live recognition session: audio in, events out. Dropping `input` closes the session.
@@ -82,3 +103,5 @@ pub trait SpeechToText: Send + Sync {
 }
 
 pub mod deepgram;
+pub mod deepgram_flux;
+pub mod whisper;

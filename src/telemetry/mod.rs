@@ -1,16 +1,111 @@
-//! Logs now; traces and metrics grow here.
+//! Logs, traces and metrics. Logs always go to stderr; traces and metrics go out over OTLP when `[telemetry]` says
+//! so, and metrics are always readable at `GET /metrics`.
 
+pub mod config;
+pub mod metrics;
+pub mod otel;
 pub mod redact;
+pub mod spans;
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-/// Installs the log subscriber: `RUST_LOG` filters (default `info`), `PARLEY_LOG_FORMAT=json` for JSON lines.
-pub fn init_logging() {
+pub use config::{OtlpProtocol, TelemetryConfig};
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("a log subscriber was already installed: {0}")]
+    AlreadyInstalled(String),
+}
+
+/// What [`init`] installed; keep it for the life of the process and [`Telemetry::shutdown`] it at exit so the last
+/// spans are exported.
+#[derive(Default)]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports every span ended so far (tests read the collector right after).
+    pub fn flush(&self) {
+        if let Some(tracer) = &self.tracer {
+            if let Err(err) = tracer.force_flush() {
+                tracing::warn!(%err, "could not flush spans");
+            }
+        }
+    }
+
+    /// Flushes and stops the exporters. Blocks: call it off the async runtime (`spawn_blocking`).
+    pub fn shutdown(self) {
+        if let Some(tracer) = self.tracer {
+            if let Err(err) = tracer.shutdown() {
+                tracing::warn!(%err, "could not flush the last spans");
+            }
+        }
+        metrics::global().shutdown();
+    }
+}
+
+/// The resource every span and metric carries: `service.name`, `service.version`, `service.instance.id`.
+pub fn resource(config: &TelemetryConfig) -> Resource {
+    Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.instance.id", config.effective_instance_id()),
+        ])
+        .build()
+}
+
+/// Installs the log subscriber and, as `config` asks, the OTLP trace and metric exporters. Must run inside the Tokio
+/// runtime (the gRPC exporter needs it).
+pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    // The OTLP HTTP client is built on rustls without a bundled crypto provider, like the MCP client.
+    crate::mcp::ensure_crypto_provider();
+    let resource = resource(config);
+    metrics::install(config, resource.clone())?;
+    let tracer = if config.traces { Some(otel::install(config, resource)?) } else { None };
+    let mut layers = vec![log_layer()];
+    if let Some(provider) = &tracer {
+        // The call span is at INFO; the OTel layer keeps its own filter so `RUST_LOG=warn` does not drop traces.
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(otel::SCOPE))
+                .with_filter(LevelFilter::INFO)
+                .boxed(),
+        );
+    }
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|err| TelemetryError::AlreadyInstalled(err.to_string()))?;
+    Ok(Telemetry { tracer })
+}
+
+/// The stderr log layer: `RUST_LOG` filters (default `info`), `PARLEY_LOG_FORMAT=json` for JSON lines.
+fn log_layer() -> Box<dyn Layer<Registry> + Send + Sync> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("PARLEY_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json { builder.json().try_init() } else { builder.try_init() };
-    if let Err(err) = result {
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if json {
+        layer.json().with_filter(filter).boxed()
+    } else {
+        layer.with_filter(filter).boxed()
+    }
+}
+
+/// Installs the log subscriber only (tools and tests that do not export telemetry).
+pub fn init_logging() {
+    if let Err(err) = tracing_subscriber::registry().with(vec![log_layer()]).try_init() {
         eprintln!("logging was already initialised: {err}");
     }
 }

@@ -63,3 +63,6 @@ pub trait TextToSpeech: Send + Sync {
 }
 
 pub mod cartesia;
+pub mod elevenlabs;
+pub mod espeak;
+pub mod openai_speech;

@@ -3,6 +3,10 @@
 //! Each fake is a real server bound to 127.0.0.1 on an ephemeral port that speaks the provider's documented wire
 //! protocol, replays messages from `proto-fixtures/`, and has configurable delays so latency can be measured.
 
+pub mod anthropic;
 pub mod cartesia;
 pub mod deepgram;
+pub mod deepgram_flux;
+pub mod elevenlabs;
 pub mod openai;
+pub mod openai_speech;

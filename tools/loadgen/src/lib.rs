@@ -31,6 +31,8 @@ pub struct RigOptions {
     pub conversation: ConversationConfig,
     pub tools: Arc<dyn ToolExecutor>,
     pub max_calls: usize,
+    /// Gets a copy of every call (the archive), when given.
+    pub taps: parley::call::tap::Taps,
 }
 
 impl Default for RigOptions {
@@ -42,6 +44,7 @@ impl Default for RigOptions {
             conversation: ConversationConfig { greeting: String::new(), ..ConversationConfig::default() },
             tools: Arc::new(NoTools),
             max_calls: 100,
+            taps: None,
         }
     }
 }
@@ -91,8 +94,9 @@ impl Rig {
         config.server.listen = "127.0.0.1:0".parse().expect("address");
         config.server.max_concurrent_calls = options.max_calls;
         config.twilio.validate_signatures = false;
-        let server =
-            edge::start(config, Secrets::default(), Arc::new(CascadeFactory { deps }), None).await.expect("parley starts");
+        let server = edge::start(config, Secrets::default(), Arc::new(CascadeFactory { deps }), options.taps)
+            .await
+            .expect("parley starts");
         Rig { server, deepgram, openai, cartesia, reports }
     }
 

@@ -1,0 +1,198 @@
+//! `parley archive list` and `parley archive show`: the archive, readable in a terminal.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+
+use super::store::civil_from_days;
+use super::{list_calls, read_metadata, read_timeline, ArchiveConfig, ArchiveError, CallMetadata, LocalStore};
+use super::{CallStatus, TimelineEntry, TimelineEvent};
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ArchiveCommand {
+    /// Recent calls: start, call SID, duration, turns, status.
+    List {
+        /// How many calls to show, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One call's conversation as a timeline: what the caller and the agent said, tools, barge-ins, latencies.
+    Show {
+        /// A call SID, or the path of a call's folder.
+        call: String,
+    },
+}
+
+/// Runs an archive subcommand against the configured archive, printing to stdout.
+pub fn run(config: &ArchiveConfig, command: &ArchiveCommand) -> Result<(), ArchiveError> {
+    match command {
+        ArchiveCommand::List { limit } => {
+            print!("{}", list(&config.root, *limit)?);
+            Ok(())
+        }
+        ArchiveCommand::Show { call } => {
+            let dir = find_call(&config.root, call)?;
+            let metadata = read_metadata(&dir)?;
+            let entries = read_timeline(&dir)?;
+            print!("{}", render_call(&metadata, &entries));
+            Ok(())
+        }
+    }
+}
+
+/// The table `parley archive list` prints.
+pub fn list(root: &Path, limit: usize) -> Result<String, ArchiveError> {
+    let mut out = String::new();
+    if !root.exists() {
+        let _ = writeln!(out, "no archive at {}", root.display());
+        return Ok(out);
+    }
+    let store = LocalStore::new(root)?;
+    let _ = writeln!(out, "{:<20}  {:<36}  {:>9}  {:>5}  STATUS", "STARTED (UTC)", "CALL SID", "DURATION", "TURNS");
+    for (_, call) in list_calls(&store)?.into_iter().take(limit) {
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<36}  {:>9}  {:>5}  {}",
+            utc_time(call.started_at_ms),
+            call.call_sid,
+            call.duration_ms.map(duration).unwrap_or_else(|| "-".into()),
+            call.turns,
+            status(&call),
+        );
+    }
+    Ok(out)
+}
+
+/// A call's folder from a folder path or a call SID (the newest call with it).
+pub fn find_call(root: &Path, call: &str) -> Result<PathBuf, ArchiveError> {
+    let as_path = Path::new(call);
+    if as_path.join(super::METADATA_FILE).is_file() {
+        return Ok(as_path.to_owned());
+    }
+    if !root.exists() {
+        return Err(ArchiveError::NotFound(call.to_owned()));
+    }
+    let store = LocalStore::new(root)?;
+    list_calls(&store)?
+        .into_iter()
+        .find(|(key, metadata)| metadata.call_sid == call || key.name == call)
+        .map(|(key, _)| root.join(key.relative_path()))
+        .ok_or_else(|| ArchiveError::NotFound(call.to_owned()))
+}
+
+/// The conversation `parley archive show` prints.
+pub fn render_call(metadata: &CallMetadata, entries: &[TimelineEntry]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "call {} (stream {})", metadata.call_sid, metadata.stream_sid);
+    let _ = writeln!(
+        out,
+        "from {} to {}, started {} UTC, {}, {} turn(s), {}",
+        metadata.from.as_deref().unwrap_or("-"),
+        metadata.to.as_deref().unwrap_or("-"),
+        utc_time(metadata.started_at_ms),
+        metadata.duration_ms.map(duration).unwrap_or_else(|| "still open".into()),
+        metadata.turns,
+        status(metadata),
+    );
+    out.push('\n');
+    for entry in entries {
+        let at = format!("{:>8.2}s", entry.ms as f64 / 1000.0);
+        let line = match &entry.event {
+            TimelineEvent::CallStarted { .. } => "call started".to_owned(),
+            TimelineEvent::CallerTurn { turn, text } => format!("caller  [{turn}] {text}"),
+            TimelineEvent::AgentSaid { turn, text, interrupted } => {
+                format!("agent   [{turn}] {text}{}", if *interrupted { "  (interrupted)" } else { "" })
+            }
+            TimelineEvent::ToolCall { turn, name, arguments, .. } => format!("tool    [{turn}] {name}({arguments})"),
+            TimelineEvent::ToolResult { turn, content, is_error, .. } => {
+                format!("result  [{turn}] {}{content}", if *is_error { "error: " } else { "" })
+            }
+            TimelineEvent::BargeIn { turn, reaction_ms } => {
+                format!("barge-in [{turn}] the caller interrupted; agent stopped within {reaction_ms:.0} ms")
+            }
+            TimelineEvent::Latency { turn, stages } => {
+                let stages: Vec<String> = stages.iter().map(|(stage, ms)| format!("{stage} {ms:.0} ms")).collect();
+                format!("latency [{turn}] {}", stages.join(", "))
+            }
+            TimelineEvent::ProviderError { stage, provider, error } => format!("error   {stage} ({provider}): {error}"),
+            TimelineEvent::Dtmf { digit } => format!("key     {digit}"),
+            TimelineEvent::AgentAudioCleared => "agent audio cleared".to_owned(),
+            TimelineEvent::CallEnded { reason } => format!("call ended ({reason})"),
+        };
+        let _ = writeln!(out, "{at}  {line}");
+    }
+    out
+}
+
+fn status(metadata: &CallMetadata) -> String {
+    match (metadata.status, &metadata.ended_by) {
+        (CallStatus::Open, _) => "open".into(),
+        (CallStatus::Sealed, Some(reason)) => format!("sealed ({reason})"),
+        (CallStatus::Sealed, None) => "sealed".into(),
+    }
+}
+
+fn duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}.{}s", secs, (ms % 1000) / 100)
+    }
+}
+
+fn utc_time(epoch_ms: u64) -> String {
+    let secs = epoch_ms / 1000;
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let time = secs % 86_400;
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", time / 3600, time % 3600 / 60, time % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::tap::ConversationEvent;
+
+    #[test]
+    fn the_timeline_reads_as_a_conversation() {
+        let metadata = CallMetadata {
+            call_sid: "CA1".into(),
+            stream_sid: "MZ1".into(),
+            from: Some("+1******1111".into()),
+            to: None,
+            started_at_ms: 1_764_028_800_000,
+            ended_at_ms: Some(1_764_028_812_300),
+            duration_ms: Some(12_300),
+            status: CallStatus::Sealed,
+            ended_by: Some("Stopped".into()),
+            turns: 1,
+        };
+        let entry = |ms, event: ConversationEvent| TimelineEntry { ms, event: event.into() };
+        let entries = vec![
+            entry(1_200, ConversationEvent::CallerTurn { turn: 1, text: "where is my order".into() }),
+            entry(
+                1_500,
+                ConversationEvent::ToolCall {
+                    turn: 1,
+                    id: "c1".into(),
+                    name: "find_order".into(),
+                    arguments: "{}".into(),
+                },
+            ),
+            entry(2_000, ConversationEvent::AgentSaid { turn: 1, text: "It ships".into(), interrupted: true }),
+            entry(2_100, ConversationEvent::BargeIn { turn: 1, reaction_ms: 140.0 }),
+            entry(
+                2_100,
+                ConversationEvent::Latency { turn: 1, stages: vec![("stt".into(), 80.0), ("llm".into(), 310.0)] },
+            ),
+        ];
+        let text = render_call(&metadata, &entries);
+        assert!(text.contains("started 2025-11-25 00:00:00 UTC, 12.3s, 1 turn(s), sealed (Stopped)"), "{text}");
+        assert!(text.contains("    1.20s  caller  [1] where is my order"), "{text}");
+        assert!(text.contains("tool    [1] find_order({})"), "{text}");
+        assert!(text.contains("agent   [1] It ships  (interrupted)"), "{text}");
+        assert!(text.contains("within 140 ms"), "{text}");
+        assert!(text.contains("latency [1] stt 80 ms, llm 310 ms"), "{text}");
+    }
+}

@@ -1,0 +1,54 @@
+//! `metadata.json`: what a call was, and whether its files are complete ("sealed") or still being written ("open").
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ArchiveError, ArchiveStore, CallKey, METADATA_FILE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    /// The call is live, or Parley stopped before it could seal it.
+    Open,
+    /// The files are complete.
+    Sealed,
+}
+
+/// The content of `metadata.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallMetadata {
+    pub call_sid: String,
+    pub stream_sid: String,
+    /// Caller number; redacted when `twilio.redact_numbers` is on.
+    pub from: Option<String>,
+    /// Called number; redacted likewise.
+    pub to: Option<String>,
+    /// Wall-clock start, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    pub ended_at_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub status: CallStatus,
+    /// Why the call ended: the edge's reason (`Stopped`, `HungUp`…) or `recovered` when start-up sealed it.
+    pub ended_by: Option<String>,
+    /// Caller turns the agent answered.
+    pub turns: u64,
+}
+
+impl CallMetadata {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+pub(crate) fn read(store: &dyn ArchiveStore, key: &CallKey) -> Result<CallMetadata, ArchiveError> {
+    let bytes = store.get(key, METADATA_FILE)?;
+    serde_json::from_slice(&bytes).map_err(|source| ArchiveError::Json { path: key.relative_path(), source })
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<CallMetadata, ArchiveError> {
+    let bytes = std::fs::read(path).map_err(ArchiveError::io(path))?;
+    serde_json::from_slice(&bytes).map_err(|source| ArchiveError::Json { path: path.to_owned(), source })
+}

@@ -1,0 +1,293 @@
+//! The per-call recorder: drains the call's tap on a blocking thread of its own (file writes never stall the call or
+//! the runtime) and writes the recording, the timeline and the metadata as the call goes on.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::meta::{CallMetadata, CallStatus};
+use super::opus::{OggOpusWriter, FRAME_SAMPLES};
+use super::timeline::{TimelineEntry, TimelineEvent};
+use super::{ArchiveError, ArchiveStore, CallKey, METADATA_FILE, RECORDING_FILE, TIMELINE_FILE};
+use crate::audio::mulaw;
+use crate::call::tap::{ConversationEvent, TapEvent};
+use crate::call::CallInfo;
+use crate::telemetry::redact;
+
+/// How often the recorder wakes to write audio when no event arrives.
+const TICK: Duration = Duration::from_millis(100);
+/// Audio is written this long after it happened: caller frames that arrive in a burst still find their place.
+/// (Agent audio before "now" is already final: it is only ever scheduled at or after its send time.)
+const HOLD: Duration = Duration::from_millis(300);
+const SAMPLES_PER_MS: u64 = 8;
+
+/// Starts recording a call; events come from `events` until the call ends.
+pub(crate) fn spawn(
+    store: Arc<dyn ArchiveStore>,
+    call: &CallInfo,
+    redact_numbers: bool,
+    mut events: mpsc::UnboundedReceiver<TapEvent>,
+) {
+    let started = Instant::now();
+    let started_wall = SystemTime::now();
+    let call = call.clone();
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!("no runtime to record the call on; not archived");
+        return;
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut recorder = match Recorder::open(store, &call, redact_numbers, started, started_wall) {
+            Ok(recorder) => recorder,
+            Err(err) => {
+                tracing::warn!(%err, call_sid = %call.call_sid, "cannot archive the call");
+                return;
+            }
+        };
+        let result = loop {
+            let event = runtime.block_on(async { tokio::time::timeout(TICK, events.recv()).await });
+            let step = match event {
+                Ok(Some(TapEvent::Ended { at, reason })) => break recorder.seal(at, &reason),
+                Ok(Some(event)) => recorder.on_event(event),
+                Ok(None) => break recorder.seal(Instant::now(), "tap closed"),
+                Err(_) => recorder.write_audio(Instant::now()),
+            };
+            if let Err(err) = step {
+                break Err(err);
+            }
+        };
+        if let Err(err) = result {
+            tracing::warn!(%err, call_sid = %call.call_sid, "archiving the call failed; the rest is not recorded");
+        }
+    });
+}
+
+/// Places both legs on the call's timeline, in 8 kHz samples since the call started, and hands out whole 20 ms
+/// frames once they can no longer change.
+#[derive(Debug, Default)]
+pub(crate) struct Aligner {
+    /// Samples already handed out; both buffers start here.
+    written: u64,
+    caller: Vec<i16>,
+    /// Where the next caller frame goes; `None` before the first.
+    caller_next: Option<u64>,
+    agent: Vec<i16>,
+    /// Where the agent's scheduled audio ends.
+    agent_end: u64,
+}
+
+impl Aligner {
+    /// A caller frame received at `at`: frames are consecutive 20 ms from the first one (which ended when it
+    /// arrived), except that a frame never lands in audio already written (after a stall it starts there).
+    pub(crate) fn caller_frame(&mut self, at: u64, pcm: &[i16]) {
+        let next = *self.caller_next.get_or_insert_with(|| at.saturating_sub(pcm.len() as u64));
+        let start = next.max(self.written);
+        place(&mut self.caller, (start - self.written) as usize, pcm);
+        self.caller_next = Some(start + pcm.len() as u64);
+    }
+
+    /// An agent frame sent at `at`: it plays when it is sent or when the agent audio before it has played.
+    pub(crate) fn agent_frame(&mut self, at: u64, pcm: &[i16]) {
+        let start = at.max(self.agent_end).max(self.written);
+        place(&mut self.agent, (start - self.written) as usize, pcm);
+        self.agent_end = start + pcm.len() as u64;
+    }
+
+    /// Twilio dropped the agent audio not played at `at`.
+    pub(crate) fn clear(&mut self, at: u64) {
+        let at = at.max(self.written);
+        if self.agent_end > at {
+            self.agent.truncate((at - self.written) as usize);
+            self.agent_end = at;
+        }
+    }
+
+    /// Where the audio placed so far ends.
+    pub(crate) fn end(&self) -> u64 {
+        self.caller_next.unwrap_or(0).max(self.agent_end)
+    }
+
+    /// Hands out every whole frame before `upto`, as (caller, agent).
+    pub(crate) fn take_until(&mut self, upto: u64) -> Vec<(Vec<i16>, Vec<i16>)> {
+        let mut frames = Vec::new();
+        while self.written + FRAME_SAMPLES as u64 <= upto {
+            frames.push((take_frame(&mut self.caller), take_frame(&mut self.agent)));
+            self.written += FRAME_SAMPLES as u64;
+        }
+        frames
+    }
+}
+
+fn place(buffer: &mut Vec<i16>, offset: usize, pcm: &[i16]) {
+    if buffer.len() < offset + pcm.len() {
+        buffer.resize(offset + pcm.len(), 0);
+    }
+    buffer[offset..offset + pcm.len()].copy_from_slice(pcm);
+}
+
+fn take_frame(buffer: &mut Vec<i16>) -> Vec<i16> {
+    let n = FRAME_SAMPLES.min(buffer.len());
+    let mut frame: Vec<i16> = buffer.drain(..n).collect();
+    frame.resize(FRAME_SAMPLES, 0);
+    frame
+}
+
+struct Recorder {
+    store: Arc<dyn ArchiveStore>,
+    key: CallKey,
+    started: Instant,
+    metadata: CallMetadata,
+    audio: Aligner,
+    recording: OggOpusWriter<Box<dyn Write + Send>>,
+    timeline: Box<dyn Write + Send>,
+}
+
+impl Recorder {
+    fn open(
+        store: Arc<dyn ArchiveStore>,
+        call: &CallInfo,
+        redact_numbers: bool,
+        started: Instant,
+        started_wall: SystemTime,
+    ) -> Result<Recorder, ArchiveError> {
+        let key = store.create_call(CallKey::new(&call.call_sid, started_wall))?;
+        let number = |n: &Option<String>| n.as_deref().map(|n| redact::phone_number(n, redact_numbers));
+        let metadata = CallMetadata {
+            call_sid: call.call_sid.clone(),
+            stream_sid: call.stream_sid.clone(),
+            from: number(&call.from),
+            to: number(&call.to),
+            started_at_ms: millis_since_epoch(started_wall),
+            ended_at_ms: None,
+            duration_ms: None,
+            status: CallStatus::Open,
+            ended_by: None,
+            turns: 0,
+        };
+        store.put(&key, METADATA_FILE, &metadata.to_json())?;
+        let recording = OggOpusWriter::new(store.create(&key, RECORDING_FILE)?)?;
+        let timeline = store.append(&key, TIMELINE_FILE)?;
+        let mut recorder = Recorder { store, key, started, metadata, audio: Aligner::default(), recording, timeline };
+        let event = TimelineEvent::CallStarted { call_sid: call.call_sid.clone(), stream_sid: call.stream_sid.clone() };
+        recorder.log(started, event)?;
+        tracing::debug!(call = %recorder.key, "archiving the call");
+        Ok(recorder)
+    }
+
+    fn on_event(&mut self, event: TapEvent) -> Result<(), ArchiveError> {
+        match event {
+            TapEvent::CallerAudio { at, frame } => self.audio.caller_frame(self.samples(at), &mulaw::decode(&frame)),
+            TapEvent::AgentAudioSent { at, frame } => self.audio.agent_frame(self.samples(at), &mulaw::decode(&frame)),
+            TapEvent::AgentAudioCleared { at } => {
+                self.audio.clear(self.samples(at));
+                self.log(at, TimelineEvent::AgentAudioCleared)?;
+            }
+            TapEvent::Conversation { at, event } => {
+                let turn = matches!(event, ConversationEvent::CallerTurn { .. });
+                self.log(at, event.into())?;
+                if turn {
+                    self.metadata.turns += 1;
+                    self.store.put(&self.key, METADATA_FILE, &self.metadata.to_json())?;
+                }
+            }
+            TapEvent::Ended { .. } => {}
+        }
+        self.write_audio(Instant::now())
+    }
+
+    /// Encodes the audio that can no longer change.
+    fn write_audio(&mut self, now: Instant) -> Result<(), ArchiveError> {
+        let upto = self.samples(now).saturating_sub(HOLD.as_millis() as u64 * SAMPLES_PER_MS);
+        self.encode_until(upto)
+    }
+
+    fn encode_until(&mut self, upto: u64) -> Result<(), ArchiveError> {
+        for (caller, agent) in self.audio.take_until(upto) {
+            self.recording.push_frame(&caller, &agent)?;
+        }
+        Ok(())
+    }
+
+    /// The call is over: agent audio that had not played is cut, the rest written, the files closed.
+    fn seal(mut self, at: Instant, reason: &str) -> Result<(), ArchiveError> {
+        let end = self.samples(at);
+        self.audio.clear(end);
+        let frame = FRAME_SAMPLES as u64;
+        let upto = end.max(self.audio.end()).div_ceil(frame) * frame;
+        self.encode_until(upto)?;
+        self.log(at, TimelineEvent::CallEnded { reason: reason.to_owned() })?;
+        let frames = self.recording.frames();
+        self.recording.finish()?;
+        let duration_ms = frames * 20;
+        self.metadata.duration_ms = Some(duration_ms);
+        self.metadata.ended_at_ms = Some(self.metadata.started_at_ms + duration_ms);
+        self.metadata.status = CallStatus::Sealed;
+        self.metadata.ended_by = Some(reason.to_owned());
+        self.store.put(&self.key, METADATA_FILE, &self.metadata.to_json())?;
+        tracing::debug!(call = %self.key, duration_ms, "call archived");
+        Ok(())
+    }
+
+    fn log(&mut self, at: Instant, event: TimelineEvent) -> Result<(), ArchiveError> {
+        let entry = TimelineEntry { ms: at.saturating_duration_since(self.started).as_millis() as u64, event };
+        self.timeline.write_all(&entry.to_line()).map_err(ArchiveError::io(TIMELINE_FILE))
+    }
+
+    fn samples(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64 * SAMPLES_PER_MS
+    }
+}
+
+pub(crate) fn millis_since_epoch(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: u64 = FRAME_SAMPLES as u64;
+
+    fn frame(value: i16) -> Vec<i16> {
+        vec![value; FRAME_SAMPLES]
+    }
+
+    /// The value of each frame handed out, per leg.
+    fn values(frames: &[(Vec<i16>, Vec<i16>)]) -> (Vec<i16>, Vec<i16>) {
+        (frames.iter().map(|f| f.0[0]).collect(), frames.iter().map(|f| f.1[0]).collect())
+    }
+
+    #[test]
+    fn caller_frames_follow_each_other_from_the_first() {
+        let mut aligner = Aligner::default();
+        // The first frame arrived at 40 ms: it covers 20–40 ms. Then a burst of two.
+        aligner.caller_frame(2 * F, &frame(1));
+        aligner.caller_frame(2 * F, &frame(2));
+        aligner.caller_frame(2 * F, &frame(3));
+        let (caller, agent) = values(&aligner.take_until(5 * F));
+        assert_eq!(caller, vec![0, 1, 2, 3, 0]);
+        assert_eq!(agent, vec![0; 5]);
+        // After a stall past what was written, the caller resumes where writing stands.
+        aligner.caller_frame(9 * F, &frame(4));
+        assert_eq!(values(&aligner.take_until(6 * F)).0, vec![4]);
+    }
+
+    #[test]
+    fn agent_frames_play_back_to_back_from_their_send_time_and_a_clear_cuts_them() {
+        let mut aligner = Aligner::default();
+        // Four frames sent at once at 20 ms play at 20, 40, 60, 80 ms; a clear at 50 ms drops what had not played.
+        for value in 1..=4 {
+            aligner.agent_frame(F, &frame(value));
+        }
+        aligner.clear(2 * F + F / 2);
+        let frames = aligner.take_until(6 * F);
+        assert_eq!(values(&frames).1, vec![0, 1, 2, 0, 0, 0]);
+        assert_eq!(&frames[2].1[..F as usize / 2], &frame(2)[..F as usize / 2]);
+        assert!(frames[2].1[F as usize / 2..].iter().all(|&s| s == 0));
+        // Sent later than the queue ran dry: it plays when it is sent.
+        aligner.agent_frame(8 * F, &frame(5));
+        assert_eq!(values(&aligner.take_until(10 * F)).1, vec![0, 0, 5, 0]);
+    }
+}

@@ -1,0 +1,147 @@
+//! Start-up housekeeping: sealing the calls a crash left open, and deleting calls past retention.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::SystemTime;
+
+use super::meta::{self, CallStatus};
+use super::opus;
+use super::recorder::millis_since_epoch;
+use super::timeline::{self, TimelineEntry, TimelineEvent};
+use super::{ArchiveError, ArchiveStore, CallKey, RECORDING_FILE, TIMELINE_FILE};
+
+/// The `ended_by` of a call sealed at start-up.
+pub const RECOVERED: &str = "recovered";
+
+/// Seals every call whose metadata still says "open": Parley stopped without closing it. Only call this before the
+/// archive records anything, since live calls are open too. Returns how many were sealed; a call that cannot be
+/// sealed is logged and left as it is.
+pub fn seal_open_calls(store: &dyn ArchiveStore) -> Result<usize, ArchiveError> {
+    let mut sealed = 0;
+    for key in store.list()? {
+        let Ok(metadata) = meta::read(store, &key) else { continue };
+        if metadata.status != CallStatus::Open {
+            continue;
+        }
+        match seal(store, &key) {
+            Ok(()) => sealed += 1,
+            Err(err) => tracing::warn!(%err, call = %key, "cannot seal a call left open"),
+        }
+    }
+    Ok(sealed)
+}
+
+/// Finishes the recording's Ogg stream, ends the timeline and marks the metadata sealed, in that order: should this
+/// be interrupted too, the metadata still says "open" and the next start-up tries again.
+fn seal(store: &dyn ArchiveStore, key: &CallKey) -> Result<(), ArchiveError> {
+    let mut metadata = meta::read(store, key)?;
+    let duration_ms = match store.get(key, RECORDING_FILE) {
+        Ok(bytes) => {
+            let path = key.relative_path().join(RECORDING_FILE);
+            let resealed = opus::reseal(&bytes, Path::new(&path))?;
+            store.put(key, RECORDING_FILE, &resealed)?;
+            opus::parse(&resealed, &path)?.packets.len().saturating_sub(1) as u64 * 20
+        }
+        Err(_) => 0,
+    };
+    let entries = store.get(key, TIMELINE_FILE).map(|bytes| timeline::parse(&bytes)).unwrap_or_default();
+    let last_ms = entries.last().map(|entry| entry.ms).unwrap_or(0);
+    let ended =
+        TimelineEntry { ms: last_ms.max(duration_ms), event: TimelineEvent::CallEnded { reason: RECOVERED.into() } };
+    let mut timeline = store.append(key, TIMELINE_FILE)?;
+    // A line torn by the crash is ended first, so the new line stands on its own.
+    timeline
+        .write_all(b"\n")
+        .and_then(|()| timeline.write_all(&ended.to_line()))
+        .map_err(ArchiveError::io(TIMELINE_FILE))?;
+    metadata.duration_ms = Some(duration_ms);
+    metadata.ended_at_ms = Some(metadata.started_at_ms + duration_ms);
+    metadata.status = CallStatus::Sealed;
+    metadata.ended_by = Some(RECOVERED.into());
+    metadata.turns = entries.iter().filter(|e| matches!(e.event, TimelineEvent::CallerTurn { .. })).count() as u64;
+    store.put(key, super::METADATA_FILE, &metadata.to_json())
+}
+
+/// Deletes the calls that started more than `retention_days` days before `now` (by their folder's date). Returns how
+/// many were deleted.
+pub fn sweep_expired(store: &dyn ArchiveStore, retention_days: u32, now: SystemTime) -> Result<usize, ArchiveError> {
+    let today = (millis_since_epoch(now) / 86_400_000) as i64;
+    let mut removed = 0;
+    for key in store.list()? {
+        if today - key.days_since_epoch() > i64::from(retention_days) {
+            store.remove(&key)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::archive::meta::CallMetadata;
+    use crate::archive::opus::{OggOpusWriter, FRAME_SAMPLES};
+    use crate::archive::{LocalStore, METADATA_FILE};
+
+    fn open_call(store: &LocalStore, sid: &str, at: SystemTime) -> CallKey {
+        let key = store.create_call(CallKey::new(sid, at)).unwrap();
+        let metadata = CallMetadata {
+            call_sid: sid.into(),
+            stream_sid: "MZ1".into(),
+            from: None,
+            to: None,
+            started_at_ms: millis_since_epoch(at),
+            ended_at_ms: None,
+            duration_ms: None,
+            status: CallStatus::Open,
+            ended_by: None,
+            turns: 0,
+        };
+        store.put(&key, METADATA_FILE, &metadata.to_json()).unwrap();
+        key
+    }
+
+    #[test]
+    fn open_calls_are_sealed_with_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        let key = open_call(&store, "CA1", SystemTime::now());
+        let mut writer = OggOpusWriter::new(store.create(&key, RECORDING_FILE).unwrap()).unwrap();
+        for _ in 0..60 {
+            writer.push_frame(&[100; FRAME_SAMPLES], &[0; FRAME_SAMPLES]).unwrap();
+        }
+        drop(writer);
+        store
+            .put(&key, TIMELINE_FILE, b"{\"ms\":0,\"type\":\"call_started\",\"call_sid\":\"CA1\",\"stream_sid\":\"MZ1\"}\n{\"ms\":40,\"type\":\"caller_turn\",\"turn\":1,\"text\":\"hi\"}\n{\"ms\":9")
+            .unwrap();
+        assert_eq!(seal_open_calls(&store).unwrap(), 1);
+        assert_eq!(seal_open_calls(&store).unwrap(), 0, "sealed calls stay sealed");
+        let call_dir = store.local_dir(&key).unwrap();
+        let metadata = meta::read(&store, &key).unwrap();
+        assert_eq!(metadata.status, CallStatus::Sealed);
+        assert_eq!(metadata.ended_by.as_deref(), Some(RECOVERED));
+        assert_eq!(metadata.duration_ms, Some(1_000));
+        assert_eq!(metadata.turns, 1);
+        let entries = timeline::read_timeline(&call_dir).unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[2].event, TimelineEvent::CallEnded { reason: RECOVERED.into() });
+        let (caller, agent) = opus::read_legs(&call_dir).unwrap();
+        assert_eq!((caller.len(), agent.len()), (50 * FRAME_SAMPLES, 50 * FRAME_SAMPLES));
+    }
+
+    #[test]
+    fn retention_deletes_only_calls_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(20_000 * 86_400);
+        let day = Duration::from_secs(86_400);
+        let old = open_call(&store, "CAold", now - 31 * day);
+        let recent = open_call(&store, "CArecent", now - 30 * day);
+        let today = open_call(&store, "CAtoday", now);
+        assert_eq!(sweep_expired(&store, 30, now).unwrap(), 1);
+        assert_eq!(store.list().unwrap(), vec![recent, today]);
+        assert!(!store.local_dir(&old).unwrap().parent().unwrap().exists(), "the empty day folder goes too");
+    }
+}

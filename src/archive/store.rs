@@ -1,0 +1,262 @@
+//! Where archived calls are kept. [`ArchiveStore`] is the seam for other backends (an object store can follow);
+//! [`LocalStore`], a folder on the local filesystem, is the one Parley embeds.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::ArchiveError;
+
+/// A call's place in the archive: `<YYYY>/<MM>/<DD>/<CallSid>`, by the UTC day the call started.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallKey {
+    pub year: u32,
+    pub month: u32,
+    pub day: u32,
+    /// The folder name: the call SID, made safe for a path (and suffixed when the same SID was archived twice).
+    pub name: String,
+}
+
+impl CallKey {
+    /// The key of a call with this SID starting at `at`.
+    pub fn new(call_sid: &str, at: SystemTime) -> CallKey {
+        let (year, month, day) = utc_date(at);
+        let name: String =
+            call_sid.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        let name = if name.is_empty() { "unknown".to_owned() } else { name };
+        CallKey { year, month, day, name }
+    }
+
+    /// The folder, relative to the archive's root.
+    pub fn relative_path(&self) -> PathBuf {
+        PathBuf::from(format!("{:04}", self.year))
+            .join(format!("{:02}", self.month))
+            .join(format!("{:02}", self.day))
+            .join(&self.name)
+    }
+
+    /// Reads a key back from a folder path relative to the root (`2026/11/25/CA…`).
+    pub fn from_relative(path: &Path) -> Option<CallKey> {
+        let parts: Vec<&str> = path.iter().filter_map(|p| p.to_str()).collect();
+        let [year, month, day, name] = parts.as_slice() else { return None };
+        Some(CallKey {
+            year: year.parse().ok()?,
+            month: month.parse().ok()?,
+            day: day.parse().ok()?,
+            name: (*name).to_owned(),
+        })
+    }
+
+    /// Days since 1970-01-01 of the call's folder date.
+    pub fn days_since_epoch(&self) -> i64 {
+        days_from_civil(i64::from(self.year), self.month, self.day)
+    }
+}
+
+impl fmt::Display for CallKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}/{:02}/{:02}/{}", self.year, self.month, self.day, self.name)
+    }
+}
+
+/// Storage for archived calls. Calls are folders of named files; the recorder appends to the recording and the
+/// timeline as the call goes on and replaces the metadata whole.
+pub trait ArchiveStore: Send + Sync {
+    /// Creates the call's folder; when `key` is taken (the same SID twice in a day) a free `-2`, `-3`… is used.
+    fn create_call(&self, key: CallKey) -> Result<CallKey, ArchiveError>;
+    /// Opens a file of the call for writing from its start (truncating it).
+    fn create(&self, key: &CallKey, name: &str) -> Result<Box<dyn Write + Send>, ArchiveError>;
+    /// Opens a file of the call for appending.
+    fn append(&self, key: &CallKey, name: &str) -> Result<Box<dyn Write + Send>, ArchiveError>;
+    /// Replaces a file of the call whole, atomically: readers see the old or the new content, never half of it.
+    fn put(&self, key: &CallKey, name: &str, bytes: &[u8]) -> Result<(), ArchiveError>;
+    /// Reads a file of the call.
+    fn get(&self, key: &CallKey, name: &str) -> Result<Vec<u8>, ArchiveError>;
+    /// Every call in the archive.
+    fn list(&self) -> Result<Vec<CallKey>, ArchiveError>;
+    /// Deletes a call and everything in it.
+    fn remove(&self, key: &CallKey) -> Result<(), ArchiveError>;
+    /// The call's folder on the local filesystem, for stores that have one.
+    fn local_dir(&self, key: &CallKey) -> Option<PathBuf>;
+}
+
+/// The archive as folders on the local filesystem.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store under `root`, created when missing.
+    pub fn new(root: &Path) -> Result<LocalStore, ArchiveError> {
+        fs::create_dir_all(root).map_err(ArchiveError::io(root))?;
+        Ok(LocalStore { root: root.to_owned() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &CallKey, name: &str) -> PathBuf {
+        self.root.join(key.relative_path()).join(name)
+    }
+}
+
+impl ArchiveStore for LocalStore {
+    fn create_call(&self, key: CallKey) -> Result<CallKey, ArchiveError> {
+        let day = self.root.join(key.relative_path()).parent().map(Path::to_path_buf).unwrap_or_default();
+        fs::create_dir_all(&day).map_err(ArchiveError::io(&day))?;
+        for attempt in 1u32.. {
+            let name = if attempt == 1 { key.name.clone() } else { format!("{}-{attempt}", key.name) };
+            let dir = day.join(&name);
+            match fs::create_dir(&dir) {
+                Ok(()) => return Ok(CallKey { name, ..key }),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(ArchiveError::Io { path: dir, source: err }),
+            }
+        }
+        unreachable!("the attempts never run out")
+    }
+
+    fn create(&self, key: &CallKey, name: &str) -> Result<Box<dyn Write + Send>, ArchiveError> {
+        let path = self.path(key, name);
+        let file = fs::File::create(&path).map_err(ArchiveError::io(&path))?;
+        Ok(Box::new(file))
+    }
+
+    fn append(&self, key: &CallKey, name: &str) -> Result<Box<dyn Write + Send>, ArchiveError> {
+        let path = self.path(key, name);
+        let file = fs::OpenOptions::new().create(true).append(true).open(&path).map_err(ArchiveError::io(&path))?;
+        Ok(Box::new(file))
+    }
+
+    fn put(&self, key: &CallKey, name: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+        let path = self.path(key, name);
+        let temporary = path.with_extension("tmp");
+        fs::write(&temporary, bytes).map_err(ArchiveError::io(&temporary))?;
+        fs::rename(&temporary, &path).map_err(ArchiveError::io(&path))
+    }
+
+    fn get(&self, key: &CallKey, name: &str) -> Result<Vec<u8>, ArchiveError> {
+        let path = self.path(key, name);
+        fs::read(&path).map_err(ArchiveError::io(&path))
+    }
+
+    fn list(&self) -> Result<Vec<CallKey>, ArchiveError> {
+        let mut keys = Vec::new();
+        for year in subdirs(&self.root)? {
+            for month in subdirs(&year)? {
+                for day in subdirs(&month)? {
+                    for call in subdirs(&day)? {
+                        if let Some(key) = call.strip_prefix(&self.root).ok().and_then(CallKey::from_relative) {
+                            keys.push(key);
+                        }
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn remove(&self, key: &CallKey) -> Result<(), ArchiveError> {
+        let dir = self.root.join(key.relative_path());
+        fs::remove_dir_all(&dir).map_err(ArchiveError::io(&dir))?;
+        // Empty day, month and year folders go too; a folder that is not empty stays (the error is expected).
+        let mut parent = dir.parent();
+        while let Some(folder) = parent {
+            if folder == self.root || fs::remove_dir(folder).is_err() {
+                break;
+            }
+            parent = folder.parent();
+        }
+        Ok(())
+    }
+
+    fn local_dir(&self, key: &CallKey) -> Option<PathBuf> {
+        Some(self.root.join(key.relative_path()))
+    }
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(ArchiveError::io(dir))? {
+        let entry = entry.map_err(ArchiveError::io(dir))?;
+        // Hidden folders (`.transcribe-queue`) belong to other tools.
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if !hidden && entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            dirs.push(entry.path());
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// The UTC calendar date of an instant.
+pub(crate) fn utc_date(at: SystemTime) -> (u32, u32, u32) {
+    let days = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0) as i64;
+    civil_from_days(days)
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
+pub(crate) fn civil_from_days(days: i64) -> (u32, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year as u32, month as u32, day as u32)
+}
+
+/// The inverse: (year, month, day) to days since 1970-01-01.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let month = i64::from(month);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(utc_date(UNIX_EPOCH + Duration::from_secs(1_764_028_800)), (2025, 11, 25));
+        for days in [-1000, 0, 59, 60, 11_016, 20_000, 30_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(i64::from(y), m, d), days);
+        }
+    }
+
+    #[test]
+    fn keys_are_safe_folder_names() {
+        let key = CallKey::new("CA12/../x", UNIX_EPOCH);
+        assert_eq!(key.to_string(), "1970/01/01/CA12____x");
+        assert_eq!(CallKey::from_relative(&key.relative_path()), Some(key));
+    }
+
+    #[test]
+    fn the_same_sid_twice_gets_a_second_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        let first = store.create_call(CallKey::new("CA1", UNIX_EPOCH)).unwrap();
+        let second = store.create_call(CallKey::new("CA1", UNIX_EPOCH)).unwrap();
+        assert_eq!(first.name, "CA1");
+        assert_eq!(second.name, "CA1-2");
+        assert_eq!(store.list().unwrap(), vec![first.clone(), second]);
+        store.remove(&first).unwrap();
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,163 @@
+//! `timeline.jsonl`: one JSON line per event of a call, stamped with milliseconds since the call started. Lines are
+//! only ever appended, so a crash leaves every line before it intact; a torn last line is skipped when reading.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ArchiveError, TIMELINE_FILE};
+use crate::call::tap::ConversationEvent;
+
+/// One line of the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// Milliseconds since the call started.
+    pub ms: u64,
+    #[serde(flatten)]
+    pub event: TimelineEvent,
+}
+
+/// What happened: the conversation's events (mirroring [`ConversationEvent`]) plus the call's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TimelineEvent {
+    CallStarted {
+        call_sid: String,
+        stream_sid: String,
+    },
+    CallerTurn {
+        turn: u64,
+        text: String,
+    },
+    AgentSaid {
+        turn: u64,
+        text: String,
+        interrupted: bool,
+    },
+    ToolCall {
+        turn: u64,
+        id: String,
+        name: String,
+        arguments: String,
+    },
+    ToolResult {
+        turn: u64,
+        id: String,
+        content: String,
+        is_error: bool,
+    },
+    BargeIn {
+        turn: u64,
+        reaction_ms: f64,
+    },
+    Latency {
+        turn: u64,
+        stages: Vec<(String, f64)>,
+    },
+    ProviderError {
+        stage: String,
+        provider: String,
+        error: String,
+    },
+    Dtmf {
+        digit: String,
+    },
+    /// Twilio was told to drop the agent's unplayed audio; the agent leg is cut here.
+    AgentAudioCleared,
+    /// `reason` is the edge's ending, or `recovered` when start-up sealed a call a crash left open.
+    CallEnded {
+        reason: String,
+    },
+}
+
+impl From<ConversationEvent> for TimelineEvent {
+    fn from(event: ConversationEvent) -> TimelineEvent {
+        match event {
+            ConversationEvent::CallerTurn { turn, text } => TimelineEvent::CallerTurn { turn, text },
+            ConversationEvent::AgentSaid { turn, text, interrupted } => {
+                TimelineEvent::AgentSaid { turn, text, interrupted }
+            }
+            ConversationEvent::ToolCall { turn, id, name, arguments } => {
+                TimelineEvent::ToolCall { turn, id, name, arguments }
+            }
+            ConversationEvent::ToolResult { turn, id, content, is_error } => {
+                TimelineEvent::ToolResult { turn, id, content, is_error }
+            }
+            ConversationEvent::BargeIn { turn, reaction_ms } => TimelineEvent::BargeIn { turn, reaction_ms },
+            ConversationEvent::Latency { turn, stages } => TimelineEvent::Latency { turn, stages },
+            ConversationEvent::ProviderError { stage, provider, error } => {
+                TimelineEvent::ProviderError { stage, provider, error }
+            }
+            ConversationEvent::Dtmf { digit } => TimelineEvent::Dtmf { digit },
+        }
+    }
+}
+
+impl TimelineEntry {
+    /// The entry as one line, newline included.
+    pub(crate) fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Parses timeline bytes; lines that do not parse (a line torn by a crash) are skipped.
+pub(crate) fn parse(bytes: &[u8]) -> Vec<TimelineEntry> {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect()
+}
+
+/// A call's timeline, from its folder.
+pub fn read_timeline(dir: &Path) -> Result<Vec<TimelineEntry>, ArchiveError> {
+    let path = dir.join(TIMELINE_FILE);
+    let bytes = std::fs::read(&path).map_err(ArchiveError::io(&path))?;
+    Ok(parse(&bytes))
+}
+
+/// What the hot-path STT heard the caller say in one turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallerTurn {
+    pub turn: u64,
+    /// When the turn's transcript was final, milliseconds since the call started.
+    pub ms: u64,
+    pub text: String,
+}
+
+/// The caller's turns as the hot path transcribed them, in order: what an offline transcript is compared with.
+pub fn caller_turns(dir: &Path) -> Result<Vec<CallerTurn>, ArchiveError> {
+    Ok(read_timeline(dir)?
+        .into_iter()
+        .filter_map(|entry| match entry.event {
+            TimelineEvent::CallerTurn { turn, text } => Some(CallerTurn { turn, ms: entry.ms, text }),
+            _ => None,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_and_torn_lines_are_skipped() {
+        let entries = vec![
+            TimelineEntry {
+                ms: 0,
+                event: TimelineEvent::CallStarted { call_sid: "CA1".into(), stream_sid: "MZ1".into() },
+            },
+            TimelineEntry {
+                ms: 1200,
+                event: ConversationEvent::Latency { turn: 1, stages: vec![("stt".into(), 80.0)] }.into(),
+            },
+            TimelineEntry { ms: 1300, event: TimelineEvent::AgentAudioCleared },
+        ];
+        let mut bytes: Vec<u8> = entries.iter().flat_map(TimelineEntry::to_line).collect();
+        assert!(String::from_utf8_lossy(&bytes).contains(r#"{"ms":1300,"type":"agent_audio_cleared"}"#));
+        bytes.extend_from_slice(br#"{"ms":1400,"type":"caller_tu"#);
+        assert_eq!(parse(&bytes), entries);
+    }
+}

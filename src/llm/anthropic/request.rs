@@ -1,0 +1,213 @@
+//! Builds the Anthropic Messages request body (pure, no I/O).
+//!
+//! Parley's provider-neutral history does not map one to one onto Anthropic messages, and Anthropic answers 400 when
+//! the shape is off, so the mapping here enforces its rules:
+//!
+//! - system messages become the top-level `system` string (Anthropic has no system role);
+//! - an assistant turn with tool calls becomes content blocks: its text (if any), then one `tool_use` block per call
+//!   with `input` as a JSON *object* (Parley keeps the raw argument text, OpenAI style);
+//! - tool messages become `tool_result` blocks of a *user* message, first in that message, and the results of one
+//!   round share one user message (every `tool_use` must be answered in the immediately following user message);
+//! - consecutive messages of the same role are merged, and empty assistant turns are dropped (Anthropic rejects
+//!   empty text blocks).
+//!
+//! Tool names get the same wire-safe mapping as for OpenAI (Anthropic accepts the same `^[a-zA-Z0-9_-]{1,64}$`).
+
+use serde_json::{json, Map, Value};
+
+use super::AnthropicConfig;
+use crate::llm::history::CANCELLED_RESULT;
+use crate::llm::openai::wire_tool_name;
+use crate::llm::{ChatMessage, LlmRequest, Role, ToolCall, ToolSpec};
+
+/// Prefix `llm::history` gives to the content of a failed tool call; such results are sent with `is_error: true`.
+const ERROR_PREFIX: &str = "error: ";
+
+/// The JSON body for `POST {base}/v1/messages` with `stream: true`.
+pub fn build_body(config: &AnthropicConfig, request: &LlmRequest) -> Value {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(config.model));
+    body.insert("max_tokens".into(), json!(config.max_tokens));
+    let system: Vec<&str> = request
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::System && !m.content.is_empty())
+        .map(|m| m.content.as_str())
+        .collect();
+    if !system.is_empty() {
+        body.insert("system".into(), json!(system.join("\n\n")));
+    }
+    body.insert("messages".into(), Value::Array(messages_json(&request.messages)));
+    if !request.tools.is_empty() {
+        body.insert("tools".into(), Value::Array(request.tools.iter().map(tool_json).collect()));
+        body.insert("tool_choice".into(), json!({"type": "auto"}));
+    }
+    if let Some(temperature) = config.temperature {
+        body.insert("temperature".into(), json!(temperature));
+    }
+    body.insert("stream".into(), json!(true));
+    Value::Object(body)
+}
+
+/// The `messages` array: user/assistant turns with content blocks, same-role neighbours merged.
+fn messages_json(messages: &[ChatMessage]) -> Vec<Value> {
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for message in messages {
+        let (role, blocks) = match message.role {
+            Role::System => continue,
+            Role::User if message.content.is_empty() => continue,
+            Role::User => ("user", vec![text_block(&message.content)]),
+            Role::Assistant => {
+                let mut blocks = Vec::new();
+                if !message.content.is_empty() {
+                    blocks.push(text_block(&message.content));
+                }
+                blocks.extend(message.tool_calls.iter().map(tool_use_block));
+                if blocks.is_empty() {
+                    continue;
+                }
+                ("assistant", blocks)
+            }
+            Role::Tool => ("user", vec![tool_result_block(message)]),
+        };
+        match turns.last_mut() {
+            Some((last_role, last_blocks)) if *last_role == role => last_blocks.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    turns.into_iter().map(|(role, blocks)| json!({"role": role, "content": order_results_first(blocks)})).collect()
+}
+
+/// Anthropic requires `tool_result` blocks before any text in a user message.
+fn order_results_first(blocks: Vec<Value>) -> Vec<Value> {
+    let (mut results, others): (Vec<Value>, Vec<Value>) =
+        blocks.into_iter().partition(|block| block.get("type").and_then(Value::as_str) == Some("tool_result"));
+    results.extend(others);
+    results
+}
+
+fn text_block(text: &str) -> Value {
+    json!({"type": "text", "text": text})
+}
+
+/// A `tool_use` block. Arguments that are not a JSON object (a cut-off stream, a confused model) are sent as `{}`:
+/// Anthropic rejects any other `input`, and the tool's error result already tells the model what went wrong.
+fn tool_use_block(call: &ToolCall) -> Value {
+    let input = match serde_json::from_str::<Value>(&call.arguments) {
+        Ok(value @ Value::Object(_)) => value,
+        _ => json!({}),
+    };
+    json!({"type": "tool_use", "id": call.id, "name": wire_tool_name(&call.name), "input": input})
+}
+
+fn tool_result_block(message: &ChatMessage) -> Value {
+    let is_error = message.content.starts_with(ERROR_PREFIX) || message.content == CANCELLED_RESULT;
+    json!({
+        "type": "tool_result",
+        "tool_use_id": message.tool_call_id.clone().unwrap_or_default(),
+        "content": message.content,
+        "is_error": is_error,
+    })
+}
+
+fn tool_json(tool: &ToolSpec) -> Value {
+    json!({"name": wire_tool_name(&tool.name), "description": tool.description, "input_schema": tool.parameters})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::history::{append_tool_round, ToolOutcome, ToolResult};
+
+    fn lookup_tool() -> ToolSpec {
+        ToolSpec {
+            name: "lookup_order".into(),
+            description: "Look up an order by id".into(),
+            parameters: json!({"type":"object","properties":{"order_id":{"type":"string"}},"required":["order_id"]}),
+        }
+    }
+
+    #[test]
+    fn documented_request_shape() {
+        let config =
+            AnthropicConfig { model: "claude-sonnet-4-5".into(), max_tokens: 400, ..AnthropicConfig::default() };
+        let request = LlmRequest {
+            messages: vec![
+                ChatMessage::system("You are a phone agent for Acme."),
+                ChatMessage::user("Where is my order 456?"),
+            ],
+            tools: vec![lookup_tool()],
+        };
+        let body = build_body(&config, &request);
+        assert_eq!(
+            body,
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 400,
+                "system": "You are a phone agent for Acme.",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "Where is my order 456?"}]}],
+                "tools": [{"name": "lookup_order", "description": "Look up an order by id",
+                           "input_schema": {"type":"object","properties":{"order_id":{"type":"string"}},
+                                            "required":["order_id"]}}],
+                "tool_choice": {"type": "auto"},
+                "stream": true,
+            })
+        );
+    }
+
+    #[test]
+    fn tool_round_becomes_tool_use_then_user_tool_results() {
+        let mut history = vec![ChatMessage::system("sys"), ChatMessage::user("Where is my order 456?")];
+        let calls = vec![
+            ToolCall { id: "toolu_1".into(), name: "lookup_order".into(), arguments: "{\"order_id\":\"456\"}".into() },
+            ToolCall { id: "toolu_2".into(), name: "mcp.refund".into(), arguments: "{\"order_id\":".into() },
+        ];
+        let results = vec![ToolResult { call_id: "toolu_1".into(), outcome: ToolOutcome::Output("shipped".into()) }];
+        append_tool_round(&mut history, "Let me check.", &calls, &results);
+        history.push(ChatMessage::user("And the other one?"));
+        let body = build_body(&AnthropicConfig::default(), &LlmRequest { messages: history, tools: Vec::new() });
+        let messages = body.get("messages").cloned().unwrap_or_default();
+        assert_eq!(
+            messages,
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "Where is my order 456?"}]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Let me check."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "lookup_order", "input": {"order_id": "456"}},
+                    {"type": "tool_use", "id": "toolu_2", "name": wire_tool_name("mcp.refund"), "input": {}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "shipped", "is_error": false},
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "content": CANCELLED_RESULT, "is_error": true},
+                    {"type": "text", "text": "And the other one?"},
+                ]},
+            ])
+        );
+        assert!(body.get("tools").is_none() && body.get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn empty_turns_are_dropped_and_same_roles_merge() {
+        let messages = vec![
+            ChatMessage::user("hello"),
+            ChatMessage::assistant(""),
+            ChatMessage::user("are you there?"),
+            ChatMessage::system("second system part"),
+        ];
+        let config = AnthropicConfig { temperature: Some(0.3), ..AnthropicConfig::default() };
+        let body = build_body(&config, &LlmRequest { messages, tools: Vec::new() });
+        assert_eq!(body.get("system"), Some(&json!("second system part")));
+        assert_eq!(body.get("temperature"), Some(&json!(0.3)));
+        assert_eq!(
+            body.get("messages"),
+            Some(&json!([{"role": "user", "content": [
+                {"type": "text", "text": "hello"}, {"type": "text", "text": "are you there?"}]}]))
+        );
+    }
+
+    #[test]
+    fn failed_tool_results_are_flagged_as_errors() {
+        let message = ChatMessage::tool_result("toolu_9", "error: backend down");
+        assert_eq!(tool_result_block(&message).get("is_error"), Some(&json!(true)));
+    }
+}

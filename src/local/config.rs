@@ -1,0 +1,109 @@
+//! The `[local]` section: settings of the engines that run on this machine.
+//!
+//! ```toml
+//! [local.whisper]
+//! model = "/var/lib/parley/whisper-tiny.en"   # default: $PARLEY_WHISPER_MODEL, else ~/.cache/parley/models/whisper-tiny.en
+//! threads = 2
+//!
+//! [local.espeak]
+//! voice = "en-us"
+//!
+//! [local.transcribe]
+//! backend = "whisper"                          # or "openai": an OpenAI-compatible /v1/audio/transcriptions server
+//! ```
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::segment::SegmenterConfig;
+use crate::transcribe::TranscribeConfig;
+
+/// `[local]`: the local engines and the offline transcription worker.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    pub whisper: WhisperSettings,
+    pub espeak: EspeakSettings,
+    pub transcribe: TranscribeConfig,
+}
+
+/// Where the Whisper model is and how it runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhisperSettings {
+    /// Folder of a CTranslate2 Whisper model (`model.bin`, `tokenizer.json`, `preprocessor_config.json`).
+    pub model: Option<PathBuf>,
+    /// Spoken language (ISO 639-1). English-only (`.en`) models need `en`; `None` lets a multilingual model detect it.
+    pub language: Option<String>,
+    /// CPU threads per inference; 0 lets CTranslate2 choose.
+    pub threads: usize,
+    /// Transcriptions run at once across all calls: each one keeps `threads` cores busy.
+    pub max_concurrent: usize,
+    /// Beam search width (1 is greedy: faster, slightly less accurate).
+    pub beam_size: usize,
+    /// Weight precision: `int8` is about twice as fast on CPU for a small loss; `default` keeps the model's own.
+    pub compute_type: ComputeType,
+    /// How the live provider cuts the caller's audio into utterances.
+    pub segmenter: SegmenterConfig,
+}
+
+impl Default for WhisperSettings {
+    fn default() -> Self {
+        WhisperSettings {
+            model: None,
+            language: Some("en".into()),
+            threads: 2,
+            max_concurrent: 1,
+            beam_size: 5,
+            compute_type: ComputeType::Int8,
+            segmenter: SegmenterConfig::default(),
+        }
+    }
+}
+
+/// Where `scripts/fetch-whisper-model` installs the model unless told otherwise.
+pub fn default_model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PARLEY_WHISPER_MODEL") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache/parley/models/whisper-tiny.en")
+}
+
+impl WhisperSettings {
+    /// The model folder: the configured one, else the default install location.
+    pub fn model_dir(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(default_model_dir)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeType {
+    Default,
+    Auto,
+    Float32,
+    #[default]
+    Int8,
+}
+
+/// How eSpeak NG speaks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EspeakSettings {
+    /// The program to run.
+    pub binary: PathBuf,
+    /// Voice name (`espeak-ng --voices` lists them).
+    pub voice: String,
+    /// Words per minute.
+    pub speed: u32,
+    /// Pitch, 0-99.
+    pub pitch: u32,
+}
+
+impl Default for EspeakSettings {
+    fn default() -> Self {
+        EspeakSettings { binary: PathBuf::from("espeak-ng"), voice: "en-us".into(), speed: 160, pitch: 50 }
+    }
+}

@@ -1,0 +1,15 @@
+//! Local speech engines that need no cloud account: Whisper speech-to-text in-process (CTranslate2 via `ct2rs`) and
+//! eSpeak NG text-to-speech as a child process, plus the audio plumbing they share (resampling, WAV, utterance
+//! segmentation).
+//!
+//! The live providers built on them are [`crate::stt::whisper`] and [`crate::tts::espeak`]; the offline transcription
+//! worker ([`crate::transcribe`]) reuses the Whisper engine and the segmenter.
+
+pub mod config;
+pub mod resample;
+pub mod segment;
+pub mod wav;
+pub mod whisper;
+
+pub use config::{EspeakSettings, LocalConfig, WhisperSettings};
+pub use whisper::{WhisperEngine, WhisperError};

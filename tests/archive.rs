@@ -1,0 +1,316 @@
+//! The call archive end to end: recordings aligned on both legs, barge-in cuts, crash recovery of the real binary,
+//! retention, and the `parley archive` commands.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use loadgen::{listen_until, media_count, say, Rig, RigOptions, WAIT};
+use parley::archive::{
+    caller_turns, list_calls, read_legs, read_metadata, read_timeline, Archive, ArchiveStore, CallMetadata, CallStatus,
+    LocalStore, TimelineEvent,
+};
+use parley::call::echo::EchoFactory;
+use parley::call::tap::{TapEvent, TapFactory};
+use parley::call::CallInfo;
+use parley::edge;
+use parley::twilio::messages::OutboundMessage;
+use sim_caller::{silence, speech, tone, Received, SimCall, StartOptions};
+use tokio::time::Instant;
+
+/// A 20 ms window is "loud" above this RMS; the test tones have an RMS of about 5,600, silence decodes near 0.
+const LOUD: f64 = 1_000.0;
+const WINDOW: usize = 160;
+
+fn rms(samples: &[i16]) -> f64 {
+    (samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len().max(1) as f64).sqrt()
+}
+
+/// The loud stretches of a leg, as (start, end) in milliseconds, from 20 ms windows; gaps up to 60 ms (a late frame
+/// on a loaded machine) do not split a stretch.
+fn bursts(leg: &[i16]) -> Vec<(u64, u64)> {
+    let mut bursts: Vec<(u64, u64)> = Vec::new();
+    for (i, window) in leg.chunks(WINDOW).enumerate() {
+        if rms(window) < LOUD {
+            continue;
+        }
+        let (start, end) = (i as u64 * 20, i as u64 * 20 + 20);
+        match bursts.last_mut() {
+            Some(last) if start - last.1 <= 60 => last.1 = end,
+            _ => bursts.push((start, end)),
+        }
+    }
+    bursts
+}
+
+fn leg_ms(leg: &[i16]) -> u64 {
+    leg.len() as u64 / 8
+}
+
+/// The loudest RMS of the leg's 20 ms windows between two times.
+fn loudest(leg: &[i16], from_ms: u64, to_ms: u64) -> f64 {
+    let range = (from_ms as usize * 8).min(leg.len())..(to_ms as usize * 8).min(leg.len());
+    leg[range].chunks(WINDOW).map(rms).fold(0.0, f64::max)
+}
+
+/// Polls the archive until the call is sealed; returns its folder.
+async fn wait_sealed(root: &Path, call_sid: &str) -> (PathBuf, CallMetadata) {
+    let store = LocalStore::new(root).expect("store");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let calls = list_calls(&store).expect("archive lists");
+        if let Some((key, metadata)) = calls.into_iter().find(|(_, m)| m.call_sid == call_sid) {
+            if metadata.status == CallStatus::Sealed {
+                return (store.local_dir(&key).expect("local"), metadata);
+            }
+        }
+        assert!(Instant::now() < deadline, "call {call_sid} was not sealed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoed_call_is_recorded_aligned_on_both_channels() {
+    init_logs();
+    let root = tempfile::tempdir().unwrap();
+    let archive = Archive::new(Arc::new(LocalStore::new(root.path()).unwrap()), true);
+    let mut config = test_config();
+    config.agent.echo_delay_ms = 500;
+    let echo = Arc::new(EchoFactory { delay: Duration::from_millis(500) });
+    let server = edge::start(config, secrets(), echo, Some(Arc::new(archive))).await.expect("server starts");
+    let mut call = place_call(&server).await;
+    // Two 400 ms tones a second apart; the echo plays each back half a second later.
+    call.stream_audio(&tone(440.0, 400, 8_000)).await.unwrap();
+    call.stream_audio(&silence(600)).await.unwrap();
+    call.stream_audio(&tone(440.0, 400, 8_000)).await.unwrap();
+    call.stream_audio(&silence(1_200)).await.unwrap();
+    call.send_stop().unwrap();
+
+    let (dir, metadata) = wait_sealed(root.path(), &StartOptions::default().call_sid).await;
+    let (caller, agent) = read_legs(&dir).expect("the recording decodes");
+    assert_eq!(caller.len(), agent.len());
+    assert_eq!(Some(leg_ms(&caller)), metadata.duration_ms, "the file is as long as the call");
+    assert!(leg_ms(&caller) >= 2_600, "the recording holds all the caller sent: {} ms", leg_ms(&caller));
+    assert!(leg_ms(&caller) < 10_000, "the recording is longer than the call: {} ms", leg_ms(&caller));
+
+    let heard = bursts(&caller);
+    let played = bursts(&agent);
+    assert_eq!(heard.len(), 2, "caller leg: {heard:?}");
+    assert_eq!(played.len(), 2, "agent leg: {played:?}");
+    for (start, end) in &heard {
+        assert!((360..=440).contains(&(end - start)), "a 400 ms tone lasts {} ms: {heard:?}", end - start);
+    }
+    for (start, end) in &played {
+        assert!((360..=520).contains(&(end - start)), "a 400 ms echo lasts {} ms: {played:?}", end - start);
+    }
+    assert!((960..=1_040).contains(&(heard[1].0 - heard[0].0)), "caller tones are a second apart: {heard:?}");
+    for (caller_tone, agent_tone) in heard.iter().zip(&played) {
+        let lag = agent_tone.0 as i64 - caller_tone.0 as i64;
+        assert!((440..2_000).contains(&lag), "the echo plays 500 ms after the caller: {heard:?} {played:?}");
+    }
+
+    assert_eq!(metadata.ended_by.as_deref(), Some("Stopped"));
+    assert_eq!(metadata.stream_sid, StartOptions::default().stream_sid);
+    let from = metadata.from.expect("from");
+    assert!(from != "+15550001111" && from.ends_with("1111"), "the number is redacted: {from}");
+    let timeline = read_timeline(&dir).unwrap();
+    assert!(matches!(timeline.first().map(|e| &e.event), Some(TimelineEvent::CallStarted { .. })), "{timeline:?}");
+    assert_eq!(timeline.last().map(|e| &e.event), Some(&TimelineEvent::CallEnded { reason: "Stopped".into() }));
+    server.shutdown().await.unwrap();
+}
+
+/// Drives the archive's tap directly with known times: agent audio plays back to back from its send time, and a clear
+/// cuts it exactly there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_cuts_the_agent_leg_where_it_came() {
+    let root = tempfile::tempdir().unwrap();
+    let archive = Archive::new(Arc::new(LocalStore::new(root.path()).unwrap()), false);
+    let call = CallInfo { call_sid: "CAcut".into(), stream_sid: "MZcut".into(), ..CallInfo::default() };
+    let tap = archive.open(&call);
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    let loud = Bytes::from(tone(300.0, 20, 8_000));
+    for i in 1..=50 {
+        tap.send(TapEvent::CallerAudio { at: ms(i * 20), frame: loud.clone() });
+    }
+    // A second of agent audio sent at once at 200 ms, cleared at 500 ms: the caller heard 200–500 ms of it.
+    for _ in 0..50 {
+        tap.send(TapEvent::AgentAudioSent { at: ms(200), frame: Bytes::from(tone(500.0, 20, 8_000)) });
+    }
+    tap.send(TapEvent::AgentAudioCleared { at: ms(500) });
+    tap.send(TapEvent::Ended { at: ms(1_000), reason: "Stopped".into() });
+
+    let (dir, metadata) = wait_sealed(root.path(), "CAcut").await;
+    let (caller, agent) = read_legs(&dir).unwrap();
+    assert_eq!(metadata.duration_ms, Some(1_000));
+    assert_eq!(leg_ms(&caller), 1_000);
+    let played = bursts(&agent);
+    assert_eq!(played.len(), 1, "{played:?}");
+    assert!(played[0].0.abs_diff(200) <= 20 && played[0].1.abs_diff(500) <= 20, "agent leg: {played:?}");
+    assert!(loudest(&agent, 540, 1_000) < LOUD / 4.0, "agent audio after the clear");
+    assert_eq!(bursts(&caller), vec![(0, 1_000)]);
+    let timeline = read_timeline(&dir).unwrap();
+    assert!(timeline.iter().any(|e| e.event == TimelineEvent::AgentAudioCleared && e.ms.abs_diff(500) <= 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barge_in_silences_the_agent_channel_at_the_clear() {
+    use fake_providers::openai::{FakeOpenAiOptions, FakeReply};
+    init_logs();
+    const LONG_REPLY: &str = "Let me tell you about our restaurant. We have tables by the window, tables on the \
+        terrace, and a private room for larger parties. Our kitchen serves seasonal dishes, and our wine list is long.";
+    let root = tempfile::tempdir().unwrap();
+    let archive = Archive::new(Arc::new(LocalStore::new(root.path()).unwrap()), false);
+    let openai = FakeOpenAiOptions::default()
+        .rule("table for two", FakeReply::text(LONG_REPLY))
+        .rule("seven", FakeReply::text("Seven it is."))
+        .delays(Duration::from_millis(300), Duration::from_millis(60));
+    let mut rig = Rig::start(RigOptions { openai, taps: Some(Arc::new(archive)), ..RigOptions::default() }).await;
+    let mut call = rig.call(7).await;
+    say(&mut call, 1_000).await;
+    listen_until(&mut call, "about a second of the reply", |log| media_count(log) >= 60).await;
+    call.stream_audio(&speech(800)).await.unwrap();
+    call.wait_until("clear", WAIT, |log| {
+        log.iter().any(|r| matches!(r, Received::Message { message: OutboundMessage::Clear { .. }, .. }))
+    })
+    .await
+    .unwrap();
+    rig.next_report().await;
+    call.stream_audio(&silence(600)).await.unwrap();
+    rig.next_report().await;
+    call.hang_up().await;
+
+    let (dir, _) = wait_sealed(root.path(), &format!("CA{:032}", 7)).await;
+    let timeline = read_timeline(&dir).unwrap();
+    let cleared = timeline.iter().find(|e| e.event == TimelineEvent::AgentAudioCleared).expect("a clear").ms;
+    assert!(timeline.iter().any(|e| matches!(e.event, TimelineEvent::BargeIn { turn: 1, .. })), "{timeline:?}");
+    let turns = caller_turns(&dir).unwrap();
+    assert_eq!(turns.first().map(|t| t.text.as_str()), Some("Book a table for two."), "{turns:?}");
+
+    let (_, agent) = read_legs(&dir).unwrap();
+    // The fake TTS speaks a quiet tone (RMS about 1,400).
+    let before = loudest(&agent, cleared.saturating_sub(500), cleared);
+    assert!(before > 700.0, "the reply played up to the clear at {cleared} ms: rms {before}");
+    // The playout had audio queued ahead when the clear came; none of it may appear on the agent leg.
+    let after = loudest(&agent, cleared + 40, cleared + 400);
+    assert!(after < LOUD / 4.0, "agent audio after the clear at {cleared} ms: rms {after}");
+}
+
+struct Parley {
+    child: Child,
+}
+
+impl Drop for Parley {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parley_command(root: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
+    command
+        .env("PARLEY__ARCHIVE__ROOT", root)
+        .env("PARLEY__SERVER__LISTEN", "127.0.0.1:0")
+        .env("PARLEY__SERVER__PUBLIC_URL", PUBLIC_URL)
+        .env("PARLEY__AGENT__ECHO_DELAY_MS", "200")
+        .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// Starts `parley serve` archiving under `root`; returns once it listens (start-up housekeeping is done by then).
+fn spawn_parley(root: &Path) -> (Parley, String) {
+    // The child is owned by `Parley`, which kills and waits for it on drop.
+    let mut parley = Parley {
+        child: parley_command(root)
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("parley starts"),
+    };
+    let stdout = parley.child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).expect("reads") > 0, "parley exited before listening");
+        if let Some(addr) = line.trim().strip_prefix("parley listening on ") {
+            return (parley, addr.to_owned());
+        }
+    }
+}
+
+/// An old, sealed call in the archive, as a previous month would have left it.
+fn plant_old_call(root: &Path) -> PathBuf {
+    let dir = root.join("2001/01/01/CAold");
+    std::fs::create_dir_all(&dir).unwrap();
+    let metadata = serde_json::json!({
+        "call_sid": "CAold", "stream_sid": "MZold", "from": null, "to": null, "started_at_ms": 978_307_200_000u64,
+        "ended_at_ms": 978_307_201_000u64, "duration_ms": 1000, "status": "sealed", "ended_by": "Stopped", "turns": 0
+    });
+    std::fs::write(dir.join("metadata.json"), metadata.to_string()).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_call_leaves_a_recording_that_the_restart_seals() {
+    let root = tempfile::tempdir().unwrap();
+    let old = plant_old_call(root.path());
+    let (mut parley, addr) = spawn_parley(root.path());
+    assert!(!old.exists(), "retention removed the call from 2001 at start-up");
+
+    let mut call = SimCall::connect(&format!("ws://{addr}/twilio/media"), Some(&media_signature())).await.unwrap();
+    let options = StartOptions { call_sid: "CAcrash".into(), ..StartOptions::default() };
+    call.start(&options).unwrap();
+    call.send_dtmf("7").unwrap();
+    // Keep talking until the archive holds over a second of the call, then kill Parley mid-sentence.
+    let store = LocalStore::new(root.path()).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let (dir, before) = loop {
+        call.stream_audio(&tone(440.0, 200, 8_000)).await.unwrap();
+        let found = list_calls(&store).unwrap().into_iter().find(|(_, m)| m.call_sid == "CAcrash");
+        if let Some(dir) = found.and_then(|(key, _)| store.local_dir(&key)) {
+            if let Ok((caller, _)) = read_legs(&dir) {
+                if leg_ms(&caller) >= 1_000 {
+                    break (dir, leg_ms(&caller));
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the archive never held a second of the call");
+    };
+    parley.child.kill().unwrap();
+    parley.child.wait().unwrap();
+    call.vanish();
+    assert_eq!(read_metadata(&dir).unwrap().status, CallStatus::Open, "the crash left the call open");
+
+    let (restarted, _) = spawn_parley(root.path());
+    let metadata = read_metadata(&dir).unwrap();
+    assert_eq!(metadata.status, CallStatus::Sealed);
+    assert_eq!(metadata.ended_by.as_deref(), Some("recovered"));
+    let (caller, agent) = read_legs(&dir).expect("the sealed recording decodes");
+    assert!(leg_ms(&caller) >= before, "audio up to the kill is kept: {} < {before} ms", leg_ms(&caller));
+    assert_eq!(metadata.duration_ms, Some(leg_ms(&caller)));
+    assert_eq!(agent.len(), caller.len());
+    assert!(loudest(&caller, 0, before) > LOUD, "the caller's tone is in the recording");
+    let timeline = read_timeline(&dir).unwrap();
+    assert!(matches!(timeline.first().map(|e| &e.event), Some(TimelineEvent::CallStarted { .. })), "{timeline:?}");
+    assert!(timeline.iter().any(|e| e.event == TimelineEvent::Dtmf { digit: "7".into() }), "{timeline:?}");
+    assert_eq!(timeline.last().map(|e| &e.event), Some(&TimelineEvent::CallEnded { reason: "recovered".into() }));
+    drop(restarted);
+
+    let list = parley_command(root.path()).args(["archive", "list"]).output().expect("runs");
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.lines().any(|l| l.contains("CAcrash") && l.contains("sealed (recovered)")), "{list}");
+    let show = parley_command(root.path()).args(["archive", "show", "CAcrash"]).output().expect("runs");
+    assert!(show.status.success());
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("key     7") && show.contains("call ended (recovered)"), "{show}");
+}

@@ -1,0 +1,263 @@
+//! The offline transcription worker: durable queue, per-call transcript and hot-path comparison, and the
+//! OpenAI-compatible backend against a fake server on 127.0.0.1. The Whisper test needs `espeak-ng` and the model
+//! that `scripts/fetch-whisper-model` installs.
+// Without the `whisper` feature, only the tests that need no Whisper model are built.
+#![cfg_attr(not(feature = "whisper"), allow(unused_imports, dead_code))]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::Router;
+use parley::audio::mulaw;
+use parley::local::{EspeakSettings, WhisperEngine, WhisperSettings};
+use parley::transcribe::wer::wer;
+use parley::transcribe::{
+    transcribe_call, CallReader, CallTranscript, HotTurn, JobOutcome, LocalWhisper, OpenAiTranscribeSettings,
+    OpenAiTranscriber, Queue, Segment, TranscribeError, TranscriptionBackend, Worker, TRANSCRIPT_FILE,
+};
+use parley::tts::espeak::synthesize_mulaw;
+
+const SENTENCE: &str = "please check the status of order four five six";
+
+/// A call made up in memory: legs and hot-path turns per folder.
+#[derive(Default)]
+struct FakeCalls {
+    legs: Vec<i16>,
+    turns: Vec<HotTurn>,
+}
+
+impl CallReader for FakeCalls {
+    fn legs(&self, _dir: &Path) -> Result<(Vec<i16>, Vec<i16>), TranscribeError> {
+        Ok((self.legs.clone(), vec![0; self.legs.len()]))
+    }
+
+    fn hot_turns(&self, _dir: &Path) -> Result<Vec<HotTurn>, TranscribeError> {
+        Ok(self.turns.clone())
+    }
+}
+
+/// A backend that never answers: a worker stuck on it stands for one that crashed mid-job.
+struct Stuck(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl TranscriptionBackend for Stuck {
+    fn describe(&self) -> String {
+        "stuck".into()
+    }
+    async fn transcribe_leg(&self, _pcm: Vec<i16>) -> Result<Vec<Segment>, TranscribeError> {
+        self.0.notify_one();
+        std::future::pending().await
+    }
+}
+
+/// A backend that "hears" one fixed sentence on any leg with sound.
+struct Canned;
+
+#[async_trait]
+impl TranscriptionBackend for Canned {
+    fn describe(&self) -> String {
+        "canned".into()
+    }
+    async fn transcribe_leg(&self, pcm: Vec<i16>) -> Result<Vec<Segment>, TranscribeError> {
+        Ok(if pcm.iter().any(|&s| s != 0) {
+            vec![Segment { start: 1.0, end: 2.0, text: "yes please".into() }]
+        } else {
+            Vec::new()
+        })
+    }
+}
+
+fn call_dir(root: &Path) -> PathBuf {
+    let dir = root.join("2026/11/25/CA0001");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn read_transcript(dir: &Path) -> CallTranscript {
+    serde_json::from_slice(&std::fs::read(dir.join(TRANSCRIPT_FILE)).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_queued_call_survives_a_worker_that_died() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = call_dir(root.path());
+    let calls = Arc::new(FakeCalls {
+        legs: vec![1000; 8000],
+        turns: vec![HotTurn { turn: 1, ms: Some(2500), text: "yes please".into() }],
+    });
+    let queue_dir = root.path().join(".transcribe-queue");
+    Queue::open(&queue_dir).unwrap().enqueue(&dir).unwrap();
+
+    // The first worker dies in the middle of the job.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let first = Worker::new(Queue::open(&queue_dir).unwrap(), Arc::new(Stuck(started.clone())), calls.clone(), 1);
+    let running = tokio::spawn(async move { first.drain(|_| {}).await.map(|o| o.len()) });
+    started.notified().await;
+    running.abort();
+    assert!(running.await.is_err(), "the stuck worker cannot have finished");
+    assert!(!dir.join(TRANSCRIPT_FILE).exists());
+
+    // A new worker, as after a restart, finds the job and finishes it.
+    let second = Worker::new(Queue::open(&queue_dir).unwrap(), Arc::new(Canned), calls, 1);
+    let mut outcomes = Vec::new();
+    second.drain(|o| outcomes.push(format!("{o:?}"))).await.unwrap();
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    let transcript = read_transcript(&dir);
+    assert_eq!(transcript.caller[0].text, "yes please");
+    assert!(transcript.agent.is_empty());
+    assert_eq!(transcript.comparison.turns[0].wer, 0.0);
+    assert!(second.queue().pending().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_call_is_retried_then_set_aside() {
+    struct Broken;
+    #[async_trait]
+    impl TranscriptionBackend for Broken {
+        fn describe(&self) -> String {
+            "broken".into()
+        }
+        async fn transcribe_leg(&self, _pcm: Vec<i16>) -> Result<Vec<Segment>, TranscribeError> {
+            Err(TranscribeError::Backend("no engine".into()))
+        }
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = call_dir(root.path());
+    let queue = Queue::open(&root.path().join("q")).unwrap();
+    queue.enqueue(&dir).unwrap();
+    let worker = Worker::new(queue, Arc::new(Broken), Arc::new(FakeCalls::default()), 2);
+    let mut gave_up = false;
+    for _ in 0..parley::transcribe::queue::MAX_ATTEMPTS {
+        for outcome in worker.drain(|_| {}).await.unwrap() {
+            let JobOutcome::Failed { gave_up: g, .. } = outcome else { panic!("{outcome:?}") };
+            gave_up = g;
+        }
+    }
+    assert!(gave_up);
+    assert!(worker.queue().pending().unwrap().is_empty());
+}
+
+#[cfg(feature = "whisper")]
+#[tokio::test]
+async fn whisper_transcribes_an_espeak_call_and_scores_the_hot_path() {
+    let engine = match WhisperEngine::load(&WhisperSettings::default()) {
+        Ok(engine) => Arc::new(engine),
+        Err(err) => panic!("this test needs the Whisper model: {err}"),
+    };
+    let speech = synthesize_mulaw(&EspeakSettings::default(), SENTENCE).await.expect("espeak-ng (scripts/setup)");
+    // One second of silence, the sentence, two seconds of silence.
+    let mut legs = vec![0i16; 8000];
+    legs.extend(mulaw::decode(&speech));
+    let speech_end_ms = legs.len() as u64 / 8;
+    legs.extend(vec![0i16; 16000]);
+    let calls = Arc::new(FakeCalls {
+        legs,
+        // The hot path misheard one word, as a live recogniser might.
+        turns: vec![HotTurn {
+            turn: 1,
+            ms: Some(speech_end_ms + 600),
+            text: "please check the status of order for five six".into(),
+        }],
+    });
+    let root = tempfile::tempdir().unwrap();
+    let dir = call_dir(root.path());
+    let backend = LocalWhisper::new(engine, Default::default());
+    let transcript = transcribe_call(&dir, &backend, calls).await.unwrap();
+    // The file on disk holds what was returned.
+    assert_eq!(read_transcript(&dir).caller.len(), transcript.caller.len());
+    assert_eq!(transcript.caller.len(), 1, "{:?}", transcript.caller);
+    let segment = &transcript.caller[0];
+    assert!(segment.start > 0.5 && segment.start < 1.0 && segment.end > segment.start, "{segment:?}");
+    let whisper_wer = wer(SENTENCE, &segment.text);
+    println!("worker heard {:?}: WER {:.1}%", segment.text, whisper_wer * 100.0);
+    assert!(whisper_wer < 0.2, "WER {whisper_wer} for {:?}", segment.text);
+    let turn = &transcript.comparison.turns[0];
+    assert_eq!(turn.whisper, segment.text);
+    // The hot path's one wrong word shows up as an error rate near 1 in 9.
+    assert!(turn.wer > 0.0 && turn.wer < 0.4, "{turn:?}");
+}
+
+/// What the fake server saw.
+#[derive(Default)]
+struct Seen {
+    bodies: Vec<Vec<u8>>,
+    auth: Vec<Option<String>>,
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn the_openai_compatible_backend_uploads_wav_and_reads_segments() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let recorded = seen.clone();
+    let app = Router::new().route(
+        "/v1/audio/transcriptions",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let recorded = recorded.clone();
+            async move {
+                let mut seen = recorded.lock().unwrap();
+                seen.auth.push(headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned));
+                seen.bodies.push(body.to_vec());
+                // The documented verbose_json shape, with one segment the server itself marks as non-speech.
+                r#"{"task":"transcribe","language":"english","duration":3.0,"text":" Hi, I'd like to check my order.",
+                    "segments":[{"id":0,"seek":0,"start":0.5,"end":2.9,"text":" Hi, I'd like to check my order.",
+                                 "tokens":[50364,2425],"temperature":0.0,"avg_logprob":-0.21,"compression_ratio":0.84,"no_speech_prob":0.01},
+                                {"id":1,"seek":0,"start":2.9,"end":3.0,"text":" Thank you.","tokens":[1],"temperature":0.0,
+                                 "avg_logprob":-1.5,"compression_ratio":1.0,"no_speech_prob":0.95}]}"#
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let settings = OpenAiTranscribeSettings { base_url: format!("http://{addr}/v1"), ..Default::default() };
+    let backend = OpenAiTranscriber::new(settings, Some("sk-test".into())).unwrap();
+    // A silent leg is never uploaded (Whisper invents text on silence).
+    assert!(backend.transcribe_leg(vec![0; 16000]).await.unwrap().is_empty());
+    assert!(seen.lock().unwrap().bodies.is_empty());
+
+    let loud: Vec<i16> = (0..24000).map(|i| if (i / 10) % 2 == 0 { 4000 } else { -4000 }).collect();
+    let segments = backend.transcribe_leg(loud).await.unwrap();
+    assert_eq!(segments, vec![Segment { start: 0.5, end: 2.9, text: "Hi, I'd like to check my order.".into() }]);
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.auth, vec![Some("Bearer sk-test".to_owned())]);
+    let body = &seen.bodies[0];
+    for field in [
+        &b"name=\"model\"\r\n\r\nwhisper-1"[..],
+        b"name=\"response_format\"\r\n\r\nverbose_json",
+        b"name=\"timestamp_granularities[]\"\r\n\r\nsegment",
+        b"name=\"language\"\r\n\r\nen",
+        b"filename=\"call.wav\"",
+        b"RIFF",
+    ] {
+        assert!(contains(body, field), "upload lacks {}", String::from_utf8_lossy(field));
+    }
+    // 3 s of 8 kHz audio goes up as 16 kHz PCM16: 96 000 bytes of samples.
+    assert!(body.len() > 96_000, "{} bytes", body.len());
+    server.abort();
+}
+
+#[tokio::test]
+async fn server_errors_are_reported() {
+    let app = Router::new().route(
+        "/v1/audio/transcriptions",
+        post(|| async { (axum::http::StatusCode::NOT_FOUND, "Model 'x' is not installed locally") }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let settings = OpenAiTranscribeSettings { base_url: format!("http://{addr}/v1"), ..Default::default() };
+    let backend = OpenAiTranscriber::new(settings, None).unwrap();
+    let loud: Vec<i16> = (0..8000).map(|i| if (i / 10) % 2 == 0 { 4000 } else { -4000 }).collect();
+    let err = backend.transcribe_leg(loud).await.unwrap_err().to_string();
+    assert!(err.contains("404") && err.contains("not installed"), "{err}");
+    server.abort();
+}
