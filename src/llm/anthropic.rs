@@ -8,6 +8,7 @@
 pub mod request;
 pub mod stream;
 
+use crate::http_client::{describe, header_text, millis};
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
@@ -320,26 +321,6 @@ fn request_headers(config: &AnthropicConfig) -> Result<HeaderMap, AnthropicConfi
         HeaderValue::from_str(&config.version).map_err(|_| AnthropicConfigError::Version(config.version.clone()))?;
     headers.insert(HeaderName::from_static("anthropic-version"), version);
     Ok(headers)
-}
-
-fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
-    headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// An error with its causes: reqwest's own message ("error sending request") alone does not say what went wrong.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 pub mod decimate;
 
+use crate::http_client::describe;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
@@ -345,18 +346,6 @@ async fn speak_context(
             }
         }
     }
-}
-
-/// An error with its causes: reqwest's own message alone does not say what went wrong.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
