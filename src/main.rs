@@ -20,7 +20,13 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = match cli::load_config(&cli) {
-        Ok(config) => config,
+        Ok(mut config) => {
+            if matches!(cli.command, Command::Demo(_)) {
+                // The demo prints the conversation; routine logs would bury it.
+                config.telemetry.log = "warn".into();
+            }
+            config
+        }
         Err(err) => {
             parley::telemetry::init_logging();
             return Err(err.into());
@@ -53,6 +59,10 @@ async fn run_command(cli: Cli, config: parley::config::Config, secrets: Secrets)
         }
         Command::Archive { command } => {
             parley::archive::cli::run(&config.archive, &command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            cli::demo::run(config, secrets, &args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Transcribe(args) => {

@@ -275,3 +275,34 @@ async fn the_greeting_is_spoken_when_the_call_starts() {
     assert_eq!(rig.cartesia.connections()[0].transcript_of("s1"), greeting);
     call.hang_up().await;
 }
+
+#[tokio::test]
+async fn keys_the_caller_presses_reach_the_model_as_one_turn() {
+    const REPLY: &str = "Thanks, I have order four five six.";
+    let openai = FakeOpenAiOptions::default().rule("keypad: 4 5 6 #", FakeReply::text(REPLY));
+    let mut conversation = quiet_agent();
+    conversation.keypad_commit_ms = 300;
+    let mut rig = rig(openai, FakeDeepgramOptions::default(), FakeCartesiaOptions::default(), conversation).await;
+    let mut call = place_call(&rig).await;
+
+    // `#` ends the entry at once.
+    for key in ["4", "5", "6", "#"] {
+        call.send_dtmf(key).unwrap();
+    }
+    let report = rig.next_report().await;
+    assert!(report.first_audio_sent.is_some(), "{report:?}");
+    // Keys without `#` make a turn once the caller stops pressing.
+    call.send_dtmf("2").unwrap();
+    rig.next_report().await;
+
+    let requests = rig.openai.requests();
+    assert_eq!(requests.len(), 2, "one turn per entry, not one per key");
+    let first = messages_of(&requests[0].body);
+    let (role, text) = first.last().unwrap();
+    assert_eq!(role, "user");
+    assert!(text.contains("phone keypad: 4 5 6 #"), "{text}");
+    let second = messages_of(&requests[1].body);
+    assert_eq!(second[second.len() - 2], ("assistant".to_owned(), REPLY.to_owned()));
+    assert!(second.last().unwrap().1.ends_with("keypad: 2]"), "{second:?}");
+    call.hang_up().await;
+}

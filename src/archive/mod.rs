@@ -102,11 +102,19 @@ impl ArchiveError {
     }
 }
 
+/// Told about each call once its files are complete, so work that needs the whole call (offline transcription)
+/// can start without polling the archive.
+pub trait SealedCalls: Send + Sync {
+    /// `call_dir` is the call's folder on local disk.
+    fn sealed(&self, call_dir: &Path);
+}
+
 /// The archive: opens a recorder for each call (as the edge's [`TapFactory`]).
 #[derive(Clone)]
 pub struct Archive {
     store: Arc<dyn ArchiveStore>,
     redact_numbers: bool,
+    on_sealed: Option<Arc<dyn SealedCalls>>,
 }
 
 impl std::fmt::Debug for Archive {
@@ -121,16 +129,39 @@ const SWEEP_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 impl Archive {
     /// An archive over any store; nothing is recovered or swept.
     pub fn new(store: Arc<dyn ArchiveStore>, redact_numbers: bool) -> Archive {
-        Archive { store, redact_numbers }
+        Archive { store, redact_numbers, on_sealed: None }
+    }
+
+    /// Tells `hook` about every call sealed from now on, including calls a crash left open that [`Archive::start`]
+    /// sealed (call this before it, through [`Archive::start_with`], to hear about those too).
+    pub fn with_sealed_hook(mut self, hook: Arc<dyn SealedCalls>) -> Archive {
+        self.on_sealed = Some(hook);
+        self
     }
 
     /// The archive `serve` runs: the local store at `config.root`, with calls a crash left open sealed and expired
     /// calls deleted now, and retention run again daily (needs a Tokio runtime).
     pub fn start(config: &ArchiveConfig, redact_numbers: bool) -> Result<Archive, ArchiveError> {
+        Self::start_with(config, redact_numbers, None)
+    }
+
+    /// [`Archive::start`], telling `on_sealed` about each call it seals, now and later.
+    pub fn start_with(
+        config: &ArchiveConfig,
+        redact_numbers: bool,
+        on_sealed: Option<Arc<dyn SealedCalls>>,
+    ) -> Result<Archive, ArchiveError> {
         let store: Arc<dyn ArchiveStore> = Arc::new(LocalStore::new(&config.root)?);
         let sealed = seal_open_calls(store.as_ref())?;
-        if sealed > 0 {
-            tracing::warn!(sealed, root = %config.root.display(), "sealed calls a previous run left open");
+        if !sealed.is_empty() {
+            tracing::warn!(sealed = sealed.len(), root = %config.root.display(), "sealed calls a previous run left open");
+        }
+        if let Some(hook) = &on_sealed {
+            for key in &sealed {
+                if let Some(dir) = store.local_dir(key) {
+                    hook.sealed(&dir);
+                }
+            }
         }
         if config.retention_days > 0 {
             let days = config.retention_days;
@@ -146,7 +177,7 @@ impl Archive {
                 }
             });
         }
-        Ok(Archive::new(store, redact_numbers))
+        Ok(Archive { store, redact_numbers, on_sealed })
     }
 
     pub fn store(&self) -> &Arc<dyn ArchiveStore> {
@@ -165,7 +196,7 @@ fn sweep_logged(store: &dyn ArchiveStore, days: u32) {
 impl TapFactory for Archive {
     fn open(&self, call: &CallInfo) -> CallTap {
         let (tap, events) = CallTap::channel();
-        recorder::spawn(Arc::clone(&self.store), call, self.redact_numbers, events);
+        recorder::spawn(Arc::clone(&self.store), call, self.redact_numbers, self.on_sealed.clone(), events);
         tap
     }
 }

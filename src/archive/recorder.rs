@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::meta::{CallMetadata, CallStatus};
 use super::opus::{OggOpusWriter, FRAME_SAMPLES};
 use super::timeline::{TimelineEntry, TimelineEvent};
-use super::{ArchiveError, ArchiveStore, CallKey, METADATA_FILE, RECORDING_FILE, TIMELINE_FILE};
+use super::{ArchiveError, ArchiveStore, CallKey, SealedCalls, METADATA_FILE, RECORDING_FILE, TIMELINE_FILE};
 use crate::audio::mulaw;
 use crate::call::tap::{ConversationEvent, TapEvent};
 use crate::call::CallInfo;
@@ -29,6 +29,7 @@ pub(crate) fn spawn(
     store: Arc<dyn ArchiveStore>,
     call: &CallInfo,
     redact_numbers: bool,
+    on_sealed: Option<Arc<dyn SealedCalls>>,
     mut events: mpsc::UnboundedReceiver<TapEvent>,
 ) {
     let started = Instant::now();
@@ -46,6 +47,7 @@ pub(crate) fn spawn(
                 return;
             }
         };
+        let call_dir = recorder.store.local_dir(&recorder.key);
         let result = loop {
             let event = runtime.block_on(async { tokio::time::timeout(TICK, events.recv()).await });
             let step = match event {
@@ -58,8 +60,15 @@ pub(crate) fn spawn(
                 break Err(err);
             }
         };
-        if let Err(err) = result {
-            tracing::warn!(%err, call_sid = %call.call_sid, "archiving the call failed; the rest is not recorded");
+        match result {
+            Ok(()) => {
+                if let (Some(hook), Some(dir)) = (&on_sealed, call_dir) {
+                    hook.sealed(&dir);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, call_sid = %call.call_sid, "archiving the call failed; the rest is not recorded")
+            }
         }
     });
 }

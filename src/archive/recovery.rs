@@ -16,15 +16,15 @@ pub const RECOVERED: &str = "recovered";
 /// Seals every call whose metadata still says "open": Parley stopped without closing it. Only call this before the
 /// archive records anything, since live calls are open too. Returns how many were sealed; a call that cannot be
 /// sealed is logged and left as it is.
-pub fn seal_open_calls(store: &dyn ArchiveStore) -> Result<usize, ArchiveError> {
-    let mut sealed = 0;
+pub fn seal_open_calls(store: &dyn ArchiveStore) -> Result<Vec<CallKey>, ArchiveError> {
+    let mut sealed = Vec::new();
     for key in store.list()? {
         let Ok(metadata) = meta::read(store, &key) else { continue };
         if metadata.status != CallStatus::Open {
             continue;
         }
         match seal(store, &key) {
-            Ok(()) => sealed += 1,
+            Ok(()) => sealed.push(key),
             Err(err) => tracing::warn!(%err, call = %key, "cannot seal a call left open"),
         }
     }
@@ -116,8 +116,8 @@ mod tests {
         store
             .put(&key, TIMELINE_FILE, b"{\"ms\":0,\"type\":\"call_started\",\"call_sid\":\"CA1\",\"stream_sid\":\"MZ1\"}\n{\"ms\":40,\"type\":\"caller_turn\",\"turn\":1,\"text\":\"hi\"}\n{\"ms\":9")
             .unwrap();
-        assert_eq!(seal_open_calls(&store).unwrap(), 1);
-        assert_eq!(seal_open_calls(&store).unwrap(), 0, "sealed calls stay sealed");
+        assert_eq!(seal_open_calls(&store).unwrap().len(), 1);
+        assert!(seal_open_calls(&store).unwrap().is_empty(), "sealed calls stay sealed");
         let call_dir = store.local_dir(&key).unwrap();
         let metadata = meta::read(&store, &key).unwrap();
         assert_eq!(metadata.status, CallStatus::Sealed);

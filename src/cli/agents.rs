@@ -85,6 +85,7 @@ fn llm_provider(config: &Config) -> Result<Arc<dyn crate::llm::LanguageModel>, A
     Ok(match config.llm.provider {
         LlmProvider::Openai => Arc::new(OpenAiCompatible::new(openai_config(&config.llm.openai))?),
         LlmProvider::Anthropic => Arc::new(Anthropic::new(anthropic_config(&config.llm.anthropic)?)?),
+        LlmProvider::Scripted => Arc::new(crate::llm::scripted::ScriptedPolicy),
     })
 }
 

@@ -1,6 +1,7 @@
 //! The `parley` command line: `serve` runs the proxy, `check` validates the configuration.
 
 pub mod agents;
+pub mod demo;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use crate::config::{Config, ConfigError, Problem, Secrets, Severity};
 use crate::edge;
 use crate::engine::tools::ToolExecutor;
 use crate::mcp::{McpBridge, McpError, ServerStatus};
+use crate::transcribe::AfterCall;
 
 #[derive(Debug, Parser)]
 #[command(name = "parley", version, about = "A voice-agent sidecar for Twilio Media Streams")]
@@ -33,6 +35,9 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::archive::cli::ArchiveCommand,
     },
+    /// One whole phone call on this machine, offline: local Whisper and eSpeak NG, the demo MCP backend and a
+    /// simulated caller; prints the conversation, latencies and the Whisper transcript.
+    Demo(demo::DemoArgs),
     /// Transcribe archived calls offline (Whisper or an OpenAI-compatible server) and score the live transcript.
     Transcribe(crate::transcribe::cli::TranscribeArgs),
 }
@@ -52,6 +57,10 @@ pub enum CliError {
     Mcp(#[from] McpError),
     #[error("archive: {0}")]
     Archive(#[from] crate::archive::ArchiveError),
+    #[error("demo: {0}")]
+    Demo(Box<demo::DemoError>),
+    #[error("transcription: {0}")]
+    Transcribe(#[from] crate::transcribe::TranscribeError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -95,6 +104,23 @@ pub async fn check(config: &Config, secrets: &Secrets) -> usize {
     errors
 }
 
+/// The background transcription of ended calls, when `[local.transcribe] after_call` is on. Without a usable
+/// backend calls are still queued, for `parley transcribe --pending` to finish.
+pub async fn transcribe_after_call(config: &Config) -> Result<Option<Arc<AfterCall>>, CliError> {
+    if !config.local.transcribe.after_call {
+        return Ok(None);
+    }
+    let backend = match crate::transcribe::cli::backend_from_config(config).await {
+        Ok(backend) => Some(backend),
+        Err(err) => {
+            tracing::warn!(%err, "calls are queued for transcription but not transcribed until `parley transcribe --pending`");
+            None
+        }
+    };
+    let queue = config.archive.root.join(crate::transcribe::QUEUE_DIR);
+    Ok(Some(AfterCall::start(&queue, backend, config.local.transcribe.concurrency)?))
+}
+
 /// `parley serve`: answers calls until SIGTERM, then drains.
 pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
     let problems = config.problems(&secrets);
@@ -117,7 +143,9 @@ pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
     };
     let agents = agents::agent_factory(&config, tools)?;
     let taps: crate::call::tap::Taps = if config.archive.enabled {
-        let archive = crate::archive::Archive::start(&config.archive, config.twilio.redact_numbers)?;
+        let after_call = transcribe_after_call(&config).await?;
+        let hook = after_call.map(|a| a as Arc<dyn crate::archive::SealedCalls>);
+        let archive = crate::archive::Archive::start_with(&config.archive, config.twilio.redact_numbers, hook)?;
         Some(Arc::new(archive))
     } else {
         None

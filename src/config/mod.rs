@@ -241,7 +241,7 @@ impl Config {
         if self.tts.provider == providers::TtsProvider::Cartesia && self.tts.cartesia.voice_id.is_empty() {
             problems.push(Problem::error("tts.cartesia.voice_id is not set"));
         }
-        if read_secret(&self.llm.openai.api_key_env).is_none() {
+        if self.llm.provider == providers::LlmProvider::Openai && read_secret(&self.llm.openai.api_key_env).is_none() {
             problems.push(Problem::warning(format!(
                 "{} is not set: LLM requests go without a key (fine for local OpenAI-compatible servers)",
                 self.llm.openai.api_key_env

@@ -70,6 +70,9 @@ pub enum LlmProvider {
     Openai,
     /// Anthropic Messages (Claude).
     Anthropic,
+    /// Not a model: the offline demo's rule-based dialogue policy ([`crate::llm::scripted`]), for trying Parley
+    /// without an account.
+    Scripted,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::chunker::ChunkerConfig;
 use super::config::ConversationConfig;
 use super::heard::{heard_prefix, SpeakingRate};
+use super::keypad::Keypad;
 use super::latency::TurnLatency;
 use super::reply::{self, ReplyEvent, ReplyEvents, ReplyJob};
 use super::tools::{ToolCallContext, ToolExecutor};
@@ -140,6 +141,8 @@ struct Engine {
     call_trace: Option<opentelemetry::Context>,
     /// Every reported turn's latency, for the summary logged at the end of the call.
     turn_latencies: Vec<TurnLatency>,
+    /// Keys the caller is pressing, until they make a turn.
+    keypad: Keypad,
 }
 
 /// Whether the caller's words are a yes (to a confirmation question).
@@ -186,6 +189,7 @@ impl Engine {
     fn new(deps: CascadeDeps, call: CallInfo, playout: PlayoutHandle, tap: CallTap) -> Engine {
         let history = vec![ChatMessage::system(deps.config.system_prompt.clone())];
         let turn = TurnDetector::new(deps.config.turn.clone());
+        let deps_keypad_ms = deps.config.keypad_commit_ms;
         Engine {
             deps,
             call,
@@ -205,6 +209,7 @@ impl Engine {
             pending_confirmations: Vec::new(),
             call_trace: None,
             turn_latencies: Vec::new(),
+            keypad: Keypad::new(Duration::from_millis(deps_keypad_ms)),
         }
     }
 
@@ -232,7 +237,8 @@ impl Engine {
         }
 
         loop {
-            let deadline = [self.turn.next_deadline(), self.stt_retry_at].into_iter().flatten().min();
+            let deadline =
+                [self.turn.next_deadline(), self.stt_retry_at, self.keypad.deadline()].into_iter().flatten().min();
             tokio::select! {
                 event = ctx.events.recv() => match event {
                     Some(CallEvent::Audio(frame)) => {
@@ -241,7 +247,12 @@ impl Engine {
                         }
                         self.forward_to_stt(frame);
                     }
-                    Some(CallEvent::Dtmf(digit)) => tracing::info!(call_sid = %self.call.call_sid, %digit, "caller pressed a key"),
+                    Some(CallEvent::Dtmf(digit)) => {
+                        tracing::info!(call_sid = %self.call.call_sid, %digit, "caller pressed a key");
+                        if let Some(entry) = self.keypad.press(&digit, Instant::now()) {
+                            self.keyed_turn(entry, &mut inputs).await;
+                        }
+                    }
                     Some(CallEvent::Hangup) | None => break,
                 },
                 Some(verdict) = recv_unbounded(&mut inputs.vad) => {
@@ -263,6 +274,9 @@ impl Engine {
                     if self.stt_retry_at.is_some_and(|at| at <= now) {
                         self.stt_retry_at = None;
                         inputs.stt = self.open_stt().await;
+                    }
+                    if let Some(entry) = self.keypad.on_tick(now) {
+                        self.keyed_turn(entry, &mut inputs).await;
                     }
                     let decisions = self.turn.on_tick(now);
                     self.apply(decisions, &mut inputs).await;
@@ -429,6 +443,12 @@ impl Engine {
                 TurnDecision::EndOfTurn(end) => self.on_end_of_turn(end, inputs).await,
             }
         }
+    }
+
+    /// Keys the caller pressed become a caller turn, as if said.
+    async fn keyed_turn(&mut self, entry: String, inputs: &mut Inputs) {
+        let end = EndOfTurn { text: entry, speech_ended_at: None, final_at: Instant::now() };
+        self.on_end_of_turn(end, inputs).await;
     }
 
     async fn on_end_of_turn(&mut self, end: EndOfTurn, inputs: &mut Inputs) {

@@ -20,6 +20,8 @@ pub struct ConversationConfig {
     /// Said while a tool runs longer than `filler_after_ms`, so the caller does not hear dead air.
     pub filler_line: String,
     pub filler_after_ms: u64,
+    /// Keys the caller presses make one turn once they press `#` or stop pressing for this long.
+    pub keypad_commit_ms: u64,
     pub vad_aggressiveness: VadAggressiveness,
     pub turn: TurnConfig,
 }
@@ -36,6 +38,7 @@ impl Default for ConversationConfig {
             max_tool_rounds: 4,
             filler_line: "One moment while I check that.".into(),
             filler_after_ms: 1_000,
+            keypad_commit_ms: 2_000,
             vad_aggressiveness: VadAggressiveness::Aggressive,
             turn: TurnConfig::default(),
         }

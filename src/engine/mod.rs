@@ -8,6 +8,7 @@ pub mod cascade;
 pub mod chunker;
 pub mod config;
 pub mod heard;
+pub mod keypad;
 pub mod latency;
 pub mod reply;
 pub mod tools;

@@ -130,5 +130,6 @@ pub trait LanguageModel: Send + Sync {
 pub mod anthropic;
 pub mod history;
 pub mod openai;
+pub mod scripted;
 pub mod sse;
 pub mod tool_calls;

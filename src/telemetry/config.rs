@@ -37,11 +37,15 @@ pub struct TelemetryConfig {
     pub sample_ratio: f64,
     /// How often metrics are pushed over OTLP.
     pub metrics_interval_secs: u64,
+    /// What the stderr log shows when `RUST_LOG` is not set (an `EnvFilter` directive such as `info` or
+    /// `warn,parley=info`).
+    pub log: String,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
+            log: "info".into(),
             traces: false,
             otlp_metrics: false,
             prometheus: true,

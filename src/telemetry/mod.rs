@@ -74,7 +74,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let resource = resource(config);
     metrics::install(config, resource.clone())?;
     let tracer = if config.traces { Some(otel::install(config, resource)?) } else { None };
-    let mut layers = vec![log_layer()];
+    let mut layers = vec![log_layer(&config.log)];
     if let Some(provider) = &tracer {
         // The call span is at INFO; the OTel layer keeps its own filter so `RUST_LOG=warn` does not drop traces.
         layers.push(
@@ -91,9 +91,9 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     Ok(Telemetry { tracer })
 }
 
-/// The stderr log layer: `RUST_LOG` filters (default `info`), `PARLEY_LOG_FORMAT=json` for JSON lines.
-fn log_layer() -> Box<dyn Layer<Registry> + Send + Sync> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// The stderr log layer: `RUST_LOG` filters (default `default_filter`), `PARLEY_LOG_FORMAT=json` for JSON lines.
+fn log_layer(default_filter: &str) -> Box<dyn Layer<Registry> + Send + Sync> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("PARLEY_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if json {
@@ -105,7 +105,7 @@ fn log_layer() -> Box<dyn Layer<Registry> + Send + Sync> {
 
 /// Installs the log subscriber only (tools and tests that do not export telemetry).
 pub fn init_logging() {
-    if let Err(err) = tracing_subscriber::registry().with(vec![log_layer()]).try_init() {
+    if let Err(err) = tracing_subscriber::registry().with(vec![log_layer("info")]).try_init() {
         eprintln!("logging was already initialised: {err}");
     }
 }

@@ -9,6 +9,7 @@
 //! The engine is Whisper in-process ([`backend::LocalWhisper`]) or an OpenAI-compatible HTTP server
 //! ([`openai::OpenAiTranscriber`]), chosen by `[local.transcribe] backend`.
 
+pub mod after_call;
 pub mod backend;
 pub mod cli;
 pub mod compare;
@@ -23,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+pub use after_call::AfterCall;
 pub use backend::{LocalWhisper, TranscriptionBackend};
 pub use compare::{compare, Comparison, TurnComparison};
 pub use openai::{OpenAiTranscribeSettings, OpenAiTranscriber};
@@ -76,6 +78,9 @@ pub enum TranscribeBackendKind {
 #[serde(deny_unknown_fields, default)]
 pub struct TranscribeConfig {
     pub backend: TranscribeBackendKind,
+    /// Transcribe each call in the background as soon as it ends (`parley serve`); off, calls wait for
+    /// `parley transcribe --pending`.
+    pub after_call: bool,
     /// Calls transcribed at once.
     pub concurrency: usize,
     pub openai: OpenAiTranscribeSettings,
@@ -83,7 +88,12 @@ pub struct TranscribeConfig {
 
 impl Default for TranscribeConfig {
     fn default() -> Self {
-        TranscribeConfig { backend: TranscribeBackendKind::Whisper, concurrency: 1, openai: Default::default() }
+        TranscribeConfig {
+            backend: TranscribeBackendKind::Whisper,
+            after_call: true,
+            concurrency: 1,
+            openai: Default::default(),
+        }
     }
 }
 
@@ -179,7 +189,7 @@ fn still_open(dir: &Path) -> bool {
 }
 
 /// How one job went, for progress reporting.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum JobOutcome {
     Done { call_dir: PathBuf, overall_wer: f64 },
     Failed { call_dir: PathBuf, error: String, gave_up: bool },

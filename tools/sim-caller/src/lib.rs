@@ -5,6 +5,8 @@
 //! `clear` drops its buffer and echoes every pending mark at once. Everything it receives is logged with arrival
 //! times so tests can assert on it.
 
+pub mod dialogue;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -260,6 +262,11 @@ impl SimCall {
         }
     }
 
+    /// A read-only view of the call that stays usable while another task owns the [`SimCall`] to send audio.
+    pub fn observer(&self) -> Observer {
+        Observer { shared: Arc::clone(&self.shared) }
+    }
+
     /// Waits for Parley to close the socket and returns the close code.
     pub async fn wait_closed(&self, timeout: Duration) -> Result<Option<u16>, SimError> {
         self.wait_until("the socket to close", timeout, |log| log.iter().any(|r| matches!(r, Received::Closed { .. })))
@@ -271,6 +278,29 @@ impl SimCall {
                 _ => None,
             })
             .flatten())
+    }
+}
+
+/// What a simulated call has received and where its playback is, readable from any task.
+#[derive(Clone)]
+pub struct Observer {
+    shared: Arc<Shared>,
+}
+
+impl Observer {
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.shared.log).clone()
+    }
+
+    /// When the agent audio received so far finishes playing (`None` before any audio).
+    pub fn playing_until(&self) -> Option<Instant> {
+        lock(&self.shared.playback).finish_at
+    }
+
+    /// How many `clear`s arrived.
+    pub fn clears(&self) -> u64 {
+        lock(&self.shared.playback).clears
     }
 }
 

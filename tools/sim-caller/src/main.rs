@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use parley::twilio::messages::OutboundMessage;
 use parley::twilio::signature::SignatureValidator;
+use sim_caller::dialogue::{self, Dialogue};
 use sim_caller::{tone, SimCall, StartOptions};
 
 #[derive(Debug, Parser)]
@@ -17,9 +18,15 @@ struct Args {
     /// The URL Twilio would sign (Parley's public wss URL); defaults to --url.
     #[arg(long)]
     signed_url: Option<String>,
-    /// Seconds of caller audio (a 440 Hz tone) to send.
+    /// Seconds of caller audio (a 440 Hz tone) to send, when no dialogue is given.
     #[arg(long, default_value_t = 3)]
     seconds: u32,
+    /// Speak a dialogue instead of a tone: a TOML script, or `order-status` for the built-in one.
+    #[arg(long)]
+    dialogue: Option<String>,
+    /// Write the dialogue's measurements here as JSON.
+    #[arg(long, requires = "dialogue")]
+    report: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -30,6 +37,9 @@ async fn main() -> anyhow::Result<()> {
         .map(|token| SignatureValidator::new(&token).sign(args.signed_url.as_deref().unwrap_or(&args.url), &[]));
     let mut call = SimCall::connect(&args.url, signature.as_deref()).await.context("connecting to Parley")?;
     call.start(&StartOptions::default())?;
+    if let Some(dialogue) = &args.dialogue {
+        return run_dialogue(call, dialogue, args.report.as_deref()).await;
+    }
     let audio = tone(440.0, args.seconds * 1000, 8000);
     call.stream_audio(&audio).await?;
     // Give an echo agent time to play everything back.
@@ -58,6 +68,32 @@ async fn main() -> anyhow::Result<()> {
     );
     if media == 0 {
         bail!("Parley sent no audio back");
+    }
+    Ok(())
+}
+
+/// Speaks the dialogue, prints each line as it is said and the caller-side latencies, and fails on problems.
+async fn run_dialogue(call: SimCall, name: &str, report_path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let text = if name == "order-status" {
+        dialogue::ORDER_STATUS.to_owned()
+    } else {
+        std::fs::read_to_string(name).with_context(|| format!("reading the dialogue {name}"))?
+    };
+    let script = Dialogue::parse(&text).with_context(|| format!("parsing the dialogue {name}"))?;
+    let report = dialogue::run(call, &script, |line| println!("{line}")).await?;
+    for line in &report.lines {
+        let answer = line.answer_after_ms.map_or("no answer".to_owned(), |ms| format!("answered after {ms} ms"));
+        let cut =
+            line.clear_after_ms.map(|ms| format!(", agent cut off {ms} ms after the caller began")).unwrap_or_default();
+        println!("  {:?}: {answer}{cut}", line.said);
+    }
+    if let Some(path) = report_path {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let problems = report.problems();
+    if !problems.is_empty() {
+        bail!("the dialogue did not go as scripted: {}", problems.join("; "));
     }
     Ok(())
 }

@@ -1,0 +1,77 @@
+//! `parley demo` end to end: the real binary places a whole offline call (Whisper, eSpeak NG, the demo MCP backend,
+//! the scripted dialogue policy, the simulated caller), archives it and transcribes it. Needs the `whisper` feature,
+//! `espeak-ng` and the Whisper model (scripts/setup installs both).
+#![cfg(feature = "whisper")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use parley::archive::{read_timeline, TimelineEvent};
+use parley::transcribe::{CallTranscript, TRANSCRIPT_FILE};
+
+fn call_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.join("metadata.json").is_file() {
+                found.push(path);
+            } else if path.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+                stack.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_demo_places_a_whole_offline_call_and_leaves_it_transcribed() {
+    let archive = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(["demo", "--archive"])
+        .arg(archive.path())
+        // No real model is configured, whatever the machine's environment holds.
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("PARLEY_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("scripted dialogue policy"), "the stand-in for the LLM is named:\n{stdout}");
+
+    let calls = call_dirs(archive.path());
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let call = &calls[0];
+    assert!(call.join("recording.opus").metadata().unwrap().len() > 10_000);
+
+    let timeline = read_timeline(call).unwrap();
+    let lookup = timeline.iter().find_map(|e| match &e.event {
+        TimelineEvent::ToolCall { name, arguments, .. } => Some((name.clone(), arguments.clone())),
+        _ => None,
+    });
+    let (name, arguments) = lookup.expect("the order was looked up through MCP");
+    assert_eq!(name, "lookup_order");
+    assert!(arguments.to_string().contains("456"), "{arguments}");
+    assert!(
+        timeline.iter().any(|e| matches!(&e.event, TimelineEvent::ToolResult { content, is_error: false, .. }
+            if content.contains("shipped"))),
+        "the backend's answer is in the timeline"
+    );
+    let barge_ins = timeline.iter().filter(|e| matches!(e.event, TimelineEvent::BargeIn { .. })).count();
+    assert_eq!(barge_ins, 1, "the caller interrupts exactly once");
+    let interrupted = timeline.iter().any(|e| matches!(e.event, TimelineEvent::AgentSaid { interrupted: true, .. }));
+    assert!(interrupted, "the cut-off answer is marked as interrupted");
+
+    // Whisper's transcript of the caller's leg holds what the caller said (keywords, never exact text).
+    let transcript: CallTranscript =
+        serde_json::from_slice(&std::fs::read(call.join(TRANSCRIPT_FILE)).unwrap()).unwrap();
+    let caller = transcript.caller.iter().map(|s| s.text.to_lowercase()).collect::<Vec<_>>().join(" ");
+    for keyword in ["order", "arrive", "goodbye"] {
+        assert!(caller.contains(keyword), "{keyword:?} not in {caller:?}");
+    }
+    assert!(transcript.comparison.turns.len() >= 3, "{:?}", transcript.comparison);
+    assert!(stdout.contains("hot-path transcript vs Whisper"), "{stdout}");
+}
