@@ -94,19 +94,33 @@ async fn many_sequential_replies_share_one_socket_within_the_context_limit() {
 }
 
 #[tokio::test]
-#[ignore = "known bug, issue 7 open: after a cancel the next context is sent without its opening single-space text and the fake closes with 1008"]
-async fn cancel_closes_the_context_and_late_audio_is_dropped() {
+async fn late_audio_of_a_cancelled_reply_is_dropped() {
     let options = FakeElevenLabsOptions { pause_after_chunks: Some(1), ..FakeElevenLabsOptions::default() };
     let server = start_fake(options).await;
     let mut session = session_for(&server).await;
     send(&session, text("turn-1", "A long answer that the caller is going to interrupt.", true)).await;
     assert!(matches!(next_event(&mut session).await, TtsEvent::Audio { context, .. } if context == "turn-1"));
-    // The fake holds turn-1's remaining audio until the cancel names the context; it then sends it all (late audio).
+    // The fake holds turn-1's remaining audio until turn-2 opens, so all of it arrives after the cancel.
     send(&session, TtsInput::Cancel { context: "turn-1".into() }).await;
     send(&session, text("turn-2", "Yes?", true)).await;
     assert_eq!(audio_until_done(&mut session, "turn-2").await, 4 * 80);
+    // turn-1 was already flushed and closed: nothing more names it (the server may have finished it already).
     let closes = server.messages_for("turn-1").iter().filter(|m| m.get("close_context") == Some(&json!(true))).count();
-    assert_eq!(closes, 2, "end-of-reply close and the barge-in close");
+    assert_eq!(closes, 1, "only the end-of-reply close");
+    assert!(server.close_codes().is_empty(), "{:?}", server.close_codes());
+}
+
+#[tokio::test]
+async fn cancelling_a_reply_still_taking_text_closes_its_context() {
+    let server = start_fake(FakeElevenLabsOptions::default()).await;
+    let mut session = session_for(&server).await;
+    send(&session, text("turn-1", "Let me see,", false)).await;
+    send(&session, TtsInput::Cancel { context: "turn-1".into() }).await;
+    send(&session, text("turn-2", "Yes?", true)).await;
+    assert_eq!(audio_until_done(&mut session, "turn-2").await, 4 * 80);
+    let turn_1 = server.messages_for("turn-1");
+    assert_eq!(turn_1.last(), Some(&json!({"context_id": "turn-1", "close_context": true})), "{turn_1:?}");
+    assert!(server.close_codes().is_empty(), "{:?}", server.close_codes());
 }
 
 #[tokio::test]

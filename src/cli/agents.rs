@@ -10,6 +10,7 @@ use crate::config::providers::{
     OpenAiSettings, OpenAiSpeechSettings, SttProvider, TtsProvider,
 };
 use crate::config::{read_secret, AgentKind, Config};
+use crate::engine::call_control::CallControl;
 use crate::engine::cascade::{CascadeDeps, CascadeFactory};
 use crate::engine::tools::{NoTools, ToolExecutor};
 use crate::llm::anthropic::{Anthropic, AnthropicConfig, AnthropicConfigError};
@@ -45,11 +46,16 @@ pub fn agent_factory(
     match config.agent.kind {
         AgentKind::Echo => Ok(Arc::new(EchoFactory { delay: Duration::from_millis(config.agent.echo_delay_ms) })),
         AgentKind::Cascade => {
+            let backend_tools = tools.unwrap_or_else(|| Arc::new(NoTools));
+            let auth_token = read_secret("TWILIO_AUTH_TOKEN").map(|s| s.expose().to_owned());
+            let call_control =
+                Arc::new(CallControl::new(backend_tools, config.conversation.call_control.clone(), auth_token));
             let deps = CascadeDeps {
                 stt: stt_provider(config)?,
                 llm: llm_provider(config)?,
                 tts: tts_provider(config)?,
-                tools: tools.unwrap_or_else(|| Arc::new(NoTools)),
+                tools: call_control.clone(),
+                call_control: Some(call_control),
                 config: Arc::new(config.conversation.clone()),
                 redact_numbers: config.twilio.redact_numbers,
                 turn_reports: None,

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::call_control::{CallAction, CallControl};
 use super::chunker::ChunkerConfig;
 use super::config::ConversationConfig;
 use super::heard::{heard_prefix, SpeakingRate};
@@ -47,6 +48,9 @@ pub struct CascadeDeps {
     pub redact_numbers: bool,
     /// Receives every finished turn's latency record (metrics, benchmarks, tests).
     pub turn_reports: Option<mpsc::UnboundedSender<TurnLatency>>,
+    /// The built-in `end_call`/`transfer_call` tools, when offered (the same object is `tools`, wrapping the
+    /// backend's), so the engine can carry out what the model asked for.
+    pub call_control: Option<Arc<CallControl>>,
 }
 
 /// Makes a [`CascadeAgent`] per call.
@@ -143,6 +147,10 @@ struct Engine {
     turn_latencies: Vec<TurnLatency>,
     /// Keys the caller is pressing, until they make a turn.
     keypad: Keypad,
+    /// Ends the call from Parley's side (the session closes the stream).
+    hang_up: CancellationToken,
+    /// A call-control action whose announcing reply has finished playing, to carry out now.
+    due_action: Option<CallAction>,
 }
 
 /// Whether the caller's words are a yes (to a confirmation question).
@@ -210,10 +218,13 @@ impl Engine {
             call_trace: None,
             turn_latencies: Vec::new(),
             keypad: Keypad::new(Duration::from_millis(deps_keypad_ms)),
+            hang_up: CancellationToken::new(),
+            due_action: None,
         }
     }
 
     async fn run(mut self, mut ctx: AgentContext) {
+        self.hang_up = ctx.hang_up.clone();
         let (replies, replies_rx) = mpsc::unbounded_channel();
         self.replies = replies;
         if otel::enabled() {
@@ -281,6 +292,9 @@ impl Engine {
                     let decisions = self.turn.on_tick(now);
                     self.apply(decisions, &mut inputs).await;
                 }
+            }
+            if let Some(action) = self.due_action.take() {
+                self.carry_out(action, &mut inputs).await;
             }
         }
         self.hang_up().await;
@@ -660,6 +674,9 @@ impl Engine {
                 let text = reply.text();
                 self.rate.observe(&text, reply.audio_bytes);
                 self.commit(&reply, &text, false);
+                if let Some(control) = &self.deps.call_control {
+                    self.due_action = control.take(&self.call.call_sid).or(self.due_action.take());
+                }
                 if reply.answers_turn {
                     self.report(reply, TurnEnd::Completed);
                 }
@@ -717,10 +734,40 @@ impl Engine {
             "reply interrupted"
         );
         self.commit(&reply, &heard, true);
+        if let Some(control) = &self.deps.call_control {
+            // The caller spoke over the announcement: the model decides again with what they said.
+            control.discard(&self.call.call_sid);
+        }
         if reply.answers_turn {
             self.report(reply, TurnEnd::Interrupted);
         }
         self.turn.set_agent_speaking(false);
+    }
+
+    /// Ends or transfers the call, as the model asked, now that the caller has heard its reply.
+    async fn carry_out(&mut self, action: CallAction, inputs: &mut Inputs) {
+        let Some(control) = self.deps.call_control.clone() else { return };
+        match action {
+            CallAction::EndCall => {
+                tracing::info!(call_sid = %self.call.call_sid, "the agent ends the call");
+                self.hang_up.cancel();
+            }
+            CallAction::Transfer(number) => {
+                tracing::info!(call_sid = %self.call.call_sid, %number, "transferring the call");
+                match control.transfer(&self.call.account_sid, &self.call.call_sid, &number).await {
+                    Ok(()) => tracing::info!(call_sid = %self.call.call_sid, %number, "call transferred"),
+                    Err(err) => {
+                        tracing::warn!(call_sid = %self.call.call_sid, %number, %err, "transfer failed");
+                        self.provider_error("call_control", "twilio", &err);
+                        if self.tts_input.is_none() {
+                            inputs.tts = self.open_tts().await;
+                        }
+                        let line = control.config().transfer_failed_line.clone();
+                        self.speak_scripted(&line, false).await;
+                    }
+                }
+            }
+        }
     }
 
     fn provider_error(&self, stage: &str, provider: &str, error: &dyn std::fmt::Display) {

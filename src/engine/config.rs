@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use super::call_control::CallControlConfig;
 use super::turn::TurnConfig;
 use super::vad::VadAggressiveness;
 
@@ -24,6 +25,8 @@ pub struct ConversationConfig {
     pub keypad_commit_ms: u64,
     pub vad_aggressiveness: VadAggressiveness,
     pub turn: TurnConfig,
+    /// The built-in `end_call` and `transfer_call` tools.
+    pub call_control: CallControlConfig,
 }
 
 impl Default for ConversationConfig {
@@ -41,6 +44,7 @@ impl Default for ConversationConfig {
             keypad_commit_ms: 2_000,
             vad_aggressiveness: VadAggressiveness::Aggressive,
             turn: TurnConfig::default(),
+            call_control: CallControlConfig::default(),
         }
     }
 }

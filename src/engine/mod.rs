@@ -4,6 +4,7 @@
 //! [`reply`] streams one LLM answer through the [`chunker`]; [`heard`] works out what the caller heard of an
 //! interrupted reply; [`latency`] accounts each turn; [`tools`] is what the engine needs from a tool executor.
 
+pub mod call_control;
 pub mod cascade;
 pub mod chunker;
 pub mod config;

@@ -329,11 +329,14 @@ impl SessionIo {
         }
     }
 
+    /// Drops the context's remaining audio. A context still taking text is closed at the server (the barge-in
+    /// abort); one already flushed and closed is left to finish: a second `close_context` could reach the server
+    /// after its `isFinal`, naming a context it no longer knows.
     async fn cancel(&mut self, context: ContextId) {
         self.cancelled.insert(context.clone());
-        let was_open = self.open.contains(&context);
+        let still_taking_text = self.open.contains(&context) && !self.closing.contains(&context);
         self.forget(&context);
-        if was_open {
+        if still_taking_text {
             let _ = self.send(json!({"context_id": context, "close_context": true})).await;
         }
     }

@@ -3,5 +3,6 @@
 //! Nothing here does I/O, so every piece is tested against the examples in `proto-fixtures/twilio/`.
 
 pub mod messages;
+pub mod rest;
 pub mod signature;
 pub mod twiml;

@@ -8,8 +8,9 @@
 //!
 //! Audio is generated on `flush`: `bytes_per_char` μ-law bytes per buffered character, sent in chunks; after
 //! `close_context` the remaining audio and then `isFinal` follow. With `pause_after_chunks` the fake holds a
-//! context's audio after that many chunks until the client names the context again (e.g. `close_context` on
-//! barge-in), so tests can send a cancel at a known point and check that late audio is dropped.
+//! context's audio after that many chunks until the client opens another context (the next reply), so tests can
+//! cancel at a known point and check that the audio arriving after it — late audio, as a real server's in-flight
+//! chunks are — is dropped.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ pub struct FakeElevenLabsOptions {
     pub bytes_per_char: usize,
     /// Size of each audio message.
     pub chunk_bytes: usize,
-    /// Hold a context's audio after this many chunks until the client names the context again.
+    /// Hold a context's audio after this many chunks until the client opens another context.
     pub pause_after_chunks: Option<usize>,
 }
 
@@ -141,7 +142,7 @@ async fn websocket(
 struct Context {
     text: String,
     sent_chunks: usize,
-    /// The client named the context after its audio was held, so it may continue.
+    /// The client opened another context after this one's audio was held, so it may continue.
     released: bool,
     closing: bool,
 }
@@ -240,14 +241,14 @@ impl Connection {
             if self.contexts.len() >= MAX_CONTEXTS {
                 return Err((1008, "max_active_conversations"));
             }
+            for held in self.contexts.values_mut() {
+                held.released = true;
+            }
             self.contexts.insert(id, Context::default());
             return Ok(());
         }
         let options = self.shared.options.clone();
         let Some(context) = self.contexts.get_mut(&id) else { return Ok(()) };
-        if options.pause_after_chunks.is_some_and(|limit| context.sent_chunks >= limit) {
-            context.released = true; // named again while its audio was held
-        }
         if let Some(piece) = text {
             context.text.push_str(piece);
         }

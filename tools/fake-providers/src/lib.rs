@@ -10,3 +10,4 @@ pub mod deepgram_flux;
 pub mod elevenlabs;
 pub mod openai;
 pub mod openai_speech;
+pub mod twilio_rest;

@@ -33,6 +33,8 @@ pub struct RigOptions {
     pub max_calls: usize,
     /// Gets a copy of every call (the archive), when given.
     pub taps: parley::call::tap::Taps,
+    /// Built-in call control (it wraps its own backend tools and replaces `tools`), when given.
+    pub call_control: Option<Arc<parley::engine::call_control::CallControl>>,
 }
 
 impl Default for RigOptions {
@@ -45,6 +47,7 @@ impl Default for RigOptions {
             tools: Arc::new(NoTools),
             max_calls: 100,
             taps: None,
+            call_control: None,
         }
     }
 }
@@ -85,7 +88,11 @@ impl Rig {
                 voice_id: "test-voice".into(),
                 ..CartesiaConfig::default()
             })),
-            tools: options.tools,
+            tools: match &options.call_control {
+                Some(control) => control.clone(),
+                None => options.tools,
+            },
+            call_control: options.call_control,
             config: Arc::new(options.conversation),
             redact_numbers: false,
             turn_reports: Some(reports_tx),

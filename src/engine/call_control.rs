@@ -1,0 +1,300 @@
+//! Call control for the model: built-in `end_call` and `transfer_call` tools offered next to the backend's MCP tools.
+//!
+//! A tool call only *asks* for the action: the model is told it will happen after its next words, and the engine
+//! carries it out once that reply has played to the end, so the caller hears the goodbye or the "let me put you
+//! through" before the line changes. If the caller interrupts that reply, the request is dropped (they said something
+//! the model has not heard yet). Ending closes the media stream, which hangs up a `<Connect><Stream>` call with no
+//! credentials; transferring updates the live call over Twilio's REST API with `<Dial>` TwiML, only to numbers on the
+//! configured allow-list.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::tools::{ToolCallContext, ToolExecutor, ToolOutcome};
+use crate::http_client::describe;
+use crate::llm::{ToolCall, ToolSpec};
+use crate::twilio::rest;
+
+/// The built-in tools' names (MCP tools of the same name are hidden behind them).
+pub const END_CALL: &str = "end_call";
+pub const TRANSFER_CALL: &str = "transfer_call";
+
+/// `[conversation.call_control]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallControlConfig {
+    /// Offer `end_call`.
+    pub end_call: bool,
+    /// Numbers (E.164) `transfer_call` may dial; empty means no transfer tool.
+    pub transfer_numbers: Vec<String>,
+    /// Twilio's REST API base URL.
+    pub twilio_api_base: String,
+    /// Said when a transfer fails, so the caller knows they are still with the agent.
+    pub transfer_failed_line: String,
+}
+
+impl Default for CallControlConfig {
+    fn default() -> Self {
+        CallControlConfig {
+            end_call: true,
+            transfer_numbers: Vec::new(),
+            twilio_api_base: rest::DEFAULT_API_BASE.into(),
+            transfer_failed_line: "Sorry, I couldn't put you through right now. Can I help you with anything else?"
+                .into(),
+        }
+    }
+}
+
+/// What the model asked for, carried out after its reply has played.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallAction {
+    EndCall,
+    Transfer(String),
+}
+
+/// Why a transfer did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CallControlError {
+    #[error("TWILIO_AUTH_TOKEN is not set, so Parley cannot update the call")]
+    NoCredentials,
+    #[error("the start message carried no account SID")]
+    NoAccount,
+    #[error("could not reach Twilio: {0}")]
+    Connect(String),
+    #[error("Twilio answered HTTP {status}: {body}")]
+    Http { status: u16, body: String },
+}
+
+/// The backend's tools plus the built-ins; see the module documentation.
+pub struct CallControl {
+    inner: Arc<dyn ToolExecutor>,
+    config: CallControlConfig,
+    auth_token: Option<String>,
+    http: reqwest::Client,
+    /// Requested actions by call SID.
+    pending: Mutex<HashMap<String, CallAction>>,
+}
+
+impl std::fmt::Debug for CallControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallControl").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl CallControl {
+    /// `auth_token` is the account's Twilio auth token (for transfers).
+    pub fn new(inner: Arc<dyn ToolExecutor>, config: CallControlConfig, auth_token: Option<String>) -> CallControl {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        CallControl { inner, config, auth_token, http, pending: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn config(&self) -> &CallControlConfig {
+        &self.config
+    }
+
+    /// The action the model asked for on this call, if any; asking again gives `None`.
+    pub fn take(&self, call_sid: &str) -> Option<CallAction> {
+        self.lock().remove(call_sid)
+    }
+
+    /// Forgets a request (the caller interrupted the reply that announced it).
+    pub fn discard(&self, call_sid: &str) {
+        self.lock().remove(call_sid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CallAction>> {
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn transfer_enabled(&self) -> bool {
+        !self.config.transfer_numbers.is_empty()
+    }
+
+    /// Transfers the call over Twilio's REST API. A call Twilio reports as already over counts as done.
+    pub async fn transfer(&self, account_sid: &str, call_sid: &str, number: &str) -> Result<(), CallControlError> {
+        let token = self.auth_token.as_deref().ok_or(CallControlError::NoCredentials)?;
+        if account_sid.is_empty() {
+            return Err(CallControlError::NoAccount);
+        }
+        let url = format!(
+            "{}{}",
+            self.config.twilio_api_base.trim_end_matches('/'),
+            rest::call_update_path(account_sid, call_sid)
+        );
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(account_sid, Some(token))
+            .form(&rest::transfer_form(number))
+            .send()
+            .await
+            .map_err(|e| CallControlError::Connect(describe(&e)))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        if status.as_u16() == 404 && rest::error_code(&body) == Some(rest::ERROR_NOT_FOUND) {
+            return Ok(());
+        }
+        Err(CallControlError::Http { status: status.as_u16(), body: body.chars().take(300).collect() })
+    }
+
+    fn builtin_specs(&self) -> Vec<ToolSpec> {
+        let mut specs = Vec::new();
+        if self.config.end_call {
+            specs.push(ToolSpec {
+                name: END_CALL.into(),
+                description: "Hang up the phone call. Use it when the caller says goodbye or the conversation is \
+                    over; say your goodbye in the same reply, and the call ends once it has been spoken."
+                    .into(),
+                parameters: json!({"type": "object", "properties": {}}),
+            });
+        }
+        if self.transfer_enabled() {
+            specs.push(ToolSpec {
+                name: TRANSFER_CALL.into(),
+                description: "Transfer the caller to a person at one of the allowed numbers. Tell the caller you \
+                    are putting them through in the same reply; the transfer happens once that has been spoken."
+                    .into(),
+                parameters: json!({
+                    "type": "object",
+                    "properties": {"number": {"type": "string", "enum": self.config.transfer_numbers}},
+                    "required": ["number"]
+                }),
+            });
+        }
+        specs
+    }
+
+    fn request(&self, call_sid: &str, action: CallAction) {
+        self.lock().insert(call_sid.to_owned(), action);
+    }
+
+    fn transfer_call(&self, call: &ToolCall, context: &ToolCallContext) -> ToolOutcome {
+        let arguments: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or_default();
+        let Some(number) = arguments.get("number").and_then(|n| n.as_str()) else {
+            return ToolOutcome::error("transfer_call needs a `number` argument");
+        };
+        if !self.config.transfer_numbers.iter().any(|allowed| allowed == number) {
+            let allowed = self.config.transfer_numbers.join(", ");
+            return ToolOutcome::error(format!("{number} is not a number calls may be transferred to ({allowed})"));
+        }
+        self.request(&context.call_sid, CallAction::Transfer(number.to_owned()));
+        ToolOutcome::ok(format!("The caller will be transferred to {number} once your next words have been spoken."))
+    }
+}
+
+#[async_trait]
+impl ToolExecutor for CallControl {
+    fn specs(&self) -> Vec<ToolSpec> {
+        let builtins = self.builtin_specs();
+        let mut specs: Vec<ToolSpec> =
+            self.inner.specs().into_iter().filter(|s| !builtins.iter().any(|b| b.name == s.name)).collect();
+        specs.extend(builtins);
+        specs
+    }
+
+    fn needs_confirmation(&self, name: &str) -> bool {
+        !self.is_builtin(name) && self.inner.needs_confirmation(name)
+    }
+
+    fn server_of(&self, name: &str) -> Option<String> {
+        if self.is_builtin(name) {
+            Some("parley".into())
+        } else {
+            self.inner.server_of(name)
+        }
+    }
+
+    async fn call(&self, call: &ToolCall, context: &ToolCallContext, cancel: CancellationToken) -> ToolOutcome {
+        match call.name.as_str() {
+            END_CALL if self.config.end_call => {
+                self.request(&context.call_sid, CallAction::EndCall);
+                ToolOutcome::ok("The call will end once your goodbye has been spoken. Say goodbye now.")
+            }
+            TRANSFER_CALL if self.transfer_enabled() => self.transfer_call(call, context),
+            _ => self.inner.call(call, context, cancel).await,
+        }
+    }
+}
+
+impl CallControl {
+    fn is_builtin(&self, name: &str) -> bool {
+        (name == END_CALL && self.config.end_call) || (name == TRANSFER_CALL && self.transfer_enabled())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::tools::NoTools;
+
+    fn control(numbers: &[&str]) -> CallControl {
+        let config = CallControlConfig {
+            transfer_numbers: numbers.iter().map(|n| n.to_string()).collect(),
+            ..CallControlConfig::default()
+        };
+        CallControl::new(Arc::new(NoTools), config, None)
+    }
+
+    fn context() -> ToolCallContext {
+        ToolCallContext { call_sid: "CA1".into(), ..ToolCallContext::default() }
+    }
+
+    fn call(name: &str, arguments: &str) -> ToolCall {
+        ToolCall { id: "c1".into(), name: name.into(), arguments: arguments.into() }
+    }
+
+    #[test]
+    fn transfer_is_offered_only_with_an_allow_list() {
+        let names = |c: &CallControl| c.specs().into_iter().map(|s| s.name).collect::<Vec<_>>();
+        assert_eq!(names(&control(&[])), vec![END_CALL]);
+        assert_eq!(names(&control(&["+15550009999"])), vec![END_CALL, TRANSFER_CALL]);
+    }
+
+    #[tokio::test]
+    async fn end_call_is_recorded_for_the_call_until_taken() {
+        let control = control(&[]);
+        let outcome = control.call(&call(END_CALL, "{}"), &context(), CancellationToken::new()).await;
+        assert!(!outcome.is_error, "{outcome:?}");
+        assert_eq!(control.take("CA2"), None, "another call's request");
+        assert_eq!(control.take("CA1"), Some(CallAction::EndCall));
+        assert_eq!(control.take("CA1"), None);
+    }
+
+    #[tokio::test]
+    async fn transfers_go_only_to_allowed_numbers() {
+        let control = control(&["+15550009999"]);
+        let refused = control
+            .call(&call(TRANSFER_CALL, r#"{"number":"+15551234567"}"#), &context(), CancellationToken::new())
+            .await;
+        assert!(refused.is_error && refused.content.contains("+15550009999"), "{refused:?}");
+        assert_eq!(control.take("CA1"), None);
+        let missing = control.call(&call(TRANSFER_CALL, "{}"), &context(), CancellationToken::new()).await;
+        assert!(missing.is_error);
+        let allowed = control
+            .call(&call(TRANSFER_CALL, r#"{"number":"+15550009999"}"#), &context(), CancellationToken::new())
+            .await;
+        assert!(!allowed.is_error, "{allowed:?}");
+        assert_eq!(control.take("CA1"), Some(CallAction::Transfer("+15550009999".into())));
+    }
+
+    #[tokio::test]
+    async fn transfers_need_credentials() {
+        let err = control(&["+15550009999"]).transfer("AC1", "CA1", "+15550009999").await.unwrap_err();
+        assert!(matches!(err, CallControlError::NoCredentials), "{err}");
+    }
+
+    #[tokio::test]
+    async fn other_tools_go_to_the_backend() {
+        let outcome = control(&[]).call(&call("lookup_order", "{}"), &context(), CancellationToken::new()).await;
+        assert!(outcome.is_error && outcome.content.contains("no tool named lookup_order"), "{outcome:?}");
+    }
+}

@@ -1,0 +1,124 @@
+//! The built-in call-control tools end to end: the model asks to hang up or transfer, Parley lets its reply play,
+//! then closes the stream or updates the call over Twilio's REST API (a fake Twilio on 127.0.0.1).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::init_logs;
+use fake_providers::openai::{FakeOpenAiOptions, FakeReply};
+use fake_providers::twilio_rest::{self, FakeTwilioRest};
+use loadgen::{say, Rig, RigOptions, WAIT};
+use parley::engine::call_control::{CallControl, CallControlConfig};
+use parley::engine::tools::NoTools;
+use sim_caller::Received;
+
+/// The fake Deepgram's first scripted utterance.
+const FIRST_UTTERANCE: &str = "table for two";
+const TRANSFER_TO: &str = "+15550009999";
+const AUTH_TOKEN: &str = "twilio-secret";
+
+async fn rig(openai: FakeOpenAiOptions, call_control: CallControlConfig, token: &str) -> Rig {
+    init_logs();
+    let control = Arc::new(CallControl::new(Arc::new(NoTools), call_control.clone(), Some(token.into())));
+    let mut options = RigOptions { openai, call_control: Some(control), ..RigOptions::default() };
+    options.conversation.call_control = call_control;
+    Rig::start(options).await
+}
+
+fn transfers_via(twilio: &FakeTwilioRest) -> CallControlConfig {
+    CallControlConfig {
+        transfer_numbers: vec![TRANSFER_TO.into()],
+        twilio_api_base: twilio.base_url(),
+        ..CallControlConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn end_call_hangs_up_after_the_goodbye_has_played() {
+    const GOODBYE: &str = "Thanks for calling, goodbye!";
+    let openai = FakeOpenAiOptions::default()
+        .rule(FIRST_UTTERANCE, FakeReply::tool_call("call-1", "end_call", "{}"))
+        .after_tool(FakeReply::text(GOODBYE));
+    let mut rig = rig(openai, CallControlConfig::default(), AUTH_TOKEN).await;
+    let mut call = rig.call(1).await;
+    let observer = call.observer();
+    say(&mut call, 1_000).await;
+    rig.next_report().await;
+    let closed = call.wait_closed(WAIT).await.expect("Parley ends the call");
+    assert_eq!(closed, Some(1000));
+
+    let log = observer.received();
+    let closed_at = log.iter().find_map(|r| match r {
+        Received::Closed { at, .. } => Some(*at),
+        _ => None,
+    });
+    let played_until = observer.playing_until().expect("the goodbye was sent");
+    let closed_at = closed_at.expect("a close was logged");
+    assert!(closed_at + Duration::from_millis(100) >= played_until, "closed before the goodbye finished playing");
+    assert!(call.audio_received().len() as u64 / 8 >= GOODBYE.len() as u64 * 60 - 200, "the goodbye was heard");
+
+    let requests = rig.openai.requests();
+    assert!(requests[0].body["tools"].to_string().contains("end_call"), "end_call is offered");
+    let tool_result = requests[1].messages().into_iter().find(|m| m["role"] == "tool").expect("tool result");
+    assert!(tool_result["content"].as_str().unwrap_or("").contains("goodbye"), "{tool_result}");
+}
+
+#[tokio::test]
+async fn transfer_call_dials_the_allowed_number_through_twilio_rest() {
+    let twilio = twilio_rest::start(AUTH_TOKEN, &[]).await.unwrap();
+    let openai = FakeOpenAiOptions::default()
+        .rule(
+            FIRST_UTTERANCE,
+            FakeReply::tool_call("call-1", "transfer_call", format!(r#"{{"number":"{TRANSFER_TO}"}}"#)),
+        )
+        .after_tool(FakeReply::text("Putting you through now."));
+    let mut rig = rig(openai, transfers_via(&twilio), AUTH_TOKEN).await;
+    let mut call = rig.call(7).await;
+    say(&mut call, 1_000).await;
+    rig.next_report().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while twilio.updates().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let updates = twilio.updates();
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    let update = &updates[0];
+    assert_eq!(update.call_sid, format!("CA{:032}", 7));
+    assert_eq!(update.account_sid, "AC00000000000000000000000000000001", "the account of the start message");
+    assert_eq!(update.auth, Some((update.account_sid.clone(), AUTH_TOKEN.to_owned())));
+    assert_eq!(update.field("Twiml"), Some("<Response><Dial>+15550009999</Dial></Response>"));
+    call.hang_up().await;
+}
+
+#[tokio::test]
+async fn a_failed_transfer_is_apologised_for_and_the_call_goes_on() {
+    let twilio = twilio_rest::start(AUTH_TOKEN, &[]).await.unwrap();
+    let openai = FakeOpenAiOptions::default()
+        .rule(
+            FIRST_UTTERANCE,
+            FakeReply::tool_call("call-1", "transfer_call", format!(r#"{{"number":"{TRANSFER_TO}"}}"#)),
+        )
+        .after_tool(FakeReply::text("Putting you through now."));
+    let config = transfers_via(&twilio);
+    let apology = config.transfer_failed_line.clone();
+    // Parley holds the wrong token: Twilio refuses the update.
+    let mut rig = rig(openai, config, "wrong-token").await;
+    let mut call = rig.call(1).await;
+    say(&mut call, 1_000).await;
+    rig.next_report().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let spoken = |rig: &Rig| {
+        rig.cartesia.connections().iter().any(|c| {
+            c.received.iter().filter_map(|m| m["context_id"].as_str()).any(|id| c.transcript_of(id).contains(&apology))
+        })
+    };
+    while !spoken(&rig) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(spoken(&rig), "the apology was spoken");
+    assert_eq!(twilio.updates().len(), 1);
+    assert!(call.wait_closed(Duration::from_millis(300)).await.is_err(), "the call is still up");
+    call.hang_up().await;
+}
