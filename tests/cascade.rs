@@ -239,7 +239,7 @@ async fn a_lost_tts_connection_is_reopened_for_the_next_reply() {
 }
 
 #[tokio::test]
-async fn a_lost_stt_connection_is_reopened_and_the_caller_asked_to_repeat() {
+async fn a_lost_stt_connection_is_replaced_and_fed_the_callers_audio_so_no_word_is_lost() {
     let openai = FakeOpenAiOptions::default().fallback(FakeReply::text("Okay."));
     // The first recognition session drops after two messages: SpeechStarted and the first interim result.
     let deepgram = FakeDeepgramOptions {
@@ -248,6 +248,32 @@ async fn a_lost_stt_connection_is_reopened_and_the_caller_asked_to_repeat() {
         ..FakeDeepgramOptions::default()
     };
     let conversation = quiet_agent();
+    let fallback = conversation.fallback_line.clone();
+    let mut rig = rig(openai, deepgram, FakeCartesiaOptions::default(), conversation).await;
+    let mut call = place_call(&rig).await;
+    say(&mut call, 1_000).await;
+    rig.next_report().await;
+    let connections = rig.deepgram.connections();
+    assert!(connections.len() >= 2, "STT was not reconnected");
+    // The new session heard the utterance from its start: the buffered audio went first.
+    assert!(connections[1].audio().starts_with(&speech(1_000)[..1_600]), "the replay starts with the speech");
+    let history = messages_of(&rig.openai.requests()[0].body);
+    assert_eq!(history.last().map(|m| m.1.as_str()), Some(FIRST_UTTERANCE), "heard by the new session");
+    assert!(!spoken_texts(&rig.cartesia).contains(&fallback), "the caller was not asked to repeat");
+    call.hang_up().await;
+}
+
+#[tokio::test]
+async fn without_the_turns_audio_a_lost_stt_connection_means_asking_the_caller_to_repeat() {
+    let openai = FakeOpenAiOptions::default().fallback(FakeReply::text("Okay."));
+    let deepgram = FakeDeepgramOptions {
+        drop_after_messages: Some(2),
+        faulty_connections: Some(1),
+        ..FakeDeepgramOptions::default()
+    };
+    let mut conversation = quiet_agent();
+    // Too little is kept to hold the turn's speech.
+    conversation.stt_replay_ms = 100;
     let fallback = conversation.fallback_line.clone();
     let mut rig = rig(openai, deepgram, FakeCartesiaOptions::default(), conversation).await;
     let mut call = place_call(&rig).await;

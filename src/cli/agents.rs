@@ -12,15 +12,19 @@ use crate::config::providers::{
 use crate::config::{read_secret, AgentKind, Config};
 use crate::engine::call_control::CallControl;
 use crate::engine::cascade::{CascadeDeps, CascadeFactory};
+use crate::engine::failover::DEFAULT_COOLDOWN;
 use crate::engine::tools::{NoTools, ToolExecutor};
 use crate::llm::anthropic::{Anthropic, AnthropicConfig, AnthropicConfigError};
+use crate::llm::failover::FailoverLlm;
 use crate::llm::openai::{OpenAiCompatible, OpenAiConfig, OpenAiConfigError};
 use crate::stt::deepgram::{Deepgram, DeepgramConfig};
 use crate::stt::deepgram_flux::{DeepgramFlux, FluxConfig};
+use crate::stt::failover::FailoverStt;
 use crate::stt::whisper::WhisperStt;
 use crate::tts::cartesia::{Cartesia, CartesiaConfig};
 use crate::tts::elevenlabs::{ElevenLabs, ElevenLabsConfig};
 use crate::tts::espeak::Espeak;
+use crate::tts::failover::FailoverTts;
 use crate::tts::openai_speech::{OpenAiSpeech, OpenAiSpeechConfig, OpenAiSpeechConfigError};
 
 /// Why the agent could not be assembled.
@@ -65,9 +69,36 @@ pub fn agent_factory(
     }
 }
 
-/// The `[stt]` provider; the local Whisper model is loaded here, once, and shared by every call.
+/// The `[stt]` provider, behind a failover list when `fallback` names more.
 fn stt_provider(config: &Config) -> Result<Arc<dyn crate::stt::SpeechToText>, AgentSetupError> {
-    Ok(match config.stt.provider {
+    let mut list = vec![stt_for(config.stt.provider, config)?];
+    for kind in &config.stt.fallback {
+        list.push(stt_for(*kind, config)?);
+    }
+    Ok(if list.len() == 1 { list.remove(0) } else { Arc::new(FailoverStt::new(list, DEFAULT_COOLDOWN)) })
+}
+
+/// The `[tts]` provider, behind a failover list when `fallback` names more.
+fn tts_provider(config: &Config) -> Result<Arc<dyn crate::tts::TextToSpeech>, AgentSetupError> {
+    let mut list = vec![tts_for(config.tts.provider, config)?];
+    for kind in &config.tts.fallback {
+        list.push(tts_for(*kind, config)?);
+    }
+    Ok(if list.len() == 1 { list.remove(0) } else { Arc::new(FailoverTts::new(list, DEFAULT_COOLDOWN)) })
+}
+
+/// The `[llm]` model, behind a failover list when `fallback` names more.
+fn llm_provider(config: &Config) -> Result<Arc<dyn crate::llm::LanguageModel>, AgentSetupError> {
+    let mut list = vec![llm_for(config.llm.provider, config)?];
+    for kind in &config.llm.fallback {
+        list.push(llm_for(*kind, config)?);
+    }
+    Ok(if list.len() == 1 { list.remove(0) } else { Arc::new(FailoverLlm::new(list, DEFAULT_COOLDOWN)) })
+}
+
+/// One speech-to-text provider; the local Whisper model is loaded here, once, and shared by every call.
+fn stt_for(kind: SttProvider, config: &Config) -> Result<Arc<dyn crate::stt::SpeechToText>, AgentSetupError> {
+    Ok(match kind {
         SttProvider::Deepgram => Arc::new(Deepgram::new(deepgram_config(&config.stt.deepgram)?)),
         SttProvider::DeepgramFlux => Arc::new(DeepgramFlux::new(flux_config(&config.stt.deepgram_flux)?)),
         SttProvider::Whisper => {
@@ -77,8 +108,8 @@ fn stt_provider(config: &Config) -> Result<Arc<dyn crate::stt::SpeechToText>, Ag
     })
 }
 
-fn tts_provider(config: &Config) -> Result<Arc<dyn crate::tts::TextToSpeech>, AgentSetupError> {
-    Ok(match config.tts.provider {
+fn tts_for(kind: TtsProvider, config: &Config) -> Result<Arc<dyn crate::tts::TextToSpeech>, AgentSetupError> {
+    Ok(match kind {
         TtsProvider::Cartesia => Arc::new(Cartesia::new(cartesia_config(&config.tts.cartesia)?)),
         TtsProvider::Espeak => Arc::new(Espeak::new(config.local.espeak.clone())),
         TtsProvider::Elevenlabs => Arc::new(ElevenLabs::new(elevenlabs_config(&config.tts.elevenlabs)?)),
@@ -86,9 +117,8 @@ fn tts_provider(config: &Config) -> Result<Arc<dyn crate::tts::TextToSpeech>, Ag
     })
 }
 
-/// The `[llm]` provider.
-fn llm_provider(config: &Config) -> Result<Arc<dyn crate::llm::LanguageModel>, AgentSetupError> {
-    Ok(match config.llm.provider {
+fn llm_for(kind: LlmProvider, config: &Config) -> Result<Arc<dyn crate::llm::LanguageModel>, AgentSetupError> {
+    Ok(match kind {
         LlmProvider::Openai => Arc::new(OpenAiCompatible::new(openai_config(&config.llm.openai))?),
         LlmProvider::Anthropic => Arc::new(Anthropic::new(anthropic_config(&config.llm.anthropic)?)?),
         LlmProvider::Scripted => Arc::new(crate::llm::scripted::ScriptedPolicy),

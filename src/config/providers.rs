@@ -10,6 +10,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct SttSection {
     pub provider: SttProvider,
+    /// Providers tried, in order, when `provider` cannot be reached (each uses its own section's settings).
+    pub fallback: Vec<SttProvider>,
     pub deepgram: DeepgramSettings,
     pub deepgram_flux: DeepgramFluxSettings,
 }
@@ -58,6 +60,8 @@ impl Default for DeepgramSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct LlmSection {
     pub provider: LlmProvider,
+    /// Models tried, in order, when `provider` cannot be reached, times out or answers 5xx/429.
+    pub fallback: Vec<LlmProvider>,
     pub openai: OpenAiSettings,
     pub anthropic: AnthropicSettings,
 }
@@ -133,6 +137,8 @@ impl Default for AnthropicSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct TtsSection {
     pub provider: TtsProvider,
+    /// Providers tried, in order, when `provider` cannot be reached.
+    pub fallback: Vec<TtsProvider>,
     pub cartesia: CartesiaSettings,
     pub openai_speech: OpenAiSpeechSettings,
     pub elevenlabs: ElevenLabsSettings,

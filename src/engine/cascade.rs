@@ -18,6 +18,7 @@ use super::config::ConversationConfig;
 use super::heard::{heard_prefix, SpeakingRate};
 use super::keypad::Keypad;
 use super::latency::TurnLatency;
+use super::replay::ReplayBuffer;
 use super::reply::{self, ReplyEvent, ReplyEvents, ReplyJob};
 use super::tools::{ToolCallContext, ToolExecutor};
 use super::turn::{EndOfTurn, TurnDecision, TurnDetector};
@@ -35,6 +36,8 @@ use crate::tts::{TextToSpeech, TtsEvent, TtsInput};
 
 /// How long to wait before reconnecting a failed STT session.
 const STT_RETRY: Duration = Duration::from_secs(2);
+/// How long a new STT session may take to accept the replayed audio.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The providers and settings every call of this server shares.
 #[derive(Clone)]
@@ -151,6 +154,8 @@ struct Engine {
     hang_up: CancellationToken,
     /// A call-control action whose announcing reply has finished playing, to carry out now.
     due_action: Option<CallAction>,
+    /// The caller's audio since the last turn, replayed into a new STT session after a lost one.
+    replay: ReplayBuffer,
 }
 
 /// Whether the caller's words are a yes (to a confirmation question).
@@ -198,6 +203,7 @@ impl Engine {
         let history = vec![ChatMessage::system(deps.config.system_prompt.clone())];
         let turn = TurnDetector::new(deps.config.turn.clone());
         let deps_keypad_ms = deps.config.keypad_commit_ms;
+        let replay_frames = (deps.config.stt_replay_ms / 20) as usize;
         Engine {
             deps,
             call,
@@ -220,6 +226,7 @@ impl Engine {
             keypad: Keypad::new(Duration::from_millis(deps_keypad_ms)),
             hang_up: CancellationToken::new(),
             due_action: None,
+            replay: ReplayBuffer::new(replay_frames),
         }
     }
 
@@ -256,6 +263,7 @@ impl Engine {
                         if let Some(vad) = vad.as_mut() {
                             vad.push(frame.clone());
                         }
+                        self.replay.push(frame.clone());
                         self.forward_to_stt(frame);
                     }
                     Some(CallEvent::Dtmf(digit)) => {
@@ -285,6 +293,7 @@ impl Engine {
                     if self.stt_retry_at.is_some_and(|at| at <= now) {
                         self.stt_retry_at = None;
                         inputs.stt = self.open_stt().await;
+                        self.replay_to_stt().await;
                     }
                     if let Some(entry) = self.keypad.on_tick(now) {
                         self.keyed_turn(entry, &mut inputs).await;
@@ -368,17 +377,41 @@ impl Engine {
         }
     }
 
-    /// The STT session is gone: reconnect, and if the caller was mid-sentence, ask them to repeat.
+    /// The STT session is gone: reconnect and feed the new session the caller's audio since the last turn, so no
+    /// word is lost; only when that audio is no longer all there, and the caller was mid-sentence, ask them to
+    /// repeat.
     async fn stt_lost(&mut self, inputs: &mut Inputs) {
         inputs.stt = None;
         self.stt_input = None;
         let lost_words = self.turn.discard_pending();
         let caller_mid_turn = self.turn.caller_speaking() || lost_words;
         inputs.stt = self.open_stt().await;
-        if caller_mid_turn && self.reply.is_none() {
+        let replayed = self.replay_to_stt().await;
+        if caller_mid_turn && !replayed && self.reply.is_none() {
             let line = self.deps.config.fallback_line.clone();
             self.speak_scripted(&line, false).await;
         }
+    }
+
+    /// Feeds the new STT session the buffered audio; false when there is no session or the buffer lost speech.
+    async fn replay_to_stt(&mut self) -> bool {
+        let Some(input) = self.stt_input.clone() else { return false };
+        let Some(frames) = self.replay.replayable() else { return false };
+        let frames: Vec<Bytes> = frames.cloned().collect();
+        let count = frames.len();
+        let replay = async {
+            for frame in frames {
+                if input.send(SttInput::Audio(frame)).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        // The session's queue drains at network speed; a session that does not take the audio promptly is no better
+        // than the one lost.
+        let done = tokio::time::timeout(REPLAY_TIMEOUT, replay).await.unwrap_or(false);
+        tracing::info!(call_sid = %self.call.call_sid, frames = count, done, "replayed the caller's audio into the new speech-to-text session");
+        done
     }
 
     async fn on_tts(&mut self, event: Option<TtsEvent>, inputs: &mut Inputs) {
@@ -471,6 +504,7 @@ impl Engine {
             // The caller went on talking before the reply was heard: it answers a question they had not finished.
             self.interrupt_reply(None).await;
         }
+        self.replay.turn_ended();
         self.add_user_text(&end.text);
         // A pending destructive action runs only if the caller's answer is a yes.
         let pending = std::mem::take(&mut self.pending_confirmations);

@@ -23,6 +23,8 @@ pub struct ConversationConfig {
     pub filler_after_ms: u64,
     /// Keys the caller presses make one turn once they press `#` or stop pressing for this long.
     pub keypad_commit_ms: u64,
+    /// Caller audio kept since the last turn, replayed into a new STT session when one is lost mid-turn.
+    pub stt_replay_ms: u64,
     pub vad_aggressiveness: VadAggressiveness,
     pub turn: TurnConfig,
     /// The built-in `end_call` and `transfer_call` tools.
@@ -42,6 +44,7 @@ impl Default for ConversationConfig {
             filler_line: "One moment while I check that.".into(),
             filler_after_ms: 1_000,
             keypad_commit_ms: 2_000,
+            stt_replay_ms: 15_000,
             vad_aggressiveness: VadAggressiveness::Aggressive,
             turn: TurnConfig::default(),
             call_control: CallControlConfig::default(),

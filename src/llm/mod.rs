@@ -128,6 +128,7 @@ pub trait LanguageModel: Send + Sync {
 }
 
 pub mod anthropic;
+pub mod failover;
 pub mod history;
 pub mod openai;
 pub mod scripted;

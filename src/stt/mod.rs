@@ -104,4 +104,5 @@ pub trait SpeechToText: Send + Sync {
 
 pub mod deepgram;
 pub mod deepgram_flux;
+pub mod failover;
 pub mod whisper;

@@ -65,4 +65,5 @@ pub trait TextToSpeech: Send + Sync {
 pub mod cartesia;
 pub mod elevenlabs;
 pub mod espeak;
+pub mod failover;
 pub mod openai_speech;

@@ -1,0 +1,123 @@
+//! Failover under injected faults: each stage's ordered provider list moves on from a provider that is down or
+//! failing to the next, and keeps the failed one at the back while it cools down. Real clients against fake
+//! servers on 127.0.0.1; "down" is a port nothing listens on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fake_providers::cartesia::{FakeCartesia, FakeCartesiaOptions};
+use fake_providers::deepgram::{FakeDeepgram, FakeDeepgramOptions};
+use fake_providers::openai::{self, FakeOpenAiOptions, FakeReply};
+use futures_util::StreamExt;
+use parley::llm::failover::FailoverLlm;
+use parley::llm::openai::{OpenAiCompatible, OpenAiConfig};
+use parley::llm::{ChatMessage, LanguageModel, LlmError, LlmEvent, LlmRequest};
+use parley::stt::deepgram::{Deepgram, DeepgramConfig};
+use parley::stt::failover::FailoverStt;
+use parley::stt::{SpeechToText, SttInput};
+use parley::tts::cartesia::{Cartesia, CartesiaConfig};
+use parley::tts::failover::FailoverTts;
+use parley::tts::{TextToSpeech, TtsEvent, TtsInput};
+
+const COOLDOWN: Duration = Duration::from_secs(30);
+
+/// A base URL on a port nothing listens on.
+fn down(scheme: &str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("{scheme}://127.0.0.1:{port}")
+}
+
+fn chat(base_url: String) -> Arc<dyn LanguageModel> {
+    let config =
+        OpenAiConfig { base_url, api_key: Some("k".into()), model: "gpt-test".into(), ..OpenAiConfig::default() };
+    Arc::new(OpenAiCompatible::new(config).unwrap())
+}
+
+fn request() -> LlmRequest {
+    LlmRequest { messages: vec![ChatMessage::user("Hello")], tools: Vec::new() }
+}
+
+async fn text_of(model: &dyn LanguageModel) -> Result<String, LlmError> {
+    let mut stream = model.stream(request()).await?;
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        if let LlmEvent::TextDelta(piece) = event? {
+            text.push_str(&piece);
+        }
+    }
+    Ok(text)
+}
+
+#[tokio::test]
+async fn a_failing_model_hands_over_to_the_next_and_stays_at_the_back() {
+    let failing =
+        openai::start(FakeOpenAiOptions::default().no_delays().fallback(FakeReply::http_500())).await.unwrap();
+    let healthy =
+        openai::start(FakeOpenAiOptions::default().no_delays().fallback(FakeReply::text("Hi there."))).await.unwrap();
+    let failover = FailoverLlm::new(vec![chat(failing.base_url()), chat(healthy.base_url())], COOLDOWN);
+    assert_eq!(text_of(&failover).await.unwrap(), "Hi there.");
+    assert_eq!(text_of(&failover).await.unwrap(), "Hi there.");
+    assert_eq!(failing.requests().len(), 1, "the failed model is skipped while it cools down");
+    assert_eq!(healthy.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn rate_limits_and_unreachable_models_fail_over_and_all_down_reports_the_last_error() {
+    let limited =
+        openai::start(FakeOpenAiOptions::default().no_delays().fallback(FakeReply::rate_limited())).await.unwrap();
+    let healthy =
+        openai::start(FakeOpenAiOptions::default().no_delays().fallback(FakeReply::text("Yes."))).await.unwrap();
+    let failover =
+        FailoverLlm::new(vec![chat(down("http")), chat(limited.base_url()), chat(healthy.base_url())], COOLDOWN);
+    assert_eq!(text_of(&failover).await.unwrap(), "Yes.");
+
+    let all_down = FailoverLlm::new(vec![chat(down("http")), chat(limited.base_url())], COOLDOWN);
+    match text_of(&all_down).await {
+        Err(LlmError::Http { status: 429, .. }) => {}
+        other => panic!("expected the last provider's 429, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn speech_to_text_opens_on_the_fallback_when_the_primary_is_down() {
+    let deepgram = FakeDeepgram::start(FakeDeepgramOptions::default()).await.unwrap();
+    let stt = |base_url: String| -> Arc<dyn SpeechToText> {
+        Arc::new(Deepgram::new(DeepgramConfig { base_url, api_key: "k".into(), ..DeepgramConfig::default() }))
+    };
+    let failover = FailoverStt::new(vec![stt(down("ws")), stt(deepgram.base_url())], COOLDOWN);
+    let session = failover.open().await.expect("the fallback accepts the session");
+    session.input.send(SttInput::Audio(bytes::Bytes::from(vec![0xFFu8; 160]))).await.unwrap();
+    session.input.send(SttInput::Close).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while deepgram.connections().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(deepgram.connections().len(), 1);
+}
+
+#[tokio::test]
+async fn text_to_speech_opens_on_the_fallback_and_speaks() {
+    let cartesia = FakeCartesia::start(FakeCartesiaOptions::default()).await.unwrap();
+    let tts = |base_url: String| -> Arc<dyn TextToSpeech> {
+        Arc::new(Cartesia::new(CartesiaConfig {
+            base_url,
+            api_key: "k".into(),
+            voice_id: "v".into(),
+            ..CartesiaConfig::default()
+        }))
+    };
+    let failover = FailoverTts::new(vec![tts(down("ws")), tts(cartesia.base_url())], COOLDOWN);
+    let mut session = failover.open().await.expect("the fallback accepts the session");
+    session.input.send(TtsInput::Text { context: "c1".into(), text: "Hello.".into(), last: true }).await.unwrap();
+    let mut audio = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), session.events.recv()).await {
+            Ok(Some(TtsEvent::Audio { mulaw, .. })) => audio += mulaw.len(),
+            Ok(Some(TtsEvent::Done { .. })) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(audio > 0);
+}
