@@ -121,7 +121,7 @@ mod tests {
         assert_eq!(health.order(now), vec![1, 2, 0]);
         health.failed(1, now + Duration::from_secs(1));
         assert_eq!(health.order(now + Duration::from_secs(2)), vec![2, 0, 1], "the one back soonest comes first");
-        assert_eq!(health.order(now + Duration::from_secs(31)), vec![0, 2, 1], "0 has cooled down");
+        assert_eq!(health.order(now + Duration::from_millis(30_500)), vec![0, 2, 1], "0 has cooled down, 1 not yet");
         health.succeeded(1);
         assert_eq!(health.order(now + Duration::from_secs(2)), vec![1, 2, 0]);
     }
