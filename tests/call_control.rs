@@ -122,3 +122,21 @@ async fn a_failed_transfer_is_apologised_for_and_the_call_goes_on() {
     assert!(call.wait_closed(Duration::from_millis(300)).await.is_err(), "the call is still up");
     call.hang_up().await;
 }
+
+#[tokio::test]
+async fn when_the_model_keeps_failing_the_agent_gives_up_politely_and_ends_the_call() {
+    let openai = FakeOpenAiOptions::default().fallback(FakeReply::http_500());
+    let config = CallControlConfig { give_up_after_failures: 2, ..CallControlConfig::default() };
+    let give_up_line = config.give_up_line.clone();
+    let mut rig = rig(openai, config, AUTH_TOKEN).await;
+    let mut call = rig.call(1).await;
+    say(&mut call, 1_000).await;
+    rig.next_report().await;
+    assert!(call.wait_closed(Duration::from_millis(300)).await.is_err(), "one failure: the call goes on");
+    say(&mut call, 800).await;
+    rig.next_report().await;
+    assert_eq!(call.wait_closed(WAIT).await.expect("the agent ends the call"), Some(1000));
+    let cartesia = &rig.cartesia.connections()[0];
+    assert_eq!(cartesia.transcript_of("t2-r2"), give_up_line, "the second failure is answered with the give-up line");
+    assert_ne!(cartesia.transcript_of("t1-r1"), give_up_line, "the first with the ordinary fallback line");
+}

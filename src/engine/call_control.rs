@@ -37,6 +37,11 @@ pub struct CallControlConfig {
     pub twilio_api_base: String,
     /// Said when a transfer fails, so the caller knows they are still with the agent.
     pub transfer_failed_line: String,
+    /// After this many replies in a row the model failed to give (every provider down), stop trying: say
+    /// `give_up_line` and end the call, or transfer it to `give_up_transfer_to` when set. 0 never gives up.
+    pub give_up_after_failures: u32,
+    pub give_up_line: String,
+    pub give_up_transfer_to: Option<String>,
 }
 
 impl Default for CallControlConfig {
@@ -47,6 +52,22 @@ impl Default for CallControlConfig {
             twilio_api_base: rest::DEFAULT_API_BASE.into(),
             transfer_failed_line: "Sorry, I couldn't put you through right now. Can I help you with anything else?"
                 .into(),
+            give_up_after_failures: 3,
+            give_up_line:
+                "I'm sorry, our system is having problems right now. Please call back a little later. Goodbye.".into(),
+            give_up_transfer_to: None,
+        }
+    }
+}
+
+impl CallControlConfig {
+    /// What giving up does: transfer when a number is set, else end the call; `None` when `end_call` is off and
+    /// there is no number (the agent keeps apologising instead).
+    pub fn give_up_action(&self) -> Option<CallAction> {
+        match &self.give_up_transfer_to {
+            Some(number) => Some(CallAction::Transfer(number.clone())),
+            None if self.end_call => Some(CallAction::EndCall),
+            None => None,
         }
     }
 }

@@ -28,8 +28,9 @@ use crate::call::agent::{Agent, AgentContext, AgentFactory, CallEvent};
 use crate::call::tap::{CallTap, ConversationEvent};
 use crate::call::CallInfo;
 use crate::llm::history::{append_tool_round, ToolOutcome, ToolResult};
-use crate::llm::{ChatMessage, LanguageModel, Role, ToolCall};
-use crate::stt::{SpeechToText, SttEvent, SttInput};
+use crate::llm::speculative::SpeculativeLlm;
+use crate::llm::{ChatMessage, LanguageModel, LlmRequest, Role, ToolCall};
+use crate::stt::{SpeechToText, SttEvent, SttInput, TurnEvent};
 use crate::telemetry::spans::{StageProviders, TurnEnd, TurnTrace};
 use crate::telemetry::{metrics, otel};
 use crate::tts::{TextToSpeech, TtsEvent, TtsInput};
@@ -156,6 +157,23 @@ struct Engine {
     due_action: Option<CallAction>,
     /// The caller's audio since the last turn, replayed into a new STT session after a lost one.
     replay: ReplayBuffer,
+    /// This call's model, able to start a reply on the STT's eager end of turn (when enabled).
+    speculative: Option<Arc<SpeculativeLlm>>,
+    /// Replies in a row the model failed to give.
+    failed_replies: u32,
+    /// What to do once the reply now playing has been heard (giving up after repeated failures).
+    after_reply: Option<CallAction>,
+}
+
+/// Adds the caller's words to the history: to the last message when it is the caller's too (their turn went on).
+fn append_user_text(history: &mut Vec<ChatMessage>, text: &str) {
+    match history.last_mut() {
+        Some(last) if last.role == Role::User => {
+            last.content.push(' ');
+            last.content.push_str(text);
+        }
+        _ => history.push(ChatMessage::user(text)),
+    }
 }
 
 /// Whether the caller's words are a yes (to a confirmation question).
@@ -204,6 +222,7 @@ impl Engine {
         let turn = TurnDetector::new(deps.config.turn.clone());
         let deps_keypad_ms = deps.config.keypad_commit_ms;
         let replay_frames = (deps.config.stt_replay_ms / 20) as usize;
+        let speculative = deps.config.speculative_replies.then(|| Arc::new(SpeculativeLlm::new(Arc::clone(&deps.llm))));
         Engine {
             deps,
             call,
@@ -227,6 +246,9 @@ impl Engine {
             hang_up: CancellationToken::new(),
             due_action: None,
             replay: ReplayBuffer::new(replay_frames),
+            speculative,
+            failed_replies: 0,
+            after_reply: None,
         }
     }
 
@@ -364,7 +386,7 @@ impl Engine {
                 self.apply(decisions, inputs).await;
             }
             Some(SttEvent::SpeechStarted { .. }) => {}
-            Some(SttEvent::TurnInfo { .. }) => {}
+            Some(SttEvent::TurnInfo { event, transcript }) => self.on_turn_info(event, &transcript),
             Some(SttEvent::Error(err)) => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.deps.stt.name(), %err, "speech-to-text failed; reconnecting");
                 self.provider_error("stt", self.deps.stt.name(), &err);
@@ -374,6 +396,23 @@ impl Engine {
                 tracing::warn!(call_sid = %self.call.call_sid, provider = self.deps.stt.name(), "speech-to-text session closed; reconnecting");
                 self.stt_lost(inputs).await;
             }
+        }
+    }
+
+    /// Model-based turn detection: on an eager end of turn, start the reply's model request early (held, not
+    /// spoken); when the caller resumes, drop it. The end of turn itself arrives as a final transcript.
+    fn on_turn_info(&mut self, event: TurnEvent, transcript: &str) {
+        let Some(speculative) = &self.speculative else { return };
+        match event {
+            TurnEvent::EagerEndOfTurn if self.reply.is_none() && !transcript.trim().is_empty() => {
+                let mut messages = self.history.clone();
+                append_user_text(&mut messages, transcript.trim());
+                let tools = if self.deps.config.max_tool_rounds > 0 { self.deps.tools.specs() } else { Vec::new() };
+                tracing::debug!(call_sid = %self.call.call_sid, "eager end of turn: starting the reply speculatively");
+                speculative.prefetch(LlmRequest { messages, tools });
+            }
+            TurnEvent::TurnResumed => speculative.discard(),
+            _ => {}
         }
     }
 
@@ -518,8 +557,12 @@ impl Engine {
         let reply_id = self.next_reply_id;
         self.next_reply_id += 1;
         let cancel = CancellationToken::new();
+        let llm = match &self.speculative {
+            Some(speculative) => Arc::clone(speculative) as Arc<dyn LanguageModel>,
+            None => Arc::clone(&self.deps.llm),
+        };
         let job = ReplyJob {
-            llm: Arc::clone(&self.deps.llm),
+            llm,
             tools: Arc::clone(&self.deps.tools),
             history: self.history.clone(),
             context: ToolCallContext {
@@ -660,11 +703,25 @@ impl Engine {
                 segment.results = results;
                 reply.segments.push(Segment::default());
             }
-            ReplyEvent::Done { .. } => self.finish_text(None).await,
+            ReplyEvent::Done { .. } => {
+                self.failed_replies = 0;
+                self.finish_text(None).await;
+            }
             ReplyEvent::Failed { error } => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.deps.llm.name(), %error, "LLM failed; speaking the fallback line");
                 self.provider_error("llm", self.deps.llm.name(), &error);
-                let line = self.deps.config.fallback_line.clone();
+                self.failed_replies += 1;
+                let control = &self.deps.config.call_control;
+                let give_up =
+                    control.give_up_after_failures > 0 && self.failed_replies >= control.give_up_after_failures;
+                let line = match (give_up, control.give_up_action()) {
+                    (true, Some(action)) => {
+                        tracing::warn!(call_sid = %self.call.call_sid, failures = self.failed_replies, ?action, "every provider keeps failing; giving up on the call");
+                        self.after_reply = Some(action);
+                        control.give_up_line.clone()
+                    }
+                    _ => self.deps.config.fallback_line.clone(),
+                };
                 self.finish_text(Some(line)).await;
             }
         }
@@ -710,6 +767,9 @@ impl Engine {
                 self.commit(&reply, &text, false);
                 if let Some(control) = &self.deps.call_control {
                     self.due_action = control.take(&self.call.call_sid).or(self.due_action.take());
+                }
+                if let Some(action) = self.after_reply.take() {
+                    self.due_action = Some(action);
                 }
                 if reply.answers_turn {
                     self.report(reply, TurnEnd::Completed);
@@ -780,13 +840,16 @@ impl Engine {
 
     /// Ends or transfers the call, as the model asked, now that the caller has heard its reply.
     async fn carry_out(&mut self, action: CallAction, inputs: &mut Inputs) {
-        let Some(control) = self.deps.call_control.clone() else { return };
         match action {
             CallAction::EndCall => {
                 tracing::info!(call_sid = %self.call.call_sid, "the agent ends the call");
                 self.hang_up.cancel();
             }
             CallAction::Transfer(number) => {
+                let Some(control) = self.deps.call_control.clone() else {
+                    tracing::warn!(call_sid = %self.call.call_sid, %number, "no call control to transfer with");
+                    return;
+                };
                 tracing::info!(call_sid = %self.call.call_sid, %number, "transferring the call");
                 match control.transfer(&self.call.account_sid, &self.call.call_sid, &number).await {
                     Ok(()) => tracing::info!(call_sid = %self.call.call_sid, %number, "call transferred"),
@@ -859,13 +922,7 @@ impl Engine {
 
     /// Adds the caller's words; consecutive caller turns (the agent said nothing in between) are joined.
     fn add_user_text(&mut self, text: &str) {
-        match self.history.last_mut() {
-            Some(last) if last.role == Role::User => {
-                last.content.push(' ');
-                last.content.push_str(text);
-            }
-            _ => self.history.push(ChatMessage::user(text)),
-        }
+        append_user_text(&mut self.history, text);
     }
 
     async fn hang_up(&mut self) {
@@ -879,6 +936,14 @@ impl Engine {
             reply.trace.finish(latency, reply.synthesis_done_at, ended, TurnEnd::SessionClosed, &providers);
         }
         self.log_latency_summary();
+        if let Some(speculative) = &self.speculative {
+            speculative.discard();
+            let counts = speculative.counts();
+            if counts.started > 0 {
+                tracing::info!(call_sid = %self.call.call_sid, started = counts.started, committed = counts.committed,
+                    discarded = counts.discarded, mismatched = counts.mismatched, "speculative replies");
+            }
+        }
         if let Some(stt) = self.stt_input.take() {
             let _ = stt.try_send(SttInput::Close);
         }

@@ -25,6 +25,9 @@ pub struct ConversationConfig {
     pub keypad_commit_ms: u64,
     /// Caller audio kept since the last turn, replayed into a new STT session when one is lost mid-turn.
     pub stt_replay_ms: u64,
+    /// Start the reply's model request on the STT's eager end of turn (Deepgram Flux with `eager_eot_threshold`),
+    /// dropped if the caller goes on. Saves the model's time to first token; costs a request per false alarm.
+    pub speculative_replies: bool,
     pub vad_aggressiveness: VadAggressiveness,
     pub turn: TurnConfig,
     /// The built-in `end_call` and `transfer_call` tools.
@@ -45,6 +48,7 @@ impl Default for ConversationConfig {
             filler_after_ms: 1_000,
             keypad_commit_ms: 2_000,
             stt_replay_ms: 15_000,
+            speculative_replies: true,
             vad_aggressiveness: VadAggressiveness::Aggressive,
             turn: TurnConfig::default(),
             call_control: CallControlConfig::default(),

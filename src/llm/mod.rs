@@ -79,7 +79,7 @@ pub struct ToolSpec {
 }
 
 /// One generation request.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LlmRequest {
     pub messages: Vec<ChatMessage>,
     pub tools: Vec<ToolSpec>,
@@ -132,5 +132,6 @@ pub mod failover;
 pub mod history;
 pub mod openai;
 pub mod scripted;
+pub mod speculative;
 pub mod sse;
 pub mod tool_calls;

@@ -30,6 +30,7 @@ pub struct Metrics {
     barge_ins: Counter<u64>,
     provider_errors: Counter<u64>,
     tool_errors: Counter<u64>,
+    speculations: Counter<u64>,
     first_audio: Histogram<f64>,
     stage: Histogram<f64>,
     barge_in_reaction: Histogram<f64>,
@@ -138,6 +139,10 @@ impl Metrics {
                 .with_description("STT, LLM and TTS failures, by stage and provider")
                 .build(),
             tool_errors: meter.u64_counter("parley.tool.errors").with_description("Tool calls that failed").build(),
+            speculations: meter
+                .u64_counter("parley.llm.speculations")
+                .with_description("Speculative model requests started on an eager end of turn, by outcome")
+                .build(),
             first_audio: histogram(
                 "parley.turn.first_audio",
                 "End of the caller's speech to the first audio of the reply sent to Twilio",
@@ -181,6 +186,11 @@ impl Metrics {
     pub fn provider_error(&self, stage: &str, provider: &str) {
         self.provider_errors
             .add(1, &[KeyValue::new("stage", stage.to_owned()), KeyValue::new("provider", provider.to_owned())]);
+    }
+
+    /// A speculative request ended: `committed`, `discarded` or `mismatched` (each one was a real model request).
+    pub fn speculation(&self, outcome: &'static str) {
+        self.speculations.add(1, &[KeyValue::new("outcome", outcome)]);
     }
 
     pub fn tool_finished(&self, tool: &str, duration: Duration, is_error: bool) {
@@ -237,6 +247,7 @@ mod tests {
         });
         metrics.provider_error("llm", "openai");
         metrics.tool_finished("lookup_order", Duration::from_millis(40), true);
+        metrics.speculation("discarded");
         let text = metrics.prometheus_text();
         for expected in [
             "parley_calls_total",
@@ -249,6 +260,8 @@ mod tests {
             "provider=\"openai\"",
             "parley_tool_duration_milliseconds_bucket",
             "parley_tool_errors_total",
+            "parley_llm_speculations_total",
+            "outcome=\"discarded\"",
         ] {
             assert!(text.contains(expected), "{expected} missing:\n{text}");
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use fake_providers::cartesia::{FakeCartesia, FakeCartesiaOptions};
 use fake_providers::deepgram::{FakeDeepgram, FakeDeepgramOptions};
+use fake_providers::deepgram_flux::{self, FakeFlux, FakeFluxOptions};
 use fake_providers::openai::{self, FakeOpenAi, FakeOpenAiOptions};
 use parley::config::{Config, Secrets};
 use parley::edge::{self, RunningServer};
@@ -15,6 +16,8 @@ use parley::engine::latency::TurnLatency;
 use parley::engine::tools::{NoTools, ToolExecutor};
 use parley::llm::openai::{OpenAiCompatible, OpenAiConfig};
 use parley::stt::deepgram::{Deepgram, DeepgramConfig};
+use parley::stt::deepgram_flux::{DeepgramFlux, FluxConfig};
+use parley::stt::SpeechToText;
 use parley::tts::cartesia::{Cartesia, CartesiaConfig};
 use parley::twilio::messages::OutboundMessage;
 use sim_caller::{silence, speech, Received, SimCall, StartOptions};
@@ -35,6 +38,8 @@ pub struct RigOptions {
     pub taps: parley::call::tap::Taps,
     /// Built-in call control (it wraps its own backend tools and replaces `tools`), when given.
     pub call_control: Option<Arc<parley::engine::call_control::CallControl>>,
+    /// Recognise with a fake Deepgram Flux (eager end of turn on) instead of Deepgram live v1, when given.
+    pub flux: Option<FakeFluxOptions>,
 }
 
 impl Default for RigOptions {
@@ -48,6 +53,7 @@ impl Default for RigOptions {
             max_calls: 100,
             taps: None,
             call_control: None,
+            flux: None,
         }
     }
 }
@@ -59,6 +65,8 @@ pub struct Rig {
     pub openai: FakeOpenAi,
     pub cartesia: FakeCartesia,
     pub reports: mpsc::UnboundedReceiver<TurnLatency>,
+    /// The fake Flux, when the rig recognises with it.
+    pub flux: Option<FakeFlux>,
 }
 
 impl Rig {
@@ -75,12 +83,25 @@ impl Rig {
             ..OpenAiConfig::default()
         })
         .expect("llm client");
-        let deps = CascadeDeps {
-            stt: Arc::new(Deepgram::new(DeepgramConfig {
+        let flux = match options.flux {
+            Some(flux) => Some(deepgram_flux::start(flux).await.expect("fake flux starts")),
+            None => None,
+        };
+        let stt: Arc<dyn SpeechToText> = match &flux {
+            Some(flux) => Arc::new(DeepgramFlux::new(FluxConfig {
+                base_url: flux.base_url(),
+                api_key: "test-key".into(),
+                eager_eot_threshold: Some(0.5),
+                ..FluxConfig::default()
+            })),
+            None => Arc::new(Deepgram::new(DeepgramConfig {
                 base_url: deepgram.base_url(),
                 api_key: "test-key".into(),
                 ..DeepgramConfig::default()
             })),
+        };
+        let deps = CascadeDeps {
+            stt,
             llm: Arc::new(llm),
             tts: Arc::new(Cartesia::new(CartesiaConfig {
                 base_url: cartesia.base_url(),
@@ -104,7 +125,7 @@ impl Rig {
         let server = edge::start(config, Secrets::default(), Arc::new(CascadeFactory { deps }), options.taps)
             .await
             .expect("parley starts");
-        Rig { server, deepgram, openai, cartesia, reports }
+        Rig { server, deepgram, openai, cartesia, reports, flux }
     }
 
     /// Places a call as Twilio would.
