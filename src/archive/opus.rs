@@ -27,6 +27,9 @@ const SERIAL: u32 = 0x5041_524c;
 /// The largest packet Opus produces.
 const MAX_PACKET: usize = 4_000;
 
+/// Opus encoder complexity (0-10) for the archive.
+const ENCODER_COMPLEXITY: u8 = 2;
+
 /// Writes a stereo Ogg Opus stream packet by packet.
 pub(crate) struct OggOpusWriter<W: Write> {
     encoder: Encoder,
@@ -40,6 +43,9 @@ impl<W: Write> OggOpusWriter<W> {
     pub(crate) fn new(out: W) -> Result<OggOpusWriter<W>, ArchiveError> {
         let mut encoder = Encoder::new(SampleRate::Hz8000, Channels::Stereo, Application::Voip)?;
         encoder.set_bitrate(Bitrate::BitsPerSecond(BITRATE))?;
+        // Telephone speech at 8 kHz loses nothing audible at a low complexity, and the default (10) made the
+        // recorder Parley's largest CPU cost under load (measured with tools/loadgen).
+        encoder.set_complexity(ENCODER_COMPLEXITY)?;
         // The encoder reports its look-ahead in input samples; the header wants 48 kHz samples.
         let pre_skip = u64::from(encoder.lookahead()?) * GRANULE_PER_SAMPLE;
         let mut writer = OggOpusWriter { encoder, packets: PacketWriter::new(out), pre_skip, frames: 0 };

@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("parley"),
     };
+    let archive = std::env::temp_dir().join(format!("parley-loadgen-{}", std::process::id()));
     let mut child = Command::new(&parley_bin)
         .arg("serve")
         .env("PARLEY__SERVER__LISTEN", "127.0.0.1:0")
@@ -80,6 +81,10 @@ async fn main() -> anyhow::Result<()> {
         .env("OPENAI_API_KEY", "load")
         .env("CARTESIA_API_KEY", "load")
         .env("RUST_LOG", "warn")
+        // Every call is archived, as in production, into a folder of this run; the offline transcription is for
+        // after the calls and would compete with them for the cores, so it is off here.
+        .env("PARLEY__ARCHIVE__ROOT", &archive)
+        .env("PARLEY__LOCAL__TRANSCRIBE__AFTER_CALL", "false")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -164,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&archive);
     if failed > 0 {
         bail!("{failed} calls failed");
     }
