@@ -6,6 +6,8 @@
 //! echo every pending mark at once, so marks outstanding at a clear are remembered as flushed, not played.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +35,8 @@ pub struct PlayoutProgress {
     /// Mark echoes that came back because a clear flushed them.
     pub marks_flushed: u64,
     pub clears: u64,
+    /// Audio, mark and clear commands the queue has taken so far (see [`PlayoutHandle::is_settled`]).
+    pub commands_taken: u64,
 }
 
 impl PlayoutProgress {
@@ -67,29 +71,44 @@ enum Command {
 pub struct PlayoutHandle {
     commands: mpsc::UnboundedSender<Command>,
     progress: watch::Receiver<PlayoutProgress>,
+    /// Audio, mark and clear commands issued through any clone of this handle.
+    issued: Arc<AtomicU64>,
 }
 
 impl PlayoutHandle {
     /// Queues μ-law audio (any length) for the caller.
     pub fn play(&self, mulaw: Bytes) {
-        let _ = self.commands.send(Command::Audio(mulaw));
+        self.issue(Command::Audio(mulaw));
+    }
+
+    fn issue(&self, command: Command) -> bool {
+        self.issued.fetch_add(1, Ordering::SeqCst);
+        self.commands.send(command).is_ok()
+    }
+
+    /// Whether everything issued so far has reached the queue and been played (or cleared): `progress` alone can
+    /// look idle while audio handed over a moment ago is still on its way to the queue.
+    pub fn is_settled(&self, progress: &PlayoutProgress) -> bool {
+        progress.commands_taken >= self.issued.load(Ordering::SeqCst) && progress.is_idle()
     }
 
     /// Queues a mark after the audio queued so far (a partial frame is padded with silence first).
     pub fn mark(&self, name: impl Into<String>) {
-        let _ = self.commands.send(Command::Mark(name.into()));
+        self.issue(Command::Mark(name.into()));
     }
 
     /// Drops everything queued here and in Twilio's buffer (barge-in) and reports how much had been heard.
     pub async fn clear(&self) -> Option<ClearReport> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Clear(Some(tx))).ok()?;
+        if !self.issue(Command::Clear(Some(tx))) {
+            return None;
+        }
         rx.await.ok()
     }
 
     /// Clears without waiting for the report.
     pub fn clear_now(&self) {
-        let _ = self.commands.send(Command::Clear(None));
+        self.issue(Command::Clear(None));
     }
 
     /// Twilio echoed a mark; called by the session that reads the socket.
@@ -151,7 +170,7 @@ pub fn spawn(stream_sid: String, lead: Duration, out: mpsc::Sender<OutboundMessa
         tap,
     };
     tokio::spawn(playout.run(rx));
-    PlayoutHandle { commands, progress }
+    PlayoutHandle { commands, progress, issued: Arc::new(AtomicU64::new(0)) }
 }
 
 impl Playout {
@@ -173,6 +192,9 @@ impl Playout {
     }
 
     async fn handle(&mut self, command: Command) {
+        if !matches!(command, Command::MarkEchoed(_)) {
+            self.progress.commands_taken += 1;
+        }
         match command {
             Command::Audio(bytes) => {
                 self.progress.enqueued_bytes += bytes.len() as u64;
@@ -346,6 +368,24 @@ mod tests {
         assert_eq!(progress.played_bytes, 320, "two frames, the second padded");
         assert_eq!(progress.sent_bytes, 320);
         assert!(progress.is_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn audio_just_handed_over_is_not_settled_even_when_progress_looks_idle() {
+        let (playout, mut rx) = start(1000);
+        let before = playout.progress();
+        assert!(playout.is_settled(&before));
+        playout.play(Bytes::from(vec![1u8; 160]));
+        playout.mark("r1-0");
+        // The queue has not taken the audio yet: the old snapshot is idle, but not settled.
+        assert!(before.is_idle());
+        assert!(!playout.is_settled(&before));
+        assert!(matches!(next(&mut rx).await, Out::Media { .. }));
+        assert_eq!(next(&mut rx).await, Out::mark("MZ1", "r1-0"));
+        playout.mark_echoed("r1-0".into());
+        let mut watch = playout.watch();
+        watch.wait_for(|p| p.marks_played == 1).await.unwrap();
+        assert!(playout.is_settled(&playout.progress()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -760,7 +760,7 @@ impl Engine {
         {
             reply.latency.first_audio_sent = Some(Instant::now());
         }
-        if reply.llm_done && reply.synthesis_done && progress.is_idle() {
+        if reply.llm_done && reply.synthesis_done && self.playout.is_settled(&progress) {
             if let Some(reply) = self.reply.take() {
                 let text = reply.text();
                 self.rate.observe(&text, reply.audio_bytes);

@@ -15,10 +15,12 @@ use parley::engine::config::ConversationConfig;
 use parley::engine::latency::TurnLatency;
 use parley::engine::tools::{NoTools, ToolExecutor};
 use parley::llm::openai::{OpenAiCompatible, OpenAiConfig};
+use parley::llm::LanguageModel;
 use parley::stt::deepgram::{Deepgram, DeepgramConfig};
 use parley::stt::deepgram_flux::{DeepgramFlux, FluxConfig};
 use parley::stt::SpeechToText;
 use parley::tts::cartesia::{Cartesia, CartesiaConfig};
+use parley::tts::TextToSpeech;
 use parley::twilio::messages::OutboundMessage;
 use sim_caller::{silence, speech, Received, SimCall, StartOptions};
 use tokio::sync::mpsc;
@@ -40,6 +42,10 @@ pub struct RigOptions {
     pub call_control: Option<Arc<parley::engine::call_control::CallControl>>,
     /// Recognise with a fake Deepgram Flux (eager end of turn on) instead of Deepgram live v1, when given.
     pub flux: Option<FakeFluxOptions>,
+    /// Use this model instead of the OpenAI-compatible client of the fake OpenAI, when given.
+    pub llm: Option<Arc<dyn LanguageModel>>,
+    /// Use this voice instead of the Cartesia client of the fake Cartesia, when given.
+    pub tts: Option<Arc<dyn TextToSpeech>>,
 }
 
 impl Default for RigOptions {
@@ -54,6 +60,8 @@ impl Default for RigOptions {
             taps: None,
             call_control: None,
             flux: None,
+            llm: None,
+            tts: None,
         }
     }
 }
@@ -102,13 +110,15 @@ impl Rig {
         };
         let deps = CascadeDeps {
             stt,
-            llm: Arc::new(llm),
-            tts: Arc::new(Cartesia::new(CartesiaConfig {
-                base_url: cartesia.base_url(),
-                api_key: "test-key".into(),
-                voice_id: "test-voice".into(),
-                ..CartesiaConfig::default()
-            })),
+            llm: options.llm.unwrap_or_else(|| Arc::new(llm)),
+            tts: options.tts.unwrap_or_else(|| {
+                Arc::new(Cartesia::new(CartesiaConfig {
+                    base_url: cartesia.base_url(),
+                    api_key: "test-key".into(),
+                    voice_id: "test-voice".into(),
+                    ..CartesiaConfig::default()
+                }))
+            }),
             tools: match &options.call_control {
                 Some(control) => control.clone(),
                 None => options.tools,
