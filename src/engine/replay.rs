@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use super::vad::mean_amplitude;
 use crate::audio::mulaw;
 
 /// Mean absolute amplitude (of 32767) above which a dropped frame counts as speech.
@@ -61,9 +62,7 @@ impl ReplayBuffer {
 }
 
 fn is_speech(frame: &[u8]) -> bool {
-    let pcm = mulaw::decode(frame);
-    let sum: f64 = pcm.iter().map(|&s| f64::from(s).abs()).sum();
-    sum / pcm.len().max(1) as f64 > SPEECH_AMPLITUDE
+    mean_amplitude(&mulaw::decode(frame)) > SPEECH_AMPLITUDE
 }
 
 #[cfg(test)]

@@ -120,7 +120,8 @@ impl Drop for VadStream {
 /// Mean absolute sample value below which a frame is never speech (about -50 dBFS: a quiet line).
 const MIN_SPEECH_AMPLITUDE: f64 = 100.0;
 
-fn mean_amplitude(pcm: &[i16]) -> f64 {
+/// Mean absolute sample value (of 32767): the energy gate's measure of how loud a frame is.
+pub(crate) fn mean_amplitude(pcm: &[i16]) -> f64 {
     if pcm.is_empty() {
         return 0.0;
     }

@@ -38,7 +38,7 @@ impl AfterCall {
         let wake = Arc::new(Notify::new());
         let (outcomes, _) = broadcast::channel(64);
         if let Some(backend) = backend {
-            let worker = Worker::new(Queue::open(queue_dir)?, backend, Arc::new(ArchiveReader), concurrency);
+            let worker = Worker::new(queue.clone(), backend, Arc::new(ArchiveReader), concurrency);
             tokio::spawn(work(worker, Arc::clone(&wake), outcomes.clone()));
         }
         Ok(Arc::new(AfterCall { queue, wake, outcomes }))
