@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod engine;
+pub mod eval;
 mod http_client;
 pub mod llm;
 pub mod local;

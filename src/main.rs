@@ -21,8 +21,8 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = match cli::load_config(&cli) {
         Ok(mut config) => {
-            if matches!(cli.command, Command::Demo(_)) {
-                // The demo prints the conversation; routine logs would bury it.
+            if matches!(cli.command, Command::Demo(_) | Command::Eval(_)) {
+                // The demo and the evaluator print their own results; routine logs would bury them.
                 config.telemetry.log = "warn".into();
             }
             config
@@ -65,6 +65,18 @@ async fn run_command(cli: Cli, config: parley::config::Config, secrets: Secrets)
             cli::demo::run(config, secrets, &args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Eval(args) => match parley::eval::run(config, secrets, &args).await {
+            Ok(report) => {
+                print!("{}", report.table());
+                println!("report and waterfalls in {}", args.out.display());
+                Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
+            Err(err) => {
+                // Distinct from a missed threshold (1): the evaluation itself could not run.
+                eprintln!("parley eval: {err}");
+                Ok(ExitCode::from(2))
+            }
+        },
         Command::Transcribe(args) => {
             let failed = parley::transcribe::cli::run(&config, &args).await?;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -75,3 +75,31 @@ fn the_demo_places_a_whole_offline_call_and_leaves_it_transcribed() {
     assert!(transcript.comparison.turns.len() >= 3, "{:?}", transcript.comparison);
     assert!(stdout.contains("hot-path transcript vs Whisper"), "{stdout}");
 }
+
+/// `parley eval --offline`: the order-status scenario's recorded caller lines through the offline Parley (Whisper,
+/// eSpeak NG, the demo shop backend over stdio, the scripted policy), scored against its scenario file.
+#[test]
+fn the_offline_scenario_passes_its_gate() {
+    let out = tempfile::tempdir().unwrap();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/offline/order-status.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(["eval", "--offline", "--out"])
+        .arg(out.path())
+        .arg(&scenario)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("PARLEY_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "eval failed:\n{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    let scenario = &report["scenarios"][0];
+    assert_eq!(scenario["first_audio_ms"].as_array().unwrap().len(), 3, "{stdout}");
+    assert_eq!(scenario["barge_in_ms"].as_array().unwrap().len(), 1, "{stdout}");
+    assert_eq!(scenario["false_interruptions"], 0);
+    assert!(scenario["tool_calls"][0]["arguments"].to_string().contains("456"), "{stdout}");
+    assert!(out.path().join("offline-order-status.svg").is_file());
+}

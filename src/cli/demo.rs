@@ -74,7 +74,7 @@ pub async fn run(mut config: Config, secrets: Secrets, args: &DemoArgs) -> Resul
         config.archive.root = root.clone();
     }
     let backend_db = tempfile_path("parley-demo-shop", "sqlite");
-    let scripted = configure(&mut config, &programs, &backend_db);
+    let scripted = configure(&mut config, &programs.backend, &backend_db);
     println!(
         "parley demo: Whisper STT ({}), eSpeak NG TTS, {}, MCP backend {}",
         config.local.whisper.model_dir().display(),
@@ -128,23 +128,35 @@ struct Programs {
 
 impl Programs {
     fn find() -> Result<Programs, DemoError> {
-        let exe = std::env::current_exe().map_err(DemoError::NoExecutable)?;
-        let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-        let find = |name: &'static str| {
-            let path = dir.join(name);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(DemoError::MissingProgram { name, dir: dir.clone() })
-            }
-        };
-        Ok(Programs { caller: find("sim-caller")?, backend: find("demo-backend")? })
+        Ok(Programs { caller: companion_program("sim-caller")?, backend: companion_program("demo-backend")? })
     }
+}
+
+/// A program of the workspace, next to the `parley` executable.
+fn companion_program(name: &'static str) -> Result<PathBuf, DemoError> {
+    let exe = std::env::current_exe().map_err(DemoError::NoExecutable)?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(DemoError::MissingProgram { name, dir })
+    }
+}
+
+/// The demo's offline Parley (local engines, the demo shop backend, the scripted policy unless a model is
+/// configured) for other commands (`parley eval --offline`). Returns the demo shop's database file, for the caller
+/// to remove.
+pub fn configure_offline(config: &mut Config) -> Result<PathBuf, DemoError> {
+    let backend = companion_program("demo-backend")?;
+    let backend_db = tempfile_path("parley-offline-shop", "sqlite");
+    configure(config, &backend, &backend_db);
+    Ok(backend_db)
 }
 
 /// Turns the loaded configuration into the demo's: local engines, the demo backend, a loopback listener, no
 /// signatures (there is no Twilio account). Returns whether the scripted policy stands in for the LLM.
-fn configure(config: &mut Config, programs: &Programs, backend_db: &Path) -> bool {
+fn configure(config: &mut Config, backend: &Path, backend_db: &Path) -> bool {
     config.agent.kind = AgentKind::Cascade;
     config.stt.provider = SttProvider::Whisper;
     config.tts.provider = TtsProvider::Espeak;
@@ -159,7 +171,7 @@ fn configure(config: &mut Config, programs: &Programs, backend_db: &Path) -> boo
     config.mcp.servers = vec![McpServerConfig {
         name: "demo-shop".into(),
         transport: McpTransportConfig::Stdio {
-            command: programs.backend.display().to_string(),
+            command: backend.display().to_string(),
             args: vec!["--stdio".into(), "--db".into(), backend_db.display().to_string()],
             env: Default::default(),
             inherit_env: Vec::new(),

@@ -1,4 +1,5 @@
-//! The `parley` command line: `serve` runs the proxy, `check` validates the configuration.
+//! The `parley` command line: `serve` runs the proxy, `check` validates the configuration, `demo` and `eval` place
+//! calls against it.
 
 pub mod agents;
 pub mod demo;
@@ -38,6 +39,10 @@ pub enum Command {
     /// One whole phone call on this machine, offline: local Whisper and eSpeak NG, the demo MCP backend and a
     /// simulated caller; prints the conversation, latencies and the Whisper transcript.
     Demo(demo::DemoArgs),
+    /// Replay scenario files (a caller's recorded lines plus expected outcomes) through Parley and score each call:
+    /// latency, barge-in, false interruptions, task success. Exits 1 when a scenario misses a threshold, 2 when the
+    /// evaluation cannot run.
+    Eval(crate::eval::EvalArgs),
     /// Transcribe archived calls offline (Whisper or an OpenAI-compatible server) and score the live transcript.
     Transcribe(crate::transcribe::cli::TranscribeArgs),
 }

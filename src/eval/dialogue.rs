@@ -6,16 +6,13 @@
 
 use std::time::Duration;
 
-use parley::local::EspeakSettings;
-use parley::twilio::messages::OutboundMessage;
+use crate::local::EspeakSettings;
+use crate::twilio::messages::OutboundMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::{Observer, Received, SimCall, SimError};
-
-/// The dialogue `parley demo` runs: a caller asks about order 456, cuts the answer short, asks when it arrives.
-pub const ORDER_STATUS: &str = include_str!("../dialogues/order-status.toml");
+use super::caller::{silence, Observer, Received, SimCall, SimError};
 
 /// A caller's script, read from TOML.
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +74,29 @@ impl Dialogue {
     }
 }
 
+/// How the caller paces a call, whatever its lines are made of.
+#[derive(Debug, Clone)]
+pub struct Pacing {
+    /// The agent counts as done speaking after this much quiet.
+    pub quiet: Duration,
+    /// How long the caller waits for any answer before giving up.
+    pub patience: Duration,
+    /// Whether the caller waits for the agent's greeting before the first line.
+    pub expect_greeting: bool,
+}
+
+/// One line ready to speak: its audio (8 kHz μ-law) and when to say it.
+#[derive(Debug, Clone)]
+pub struct SpokenLine {
+    /// What the line says (or what it is, for noise), for reports.
+    pub label: String,
+    pub audio: Vec<u8>,
+    /// Say it this long into the agent's next answer instead of waiting for the agent to finish.
+    pub interrupt_after_ms: Option<u64>,
+    /// Whether the caller waits for an answer to it (not for a cough or background noise).
+    pub expects_answer: bool,
+}
+
 /// What happened to one line, seen from the caller's side.
 #[derive(Debug, Clone, Serialize)]
 pub struct LineReport {
@@ -90,8 +110,17 @@ pub struct LineReport {
     pub agent_was_speaking: bool,
     /// Speech onset → the `clear` that stopped the agent (interrupting lines that caught the agent speaking).
     pub clear_after_ms: Option<u64>,
-    /// End of the caller's speech → the first audio of the answer.
+    /// End of the caller's speech → the first audio of the answer (lines that expect one).
     pub answer_after_ms: Option<u64>,
+    /// Whether an answer was waited for.
+    pub expects_answer: bool,
+}
+
+/// A stretch of time, ms since the call started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpanMs {
+    pub start_ms: u64,
+    pub end_ms: u64,
 }
 
 /// The whole call from the caller's side.
@@ -101,6 +130,10 @@ pub struct DialogueReport {
     pub lines: Vec<LineReport>,
     pub clears: u64,
     pub agent_audio_ms: u64,
+    /// When the agent's audio was playing, as Twilio would have played it (cut short by `clear`).
+    pub agent_speech: Vec<SpanMs>,
+    /// When each `clear` arrived.
+    pub clear_at_ms: Vec<u64>,
 }
 
 impl DialogueReport {
@@ -108,12 +141,12 @@ impl DialogueReport {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for line in &self.lines {
-            if line.answer_after_ms.is_none() {
+            if line.expects_answer && line.answer_after_ms.is_none() {
                 problems.push(format!("no answer to {:?}", line.said));
             }
             if line.interrupting && !line.agent_was_speaking {
                 problems.push(format!("the agent was not speaking when the caller said {:?}", line.said));
-            } else if line.interrupting && line.clear_after_ms.is_none() {
+            } else if line.interrupting && line.expects_answer && line.clear_after_ms.is_none() {
                 problems.push(format!("saying {:?} over the agent did not stop it", line.said));
             }
         }
@@ -127,10 +160,47 @@ struct Utterance {
     spoken: oneshot::Sender<(Instant, Instant)>,
 }
 
+impl Dialogue {
+    /// The dialogue's pacing and its lines spoken by espeak-ng in the dialogue's voice.
+    pub async fn prepare(&self) -> Result<(Pacing, Vec<SpokenLine>), SimError> {
+        let voice = EspeakSettings {
+            voice: self.voice.voice.clone(),
+            speed: self.voice.speed,
+            pitch: self.voice.pitch,
+            ..EspeakSettings::default()
+        };
+        let mut lines = Vec::with_capacity(self.lines.len());
+        for line in &self.lines {
+            let audio = crate::tts::espeak::synthesize_mulaw(&voice, &line.say)
+                .await
+                .map_err(|e| SimError::Timeout(format!("espeak-ng to speak {:?}: {e}", line.say)))?;
+            lines.push(SpokenLine {
+                label: line.say.clone(),
+                audio,
+                interrupt_after_ms: line.interrupt_after_ms,
+                expects_answer: true,
+            });
+        }
+        let pacing = Pacing {
+            quiet: Duration::from_millis(self.quiet_ms),
+            patience: Duration::from_millis(self.patience_ms),
+            expect_greeting: self.expect_greeting,
+        };
+        Ok((pacing, lines))
+    }
+}
+
 /// Runs the dialogue over a started call, then hangs up.
-pub async fn run(
+pub async fn run(call: SimCall, dialogue: &Dialogue, progress: impl FnMut(&str)) -> Result<DialogueReport, SimError> {
+    let (pacing, lines) = dialogue.prepare().await?;
+    speak(call, &pacing, lines, progress).await
+}
+
+/// Speaks prepared lines over a started call, each after the agent finished (or into its answer), then hangs up.
+pub async fn speak(
     call: SimCall,
-    dialogue: &Dialogue,
+    pacing: &Pacing,
+    script: Vec<SpokenLine>,
     mut progress: impl FnMut(&str),
 ) -> Result<DialogueReport, SimError> {
     let observer = call.observer();
@@ -138,27 +208,17 @@ pub async fn run(
     let since_start = |at: Instant| at.saturating_duration_since(call_started).as_millis() as u64;
     let (utterances, feed) = mpsc::channel(1);
     let feeder = tokio::spawn(feed_line(call, feed));
-    let patience = Duration::from_millis(dialogue.patience_ms);
-    let quiet = Duration::from_millis(dialogue.quiet_ms);
-    let voice = EspeakSettings {
-        voice: dialogue.voice.voice.clone(),
-        speed: dialogue.voice.speed,
-        pitch: dialogue.voice.pitch,
-        ..EspeakSettings::default()
-    };
+    let (patience, quiet) = (pacing.patience, pacing.quiet);
 
     let mut greeting_after_ms = None;
-    if dialogue.expect_greeting {
+    if pacing.expect_greeting {
         let first = wait_for_audio_after(&observer, call_started, patience).await?;
         greeting_after_ms = Some(since_start(first));
         wait_until_quiet(&observer, quiet, patience).await?;
     }
-    let mut lines = Vec::with_capacity(dialogue.lines.len());
+    let mut lines = Vec::with_capacity(script.len());
     let mut previous_end = call_started;
-    for line in &dialogue.lines {
-        let audio = parley::tts::espeak::synthesize_mulaw(&voice, &line.say)
-            .await
-            .map_err(|e| SimError::Timeout(format!("espeak-ng to speak {:?}: {e}", line.say)))?;
+    for line in script {
         match line.interrupt_after_ms {
             Some(ms) => {
                 let answer = wait_for_audio_after(&observer, previous_end, patience).await?;
@@ -169,23 +229,29 @@ pub async fn run(
         let agent_was_speaking = observer.playing_until().is_some_and(|until| until > Instant::now());
         let clears_before = observer.clears();
         let (spoken, times) = oneshot::channel();
-        utterances.send(Utterance { audio, spoken }).await.map_err(|_| SimError::Closed)?;
+        utterances.send(Utterance { audio: line.audio, spoken }).await.map_err(|_| SimError::Closed)?;
         let (started, ended) = times.await.map_err(|_| SimError::Closed)?;
-        progress(&format!("caller: {}", line.say));
+        progress(&format!("caller: {}", line.label));
         let clear_after_ms = (observer.clears() > clears_before)
             .then(|| first_clear_after(&observer.received(), started).map(|at| (at - started).as_millis() as u64))
             .flatten();
-        let answer = wait_for_audio_after(&observer, ended, patience).await.ok();
+        let answer = if line.expects_answer {
+            let answer = wait_for_audio_after(&observer, ended, patience).await.ok();
+            previous_end = ended;
+            answer
+        } else {
+            None
+        };
         lines.push(LineReport {
-            said: line.say.clone(),
+            said: line.label,
             started_ms: since_start(started),
             speech_ended_ms: since_start(ended),
             interrupting: line.interrupt_after_ms.is_some(),
             agent_was_speaking,
             clear_after_ms,
             answer_after_ms: answer.map(|at| (at - ended).as_millis() as u64),
+            expects_answer: line.expects_answer,
         });
-        previous_end = ended;
     }
     // Let the last answer play out, then hang up.
     let _ = wait_until_quiet(&observer, quiet, patience).await;
@@ -194,15 +260,51 @@ pub async fn run(
     call.send_stop()?;
     let agent_audio_ms = call.audio_received().len() as u64 / 8;
     let clears = call.clears();
+    let received = call.received();
     call.hang_up().await;
-    Ok(DialogueReport { greeting_after_ms, lines, clears, agent_audio_ms })
+    let agent_speech = played_spans(&received, call_started);
+    let clear_at_ms = received
+        .iter()
+        .filter_map(|r| match r {
+            Received::Message { at, message: OutboundMessage::Clear { .. } } => Some(since_start(*at)),
+            _ => None,
+        })
+        .collect();
+    Ok(DialogueReport { greeting_after_ms, lines, clears, agent_audio_ms, agent_speech, clear_at_ms })
+}
+
+/// When the agent's audio played, by Twilio's playback model (in order, in real time, cut by `clear`); gaps
+/// shorter than a frame are joined.
+pub fn played_spans(received: &[Received], origin: Instant) -> Vec<SpanMs> {
+    let mut spans: Vec<(Instant, Instant)> = Vec::new();
+    for entry in received {
+        let Received::Message { at, message } = entry else { continue };
+        match message {
+            OutboundMessage::Media { media, .. } => {
+                let samples = super::caller::payload_len(&media.payload);
+                let duration = Duration::from_micros(samples as u64 * 125);
+                match spans.last_mut() {
+                    Some((_, end)) if *end + Duration::from_millis(20) >= *at => *end = (*end).max(*at) + duration,
+                    _ => spans.push((*at, *at + duration)),
+                }
+            }
+            OutboundMessage::Clear { .. } => {
+                if let Some((start, end)) = spans.last_mut() {
+                    *end = (*end).min(*at).max(*start);
+                }
+            }
+            OutboundMessage::Mark { .. } => {}
+        }
+    }
+    let ms = |at: Instant| at.saturating_duration_since(origin).as_millis() as u64;
+    spans.into_iter().map(|(start, end)| SpanMs { start_ms: ms(start), end_ms: ms(end) }).collect()
 }
 
 /// Sends a 20 ms frame every 20 ms for as long as the dialogue runs: the next utterance's audio, else silence.
 async fn feed_line(mut call: SimCall, mut utterances: mpsc::Receiver<Utterance>) -> Result<SimCall, SimError> {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let silence = crate::silence(20);
+    let silence = silence(20);
     let mut open = true;
     loop {
         tick.tick().await;
@@ -242,7 +344,7 @@ async fn feed_line(mut call: SimCall, mut utterances: mpsc::Receiver<Utterance>)
 
 /// A frame with speech in it (espeak-ng pads its output with near-silence, which is not the caller speaking).
 fn is_voiced(frame: &[u8]) -> bool {
-    let pcm = parley::audio::mulaw::decode(frame);
+    let pcm = crate::audio::mulaw::decode(frame);
     let energy = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / pcm.len().max(1) as f64;
     energy.sqrt() > 300.0
 }
@@ -303,11 +405,25 @@ fn first_clear_after(log: &[Received], after: Instant) -> Option<Instant> {
 mod tests {
     use super::*;
 
+    fn media(at: Instant, millis: usize) -> Received {
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::STANDARD.encode(vec![0xFFu8; millis * 8]);
+        let text = serde_json::json!({"event": "media", "streamSid": "MZ1", "media": {"payload": payload}});
+        Received::Message { at, message: serde_json::from_value(text).unwrap() }
+    }
+
     #[test]
-    fn the_order_status_dialogue_parses_and_interrupts_once() {
-        let dialogue = Dialogue::parse(ORDER_STATUS).unwrap();
-        assert!(dialogue.lines.len() >= 3);
-        assert_eq!(dialogue.lines.iter().filter(|l| l.interrupt_after_ms.is_some()).count(), 1);
+    fn played_spans_follow_playback_and_stop_at_a_clear() {
+        let origin = Instant::now();
+        let at = |ms: u64| origin + Duration::from_millis(ms);
+        // 1 s of audio arriving in a burst plays for 1 s; a clear at 600 ms cuts it; later audio starts a new span.
+        let mut log: Vec<Received> = (0..50).map(|i| media(at(i), 20)).collect();
+        let clear = serde_json::json!({"event": "clear", "streamSid": "MZ1"});
+        log.push(Received::Message { at: at(600), message: serde_json::from_value(clear).unwrap() });
+        log.push(media(at(2_000), 20));
+        log.push(media(at(2_010), 20));
+        let spans = played_spans(&log, origin);
+        assert_eq!(spans, vec![SpanMs { start_ms: 0, end_ms: 600 }, SpanMs { start_ms: 2_000, end_ms: 2_040 }]);
     }
 
     #[test]
@@ -318,8 +434,8 @@ mod tests {
 
     #[test]
     fn silence_is_not_voiced_and_speech_is() {
-        assert!(!is_voiced(&crate::silence(20)));
-        assert!(is_voiced(&crate::speech(20)));
+        assert!(!is_voiced(&silence(20)));
+        assert!(is_voiced(&super::super::caller::speech(20)));
     }
 
     #[test]
@@ -332,12 +448,15 @@ mod tests {
             agent_was_speaking: true,
             clear_after_ms,
             answer_after_ms,
+            expects_answer: true,
         };
         let report = DialogueReport {
             greeting_after_ms: Some(1),
             lines: vec![line(false, None, Some(5)), line(true, Some(100), Some(5))],
             clears: 1,
             agent_audio_ms: 10,
+            agent_speech: Vec::new(),
+            clear_at_ms: Vec::new(),
         };
         assert!(report.problems().is_empty());
         let report = DialogueReport { lines: vec![line(true, None, None)], ..report };

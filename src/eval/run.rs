@@ -1,0 +1,275 @@
+//! `parley eval`: plays each scenario against Parley, reads the call back from the archive, scores it, and writes
+//! the table, the JSON report and the waterfalls.
+//!
+//! Parley is either the one named by `--url` (already running; `--archive` points at its archive folder so tool
+//! calls and answers can be scored) or started in this process from the configuration — the same providers `parley
+//! serve` would use, real or fake — with its archive in a folder of its own.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::caller::{SimCall, StartOptions};
+use super::dialogue;
+use super::report::EvalReport;
+use super::scenario::{Scenario, ScenarioError};
+use super::score::{score, ScenarioScore};
+use crate::archive::{list_calls, read_timeline, Archive, ArchiveStore, CallStatus, LocalStore, TimelineEntry};
+use crate::config::{AgentKind, Config, Secrets};
+use crate::edge::RunningServer;
+use crate::engine::tools::ToolExecutor;
+use crate::mcp::McpBridge;
+
+/// How long after hanging up the archive has to seal the call.
+const SEAL_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Scenario files (TOML), or folders holding them.
+    #[arg(required = true)]
+    pub scenarios: Vec<PathBuf>,
+    /// A running Parley's media stream URL (ws://…/twilio/media); without it Parley runs in this process from the
+    /// configuration.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The URL Twilio would sign for `--url` (Parley's public wss URL), when it validates signatures; the signature
+    /// uses TWILIO_AUTH_TOKEN.
+    #[arg(long, requires = "url")]
+    pub signed_url: Option<String>,
+    /// The archive folder Parley writes calls to: the running Parley's with `--url`, otherwise where this run's
+    /// calls are kept (a temporary folder by default).
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
+    /// Run Parley offline, as `parley demo` does: local Whisper, eSpeak NG, the demo shop's MCP backend and, when no
+    /// model is configured, the scripted dialogue policy.
+    #[arg(long, conflicts_with = "url")]
+    pub offline: bool,
+    /// Where `report.json` and one `<scenario>.svg` waterfall per call are written.
+    #[arg(long, default_value = "eval-results")]
+    pub out: PathBuf,
+}
+
+/// Why an evaluation could not run (as opposed to a scenario that ran and missed its thresholds).
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error("no scenario files (*.toml) in {0}")]
+    NoScenarios(PathBuf),
+    #[error("starting Parley: {0}")]
+    Start(String),
+    #[error("scenario {scenario}: the call failed: {detail}")]
+    Call { scenario: String, detail: String },
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Runs every scenario; the report says which passed.
+pub async fn run(config: Config, secrets: Secrets, args: &EvalArgs) -> Result<EvalReport, EvalError> {
+    let scenarios = load_all(&args.scenarios)?;
+    let temporary_archive = tempfile_dir()?;
+    let archive_root = args.archive.clone().unwrap_or_else(|| temporary_archive.path().to_path_buf());
+    let target = match &args.url {
+        Some(url) => Target::Remote {
+            url: url.clone(),
+            signature: secrets
+                .twilio_auth_token
+                .as_ref()
+                .map(|token| crate::twilio::signature::SignatureValidator::new(token.expose()))
+                .map(|validator| validator.sign(args.signed_url.as_deref().unwrap_or(url), &[])),
+            archive: args.archive.clone(),
+        },
+        None => Target::Local(LocalParley::start(config, secrets, &archive_root, args.offline).await?),
+    };
+
+    let mut scores = Vec::with_capacity(scenarios.len());
+    for scenario in &scenarios {
+        eprintln!("parley eval: {} ({} lines)", scenario.name, scenario.lines.len());
+        let result = play(scenario, &target).await;
+        scores.push(result?);
+    }
+    if let Target::Local(local) = target {
+        local.stop().await;
+    }
+    let report = EvalReport::new(scores);
+    report.write(&args.out)?;
+    Ok(report)
+}
+
+/// Every scenario named, folders expanded to the `.toml` files in them (sorted).
+fn load_all(paths: &[PathBuf]) -> Result<Vec<Scenario>, EvalError> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let read = std::fs::read_dir(path).map_err(|source| ScenarioError::Read { path: path.clone(), source })?;
+            let mut found: Vec<PathBuf> =
+                read.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+            if found.is_empty() {
+                return Err(EvalError::NoScenarios(path.clone()));
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files.iter().map(|f| Scenario::load(f).map_err(EvalError::from)).collect()
+}
+
+fn tempfile_dir() -> Result<TempDir, EvalError> {
+    TempDir::new().map_err(|source| EvalError::Write { path: std::env::temp_dir(), source })
+}
+
+/// A folder removed when dropped, for the calls of a run nobody asked to keep.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("parley-eval-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A number unique to this moment, for call SIDs and folder names.
+fn unique() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// The Parley the scenarios are played against.
+enum Target {
+    Remote { url: String, signature: Option<String>, archive: Option<PathBuf> },
+    Local(LocalParley),
+}
+
+impl Target {
+    fn url(&self) -> String {
+        match self {
+            Target::Remote { url, .. } => url.clone(),
+            Target::Local(local) => format!("ws://{}/twilio/media", local.server.local_addr),
+        }
+    }
+
+    fn archive(&self) -> Option<&Path> {
+        match self {
+            Target::Remote { archive, .. } => archive.as_deref(),
+            Target::Local(local) => Some(&local.archive_root),
+        }
+    }
+}
+
+/// Parley started in this process for the run.
+struct LocalParley {
+    server: RunningServer,
+    bridge: Option<Arc<McpBridge>>,
+    archive_root: PathBuf,
+    /// The offline demo shop's database, removed at the end.
+    scratch: Option<PathBuf>,
+}
+
+impl LocalParley {
+    async fn start(
+        mut config: Config,
+        secrets: Secrets,
+        archive_root: &Path,
+        offline: bool,
+    ) -> Result<Self, EvalError> {
+        let start_error = |e: &dyn std::fmt::Display| EvalError::Start(e.to_string());
+        let scratch = if offline {
+            Some(crate::cli::demo::configure_offline(&mut config).map_err(|e| start_error(&e))?)
+        } else {
+            None
+        };
+        config.agent.kind = AgentKind::Cascade;
+        config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        // The evaluator is the only caller, on loopback: there is no Twilio request to sign.
+        config.twilio.validate_signatures = false;
+        config.archive.enabled = true;
+        config.archive.root = archive_root.to_path_buf();
+        let errors: Vec<String> = config
+            .problems(&secrets)
+            .into_iter()
+            .filter(|p| p.severity == crate::config::Severity::Error)
+            .map(|p| p.message)
+            .collect();
+        if !errors.is_empty() {
+            return Err(EvalError::Start(format!("the configuration has errors: {}", errors.join("; "))));
+        }
+        let bridge = if config.mcp.servers.is_empty() {
+            None
+        } else {
+            Some(Arc::new(McpBridge::connect(config.mcp.clone()).await.map_err(|e| start_error(&e))?))
+        };
+        let tools = bridge.clone().map(|b| b as Arc<dyn ToolExecutor>);
+        let agents = crate::cli::agents::agent_factory(&config, tools).map_err(|e| start_error(&e))?;
+        let archive = Archive::start(&config.archive, config.twilio.redact_numbers).map_err(|e| start_error(&e))?;
+        let server =
+            crate::edge::start(config, secrets, agents, Some(Arc::new(archive))).await.map_err(|e| start_error(&e))?;
+        Ok(LocalParley { server, bridge, archive_root: archive_root.to_path_buf(), scratch })
+    }
+
+    async fn stop(self) {
+        let _ = self.server.shutdown().await;
+        if let Some(bridge) = self.bridge.and_then(|b| Arc::try_unwrap(b).ok()) {
+            bridge.shutdown().await;
+        }
+        if let Some(scratch) = self.scratch {
+            let _ = std::fs::remove_file(scratch);
+        }
+    }
+}
+
+/// Plays one scenario and scores it.
+async fn play(scenario: &Scenario, target: &Target) -> Result<ScenarioScore, EvalError> {
+    let failed = |detail: String| EvalError::Call { scenario: scenario.name.clone(), detail };
+    let lines = scenario.spoken_lines().await?;
+    let signature = match target {
+        Target::Remote { signature, .. } => signature.clone(),
+        Target::Local(_) => None,
+    };
+    let mut call = SimCall::connect(&target.url(), signature.as_deref()).await.map_err(|e| failed(e.to_string()))?;
+    let id = unique();
+    let call_sid = format!("CA{id:032x}");
+    let options = StartOptions {
+        call_sid: call_sid.clone(),
+        stream_sid: format!("MZ{:032x}", id.wrapping_add(1)),
+        ..StartOptions::default()
+    };
+    call.start(&options).map_err(|e| failed(e.to_string()))?;
+    let report = dialogue::speak(call, &scenario.pacing(), lines, |line| eprintln!("  {line}"))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let timeline = match target.archive() {
+        Some(root) => Some(archived_timeline(root, &call_sid).await.map_err(failed)?),
+        None => None,
+    };
+    Ok(score(scenario, &call_sid, &report, timeline.as_deref()))
+}
+
+/// The call's timeline, once the archive has sealed it.
+async fn archived_timeline(root: &Path, call_sid: &str) -> Result<Vec<TimelineEntry>, String> {
+    let store = LocalStore::new(root).map_err(|e| format!("opening the archive {}: {e}", root.display()))?;
+    let deadline = tokio::time::Instant::now() + SEAL_TIMEOUT;
+    loop {
+        let calls = list_calls(&store).map_err(|e| e.to_string())?;
+        if let Some((key, _)) = calls.iter().find(|(_, m)| m.call_sid == call_sid && m.status == CallStatus::Sealed) {
+            let dir = store.local_dir(key).ok_or("the archive is not on local disk")?;
+            return read_timeline(&dir).map_err(|e| e.to_string());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("the call {call_sid} was not sealed in {} within {SEAL_TIMEOUT:?}", root.display()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
