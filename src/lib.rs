@@ -21,3 +21,4 @@ pub mod telemetry;
 pub mod transcribe;
 pub mod tts;
 pub mod twilio;
+pub mod websocket;

@@ -39,6 +39,7 @@ mod recorder;
 mod recovery;
 mod store;
 mod timeline;
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,6 +116,7 @@ pub struct Archive {
     store: Arc<dyn ArchiveStore>,
     redact_numbers: bool,
     on_sealed: Option<Arc<dyn SealedCalls>>,
+    recorders: Arc<workers::RecorderPool>,
 }
 
 impl std::fmt::Debug for Archive {
@@ -129,7 +131,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 impl Archive {
     /// An archive over any store; nothing is recovered or swept.
     pub fn new(store: Arc<dyn ArchiveStore>, redact_numbers: bool) -> Archive {
-        Archive { store, redact_numbers, on_sealed: None }
+        Archive { store, redact_numbers, on_sealed: None, recorders: recorder_pool() }
     }
 
     /// Tells `hook` about every call sealed from now on, including calls a crash left open that [`Archive::start`]
@@ -177,12 +179,18 @@ impl Archive {
                 }
             });
         }
-        Ok(Archive { store, redact_numbers, on_sealed })
+        Ok(Archive { store, redact_numbers, on_sealed, recorders: recorder_pool() })
     }
 
     pub fn store(&self) -> &Arc<dyn ArchiveStore> {
         &self.store
     }
+}
+
+/// One recorder thread per core: encoding the calls' audio is the archive's whole CPU cost.
+fn recorder_pool() -> Arc<workers::RecorderPool> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    Arc::new(workers::RecorderPool::start(cores))
 }
 
 fn sweep_logged(store: &dyn ArchiveStore, days: u32) {
@@ -196,7 +204,15 @@ fn sweep_logged(store: &dyn ArchiveStore, days: u32) {
 impl TapFactory for Archive {
     fn open(&self, call: &CallInfo) -> CallTap {
         let (tap, events) = CallTap::channel();
-        recorder::spawn(Arc::clone(&self.store), call, self.redact_numbers, self.on_sealed.clone(), events);
+        self.recorders.record(recorder::RecordingJob {
+            store: Arc::clone(&self.store),
+            call: call.clone(),
+            redact_numbers: self.redact_numbers,
+            on_sealed: self.on_sealed.clone(),
+            started: tokio::time::Instant::now(),
+            started_wall: SystemTime::now(),
+            events,
+        });
         tap
     }
 }

@@ -1,5 +1,6 @@
-//! The per-call recorder: drains the call's tap on a blocking thread of its own (file writes never stall the call or
-//! the runtime) and writes the recording, the timeline and the metadata as the call goes on.
+//! The per-call recorder: takes the call's tap events in steps (on a recorder thread, see [`super::workers`]: file
+//! writes and encoding never stall the call or the runtime) and writes the recording, the timeline and the metadata
+//! as the call goes on.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -17,60 +18,84 @@ use crate::call::tap::{ConversationEvent, TapEvent};
 use crate::call::CallInfo;
 use crate::telemetry::redact;
 
-/// How often the recorder wakes to write audio when no event arrives.
-const TICK: Duration = Duration::from_millis(100);
 /// Audio is written this long after it happened: caller frames that arrive in a burst still find their place.
 /// (Agent audio before "now" is already final: it is only ever scheduled at or after its send time.)
 const HOLD: Duration = Duration::from_millis(300);
 const SAMPLES_PER_MS: u64 = 8;
 
-/// Starts recording a call; events come from `events` until the call ends.
-pub(crate) fn spawn(
-    store: Arc<dyn ArchiveStore>,
-    call: &CallInfo,
-    redact_numbers: bool,
+/// A call to record: what the archive knows when the call starts, and the tap's events to come.
+pub(crate) struct RecordingJob {
+    pub store: Arc<dyn ArchiveStore>,
+    pub call: CallInfo,
+    pub redact_numbers: bool,
+    pub on_sealed: Option<Arc<dyn SealedCalls>>,
+    pub started: Instant,
+    pub started_wall: SystemTime,
+    pub events: mpsc::UnboundedReceiver<TapEvent>,
+}
+
+/// A call being recorded, advanced a step at a time by a recorder thread.
+pub(crate) struct LiveRecording {
+    /// `None` once sealed or failed.
+    recorder: Option<Recorder>,
+    events: mpsc::UnboundedReceiver<TapEvent>,
     on_sealed: Option<Arc<dyn SealedCalls>>,
-    mut events: mpsc::UnboundedReceiver<TapEvent>,
-) {
-    let started = Instant::now();
-    let started_wall = SystemTime::now();
-    let call = call.clone();
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::warn!("no runtime to record the call on; not archived");
-        return;
-    };
-    tokio::task::spawn_blocking(move || {
-        let mut recorder = match Recorder::open(store, &call, redact_numbers, started, started_wall) {
-            Ok(recorder) => recorder,
+    call_sid: String,
+}
+
+impl LiveRecording {
+    /// Opens the call's files; `None` (logged) when the archive cannot take the call.
+    pub(crate) fn open(job: RecordingJob) -> Option<LiveRecording> {
+        let RecordingJob { store, call, redact_numbers, on_sealed, started, started_wall, events } = job;
+        match Recorder::open(store, &call, redact_numbers, started, started_wall) {
+            Ok(recorder) => {
+                Some(LiveRecording { recorder: Some(recorder), events, on_sealed, call_sid: call.call_sid })
+            }
             Err(err) => {
                 tracing::warn!(%err, call_sid = %call.call_sid, "cannot archive the call");
-                return;
-            }
-        };
-        let call_dir = recorder.store.local_dir(&recorder.key);
-        let result = loop {
-            let event = runtime.block_on(async { tokio::time::timeout(TICK, events.recv()).await });
-            let step = match event {
-                Ok(Some(TapEvent::Ended { at, reason })) => break recorder.seal(at, &reason),
-                Ok(Some(event)) => recorder.on_event(event),
-                Ok(None) => break recorder.seal(Instant::now(), "tap closed"),
-                Err(_) => recorder.write_audio(Instant::now()),
-            };
-            if let Err(err) = step {
-                break Err(err);
-            }
-        };
-        match result {
-            Ok(()) => {
-                if let (Some(hook), Some(dir)) = (&on_sealed, call_dir) {
-                    hook.sealed(&dir);
-                }
-            }
-            Err(err) => {
-                tracing::warn!(%err, call_sid = %call.call_sid, "archiving the call failed; the rest is not recorded")
+                None
             }
         }
-    });
+    }
+
+    /// Takes every event that arrived since the last step and writes the audio that can no longer change; seals
+    /// the call when it ended. Returns whether the call is still being recorded.
+    pub(crate) fn step(&mut self, now: Instant) -> bool {
+        let Some(recorder) = self.recorder.as_mut() else { return false };
+        let ended = loop {
+            match self.events.try_recv() {
+                Ok(TapEvent::Ended { at, reason }) => break Some((at, reason)),
+                Ok(event) => {
+                    if let Err(err) = recorder.on_event(event) {
+                        return self.failed(err);
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break None,
+                Err(mpsc::error::TryRecvError::Disconnected) => break Some((now, "tap closed".into())),
+            }
+        };
+        let Some((at, reason)) = ended else {
+            return match recorder.write_audio(now) {
+                Ok(()) => true,
+                Err(err) => self.failed(err),
+            };
+        };
+        let Some(recorder) = self.recorder.take() else { return false };
+        let dir = recorder.store.local_dir(&recorder.key);
+        if let Err(err) = recorder.seal(at, &reason) {
+            return self.failed(err);
+        }
+        if let (Some(hook), Some(dir)) = (&self.on_sealed, dir) {
+            hook.sealed(&dir);
+        }
+        false
+    }
+
+    fn failed(&mut self, err: ArchiveError) -> bool {
+        self.recorder = None;
+        tracing::warn!(%err, call_sid = %self.call_sid, "archiving the call failed; the rest is not recorded");
+        false
+    }
 }
 
 /// Places both legs on the call's timeline, in 8 kHz samples since the call started, and hands out whole 20 ms
@@ -203,7 +228,7 @@ impl Recorder {
             }
             TapEvent::Ended { .. } => {}
         }
-        self.write_audio(Instant::now())
+        Ok(())
     }
 
     /// Encodes the audio that can no longer change.

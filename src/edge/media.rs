@@ -34,7 +34,8 @@ pub(crate) async fn upgrade(
         }
     };
     let limit = HARD_MESSAGE_LIMIT.max(state.config.server.max_frame_bytes);
-    ws.max_message_size(limit)
+    ws.read_buffer_size(crate::websocket::READ_BUFFER_BYTES)
+        .max_message_size(limit)
         .max_frame_size(limit)
         .on_failed_upgrade(move |err| tracing::warn!(%peer, %err, "media stream upgrade failed"))
         .on_upgrade(move |socket| session::run(socket, state, permit, peer))

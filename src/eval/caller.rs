@@ -108,7 +108,8 @@ impl SimCall {
             let value = signature.parse().map_err(|_| SimError::Timeout("a valid signature header".into()))?;
             request.headers_mut().insert("x-twilio-signature", value);
         }
-        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        let config = crate::websocket::client_config();
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
         Ok(Self::from_socket(socket))
     }
 

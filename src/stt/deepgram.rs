@@ -439,7 +439,8 @@ impl SpeechToText for Deepgram {
 
     async fn open(&self) -> Result<SttSession, SttError> {
         let request = handshake_request(&self.config)?;
-        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(request, Some(crate::websocket::client_config()), true);
         let (socket, response) = tokio::time::timeout(self.config.connect_timeout, connect)
             .await
             .map_err(|_| SttError::Connect {

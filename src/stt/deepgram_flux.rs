@@ -242,7 +242,8 @@ impl SpeechToText for DeepgramFlux {
             .map_err(|_| connect_error("the API key contains characters not allowed in an HTTP header".into()))?;
         auth.set_sensitive(true);
         request.headers_mut().insert(AUTHORIZATION, auth);
-        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(request, Some(crate::websocket::client_config()), true);
         let (socket, _) = tokio::time::timeout(self.config.connect_timeout, connect)
             .await
             .map_err(|_| connect_error(format!("handshake timed out after {:?}", self.config.connect_timeout)))?

@@ -410,7 +410,8 @@ impl TextToSpeech for Cartesia {
 
     async fn open(&self) -> Result<TtsSession, TtsError> {
         let request = handshake_request(&self.config)?;
-        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(request, Some(crate::websocket::client_config()), true);
         let (socket, _response) = tokio::time::timeout(self.config.connect_timeout, connect)
             .await
             .map_err(|_| TtsError::Connect {

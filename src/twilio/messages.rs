@@ -254,18 +254,32 @@ fn classify_parse_failure(text: &str, err: serde_json::Error) -> ProtocolError {
 mod counter {
     use super::*;
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum StringOrNumber {
-        Number(u64),
-        String(String),
+    /// Twilio sends counters as decimal strings; numbers are accepted too. A visitor rather than an untagged enum:
+    /// this runs for every media frame, and an untagged enum buffers the value and builds an error per miss.
+    struct Counter;
+
+    impl serde::de::Visitor<'_> for Counter {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a counter, as a decimal string or a number")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u64, E> {
+            Ok(n)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u64, E> {
+            u64::try_from(n).map_err(E::custom)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<u64, E> {
+            s.trim().parse().map_err(E::custom)
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        match StringOrNumber::deserialize(d)? {
-            StringOrNumber::Number(n) => Ok(n),
-            StringOrNumber::String(s) => s.trim().parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Counter)
     }
 
     pub fn serialize<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -362,6 +376,12 @@ mod tests {
         let text = r#"{"event":"media","sequenceNumber":7,"media":{"track":"inbound","chunk":2,"timestamp":20,"payload":""},"streamSid":"MZ1"}"#;
         let InboundMessage::Media(m) = parse_inbound(text, LIMIT).unwrap() else { panic!() };
         assert_eq!((m.sequence_number, m.media.chunk, m.media.timestamp), (Some(7), 2, 20));
+        for bad in [r#"-1"#, r#"1.5"#, r#""""#, r#"" 3x""#, "true"] {
+            let text = format!(
+                r#"{{"event":"media","media":{{"chunk":{bad},"timestamp":"1","payload":""}},"streamSid":"MZ1"}}"#
+            );
+            assert!(matches!(parse_inbound(&text, LIMIT), Err(ProtocolError::Malformed { .. })), "{bad}");
+        }
     }
 
     #[test]

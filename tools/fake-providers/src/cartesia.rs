@@ -273,7 +273,7 @@ async fn websocket(
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         return (status, "rejected by the fake server's options").into_response();
     }
-    upgrade.on_upgrade(move |socket| async move {
+    upgrade.read_buffer_size(crate::READ_BUFFER_BYTES).on_upgrade(move |socket| async move {
         Session::new(socket, shared.clone(), index).run().await;
         shared.update(index, |record| record.ended = true);
     })

@@ -335,7 +335,7 @@ async fn listen(
         let body = json!({"err_code": "FAKE_REJECTED", "err_msg": "rejected by the fake server's options"});
         return (status, body.to_string()).into_response();
     }
-    upgrade.on_upgrade(move |socket| async move {
+    upgrade.read_buffer_size(crate::READ_BUFFER_BYTES).on_upgrade(move |socket| async move {
         let session = Session::new(socket, shared.clone(), index, params);
         session.run().await;
         shared.update(index, |record| record.ended = true);

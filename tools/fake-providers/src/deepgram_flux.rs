@@ -132,7 +132,7 @@ async fn listen(
         connections.push(FluxConnection { query, ..FluxConnection::default() });
         connections.len() - 1
     };
-    upgrade.on_upgrade(move |socket| serve(shared, index, socket))
+    upgrade.read_buffer_size(crate::READ_BUFFER_BYTES).on_upgrade(move |socket| serve(shared, index, socket))
 }
 
 async fn serve(shared: Arc<Shared>, index: usize, mut socket: WebSocket) {

@@ -135,7 +135,7 @@ async fn websocket(
     if query.get("output_format").map(String::as_str) != Some("ulaw_8000") {
         return (StatusCode::BAD_REQUEST, "this fake only serves output_format=ulaw_8000").into_response();
     }
-    upgrade.on_upgrade(move |socket| Connection::new(shared, socket).run())
+    upgrade.read_buffer_size(crate::READ_BUFFER_BYTES).on_upgrade(move |socket| Connection::new(shared, socket).run())
 }
 
 #[derive(Debug, Default)]

@@ -11,3 +11,7 @@ pub mod elevenlabs;
 pub mod openai;
 pub mod openai_speech;
 pub mod twilio_rest;
+
+/// Read buffer of the fakes' WebSocket servers: tungstenite's 128 KiB default is zero-filled before every read,
+/// which would make the fakes, not Parley, the load generator's bottleneck.
+pub(crate) const READ_BUFFER_BYTES: usize = 8 * 1024;
