@@ -25,18 +25,17 @@ fn call_dirs(root: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The `parley` binary with no real model configured, whatever the machine's environment holds.
+fn offline_parley() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
+    command.env_remove("OPENAI_API_KEY").env_remove("ANTHROPIC_API_KEY").env_remove("PARLEY_CONFIG");
+    command
+}
+
 #[test]
 fn the_demo_places_a_whole_offline_call_and_leaves_it_transcribed() {
     let archive = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_parley"))
-        .args(["demo", "--archive"])
-        .arg(archive.path())
-        // No real model is configured, whatever the machine's environment holds.
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("PARLEY_CONFIG")
-        .output()
-        .unwrap();
+    let output = offline_parley().args(["demo", "--archive"]).arg(archive.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
@@ -82,15 +81,7 @@ fn the_demo_places_a_whole_offline_call_and_leaves_it_transcribed() {
 fn the_offline_scenario_passes_its_gate() {
     let out = tempfile::tempdir().unwrap();
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/offline/order-status.toml");
-    let output = Command::new(env!("CARGO_BIN_EXE_parley"))
-        .args(["eval", "--offline", "--out"])
-        .arg(out.path())
-        .arg(&scenario)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("PARLEY_CONFIG")
-        .output()
-        .unwrap();
+    let output = offline_parley().args(["eval", "--offline", "--out"]).arg(out.path()).arg(&scenario).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "eval failed:\n{stdout}\n{stderr}");

@@ -34,13 +34,13 @@ pub struct Dialogue {
     pub lines: Vec<Line>,
 }
 
-fn default_quiet_ms() -> u64 {
+pub(super) fn default_quiet_ms() -> u64 {
     1_200
 }
-fn default_patience_ms() -> u64 {
+pub(super) fn default_patience_ms() -> u64 {
     20_000
 }
-fn yes() -> bool {
+pub(super) fn yes() -> bool {
     true
 }
 
@@ -83,6 +83,13 @@ pub struct Pacing {
     pub patience: Duration,
     /// Whether the caller waits for the agent's greeting before the first line.
     pub expect_greeting: bool,
+}
+
+impl Pacing {
+    /// Pacing as script files write it, in milliseconds.
+    pub fn from_millis(quiet_ms: u64, patience_ms: u64, expect_greeting: bool) -> Pacing {
+        Pacing { quiet: Duration::from_millis(quiet_ms), patience: Duration::from_millis(patience_ms), expect_greeting }
+    }
 }
 
 /// One line ready to speak: its audio (8 kHz μ-law) and when to say it.
@@ -181,12 +188,7 @@ impl Dialogue {
                 expects_answer: true,
             });
         }
-        let pacing = Pacing {
-            quiet: Duration::from_millis(self.quiet_ms),
-            patience: Duration::from_millis(self.patience_ms),
-            expect_greeting: self.expect_greeting,
-        };
-        Ok((pacing, lines))
+        Ok((Pacing::from_millis(self.quiet_ms, self.patience_ms, self.expect_greeting), lines))
     }
 }
 

@@ -22,7 +22,6 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -54,13 +53,13 @@ pub struct Scenario {
     #[serde(default)]
     pub description: String,
     /// The agent counts as done speaking after this much quiet.
-    #[serde(default = "default_quiet_ms")]
+    #[serde(default = "super::dialogue::default_quiet_ms")]
     pub quiet_ms: u64,
     /// How long the caller waits for any answer before the scenario fails.
-    #[serde(default = "default_patience_ms")]
+    #[serde(default = "super::dialogue::default_patience_ms")]
     pub patience_ms: u64,
     /// Whether the caller waits for the agent's greeting before the first line.
-    #[serde(default = "yes")]
+    #[serde(default = "super::dialogue::yes")]
     pub expect_greeting: bool,
     #[serde(rename = "line")]
     pub lines: Vec<ScenarioLine>,
@@ -73,16 +72,6 @@ pub struct Scenario {
     pub dir: PathBuf,
     #[serde(skip)]
     pub path: PathBuf,
-}
-
-fn default_quiet_ms() -> u64 {
-    1_200
-}
-fn default_patience_ms() -> u64 {
-    20_000
-}
-fn yes() -> bool {
-    true
 }
 
 /// One thing the caller says (or a noise it makes).
@@ -186,11 +175,7 @@ impl Scenario {
 
     /// The caller's pacing.
     pub fn pacing(&self) -> Pacing {
-        Pacing {
-            quiet: Duration::from_millis(self.quiet_ms),
-            patience: Duration::from_millis(self.patience_ms),
-            expect_greeting: self.expect_greeting,
-        }
+        Pacing::from_millis(self.quiet_ms, self.patience_ms, self.expect_greeting)
     }
 
     /// Every line as 8 kHz μ-law, ready to stream: recordings read and converted, the rest synthesized.
