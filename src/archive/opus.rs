@@ -28,7 +28,7 @@ const SERIAL: u32 = 0x5041_524c;
 const MAX_PACKET: usize = 4_000;
 
 /// Opus encoder complexity (0-10) for the archive.
-const ENCODER_COMPLEXITY: u8 = 2;
+const ENCODER_COMPLEXITY: u8 = 0;
 
 /// Writes a stereo Ogg Opus stream packet by packet.
 pub(crate) struct OggOpusWriter<W: Write> {
@@ -36,6 +36,7 @@ pub(crate) struct OggOpusWriter<W: Write> {
     packets: PacketWriter<'static, W>,
     pre_skip: u64,
     frames: u64,
+    scratch: Vec<u8>,
 }
 
 impl<W: Write> OggOpusWriter<W> {
@@ -48,7 +49,13 @@ impl<W: Write> OggOpusWriter<W> {
         encoder.set_complexity(ENCODER_COMPLEXITY)?;
         // The encoder reports its look-ahead in input samples; the header wants 48 kHz samples.
         let pre_skip = u64::from(encoder.lookahead()?) * GRANULE_PER_SAMPLE;
-        let mut writer = OggOpusWriter { encoder, packets: PacketWriter::new(out), pre_skip, frames: 0 };
+        let mut writer = OggOpusWriter {
+            encoder,
+            packets: PacketWriter::new(out),
+            pre_skip,
+            frames: 0,
+            scratch: vec![0; MAX_PACKET],
+        };
         let mut head = b"OpusHead".to_vec();
         head.push(1); // version
         head.push(2); // channels
@@ -74,9 +81,9 @@ impl<W: Write> OggOpusWriter<W> {
             pair[0] = caller.get(i).copied().unwrap_or(0);
             pair[1] = agent.get(i).copied().unwrap_or(0);
         }
-        let mut packet = vec![0u8; MAX_PACKET];
-        let len = self.encoder.encode(&interleaved, &mut packet)?;
-        packet.truncate(len);
+        // One packet buffer per recording, not a zeroed 4 KB allocation per 20 ms frame.
+        let len = self.encoder.encode(&interleaved, &mut self.scratch)?;
+        let packet = self.scratch[..len].to_vec();
         self.push_packet(packet)
     }
 
