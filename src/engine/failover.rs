@@ -1,11 +1,11 @@
 //! Which provider of a stage's ordered list to try: the configured order, with providers that failed recently moved
 //! to the back until their cool-down is over.
 //!
-//! The per-stage wrappers ([`crate::llm::failover`], [`crate::stt::failover`], [`crate::tts::failover`]) ask for the
-//! order, try each provider in turn, and report what happened. A provider that failed is not tried first again for
+//! The per-stage wrappers ([`crate::llm::failover`], [`crate::stt::failover`], [`crate::tts::failover`]) are each a
+//! [`Failover`] over their stage's trait: it asks for the order, tries each provider in turn, and reports what happened. A provider that failed is not tried first again for
 //! `cooldown`, so one outage does not cost every turn a timeout; it is still tried when every other one has failed.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -64,47 +64,64 @@ impl Health {
     }
 }
 
-/// Tries `providers` in the order `health` gives until `attempt` succeeds. Failures that `worth_another` accepts
-/// (connection refused, timeouts, server errors) mark the provider unhealthy and move on; any other error is the
-/// request's own fault, would fail everywhere, and is returned at once. With every provider failed, the last error
-/// is returned (`none` makes the error for an empty list).
-pub async fn try_in_order<P, T, E, F, Fut>(
-    providers: &[P],
-    health: &Health,
-    stage: &str,
-    name: impl Fn(&P) -> &str,
-    worth_another: impl Fn(&E) -> bool,
-    none: impl FnOnce() -> E,
-    mut attempt: F,
-) -> Result<T, E>
-where
-    P: Clone,
-    F: FnMut(P) -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    let order = health.order(Instant::now());
-    let mut last_error = None;
-    for (position, index) in order.iter().copied().enumerate() {
-        let Some(provider) = providers.get(index) else { continue };
-        match attempt(provider.clone()).await {
-            Ok(value) => {
-                health.succeeded(index);
-                if position > 0 {
-                    tracing::warn!(stage, provider = name(provider), "failed over to a fallback provider");
-                }
-                return Ok(value);
-            }
-            Err(error) if worth_another(&error) => {
-                tracing::warn!(stage, provider = name(provider), %error, "provider failed; trying the next");
-                crate::telemetry::metrics::global().provider_error(stage, name(provider));
-                health.failed(index, Instant::now());
-                last_error = Some(error);
-            }
-            Err(error) => return Err(error),
-        }
+/// A stage's providers in order of preference, with their health: what each per-stage wrapper holds.
+pub struct Failover<P: ?Sized> {
+    providers: Vec<Arc<P>>,
+    health: Health,
+}
+
+impl<P: ?Sized> Failover<P> {
+    /// `providers` in order of preference; the first is the primary.
+    pub fn new(providers: Vec<Arc<P>>, cooldown: Duration) -> Failover<P> {
+        let health = Health::new(providers.len(), cooldown);
+        Failover { providers, health }
     }
-    Err(last_error.unwrap_or_else(none))
+
+    /// The configured first choice (named in logs and metrics as the stage's provider).
+    pub fn primary(&self) -> Option<&P> {
+        self.providers.first().map(|p| p.as_ref())
+    }
+
+    /// Tries the providers in the order their health gives until `attempt` succeeds. Failures that
+    /// `worth_another` accepts (connection refused, timeouts, server errors) mark the provider unhealthy and move
+    /// on; any other error is the request's own fault, would fail everywhere, and is returned at once. With every
+    /// provider failed, the last error is returned (`none` makes the error for an empty list).
+    pub async fn try_in_order<T, E, F, Fut>(
+        &self,
+        stage: &str,
+        name: impl Fn(&P) -> &str,
+        worth_another: impl Fn(&E) -> bool,
+        none: impl FnOnce() -> E,
+        mut attempt: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut(Arc<P>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let order = self.health.order(Instant::now());
+        let mut last_error = None;
+        for (position, index) in order.iter().copied().enumerate() {
+            let Some(provider) = self.providers.get(index) else { continue };
+            match attempt(Arc::clone(provider)).await {
+                Ok(value) => {
+                    self.health.succeeded(index);
+                    if position > 0 {
+                        tracing::warn!(stage, provider = name(provider), "failed over to a fallback provider");
+                    }
+                    return Ok(value);
+                }
+                Err(error) if worth_another(&error) => {
+                    tracing::warn!(stage, provider = name(provider), %error, "provider failed; trying the next");
+                    crate::telemetry::metrics::global().provider_error(stage, name(provider));
+                    self.health.failed(index, Instant::now());
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(none))
+    }
 }
 
 #[cfg(test)]

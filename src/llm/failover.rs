@@ -2,27 +2,13 @@
 //! reached, times out or answers with a server error (5xx, 429) before streaming, to the next. See
 //! [`crate::engine::failover`] for the order and the cool-down.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use async_trait::async_trait;
 
 use super::{LanguageModel, LlmError, LlmRequest, LlmStream};
-use crate::engine::failover::{try_in_order, Health};
+use crate::engine::failover::Failover;
 
 /// Several models, tried in order; see the module documentation.
-pub struct FailoverLlm {
-    models: Vec<Arc<dyn LanguageModel>>,
-    health: Health,
-}
-
-impl FailoverLlm {
-    /// `models` in order of preference; the first is the primary.
-    pub fn new(models: Vec<Arc<dyn LanguageModel>>, cooldown: Duration) -> FailoverLlm {
-        let health = Health::new(models.len(), cooldown);
-        FailoverLlm { models, health }
-    }
-}
+pub type FailoverLlm = Failover<dyn LanguageModel>;
 
 /// Whether another provider might succeed where this one failed.
 fn worth_another(error: &LlmError) -> bool {
@@ -36,17 +22,15 @@ fn worth_another(error: &LlmError) -> bool {
 #[async_trait]
 impl LanguageModel for FailoverLlm {
     fn name(&self) -> &'static str {
-        self.models.first().map_or("none", |m| m.name())
+        self.primary().map_or("none", |m| m.name())
     }
 
     fn model(&self) -> &str {
-        self.models.first().map_or("none", |m| m.model())
+        self.primary().map_or("none", |m| m.model())
     }
 
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
-        try_in_order(
-            &self.models,
-            &self.health,
+        self.try_in_order(
             "llm",
             |m| m.name(),
             worth_another,
