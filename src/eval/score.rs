@@ -136,8 +136,8 @@ pub fn score(
     score
 }
 
-/// Percentile (0–100) of a sorted sample, nearest rank.
-pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+/// Percentile (0–100) of a sorted sample, nearest rank (shared with the load generator and the benchmarks).
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }
@@ -565,7 +565,7 @@ mod tests {
 
     #[test]
     fn percentiles_are_nearest_rank() {
-        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile::<u64>(&[], 50.0), None);
         assert_eq!(percentile(&[5], 95.0), Some(5));
         let sample: Vec<u64> = (1..=20).collect();
         assert_eq!(percentile(&sample, 50.0), Some(10));

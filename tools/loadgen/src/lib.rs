@@ -180,11 +180,7 @@ pub fn media_count(log: &[Received]) -> usize {
     log.iter().filter(|r| matches!(r, Received::Message { message: OutboundMessage::Media { .. }, .. })).count()
 }
 
-/// Percentile (0–100) of a sample, nearest rank.
+/// Percentile (0–100) of a sorted sample, nearest rank; NaN for an empty one.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    parley::eval::score::percentile(sorted, p).unwrap_or(f64::NAN)
 }
