@@ -69,8 +69,8 @@ pub enum EvalError {
 /// Runs every scenario; the report says which passed.
 pub async fn run(config: Config, secrets: Secrets, args: &EvalArgs) -> Result<EvalReport, EvalError> {
     let scenarios = load_all(&args.scenarios)?;
-    let temporary_archive = tempfile_dir()?;
-    let archive_root = args.archive.clone().unwrap_or_else(|| temporary_archive.path().to_path_buf());
+    // The calls of a run nobody asked to keep go to a folder removed at the end.
+    let mut temporary_archive = None;
     let target = match &args.url {
         Some(url) => Target::Remote {
             url: url.clone(),
@@ -81,7 +81,13 @@ pub async fn run(config: Config, secrets: Secrets, args: &EvalArgs) -> Result<Ev
                 .map(|validator| validator.sign(args.signed_url.as_deref().unwrap_or(url), &[])),
             archive: args.archive.clone(),
         },
-        None => Target::Local(LocalParley::start(config, secrets, &archive_root, args.offline).await?),
+        None => {
+            let archive_root = match &args.archive {
+                Some(root) => root.clone(),
+                None => temporary_archive.insert(temporary_dir()?).path().to_path_buf(),
+            };
+            Target::Local(LocalParley::start(config, secrets, &archive_root, args.offline).await?)
+        }
     };
 
     let mut scores = Vec::with_capacity(scenarios.len());
@@ -118,31 +124,14 @@ fn load_all(paths: &[PathBuf]) -> Result<Vec<Scenario>, EvalError> {
     files.iter().map(|f| Scenario::load(f).map_err(EvalError::from)).collect()
 }
 
-fn tempfile_dir() -> Result<TempDir, EvalError> {
-    TempDir::new().map_err(|source| EvalError::Write { path: std::env::temp_dir(), source })
+fn temporary_dir() -> Result<tempfile::TempDir, EvalError> {
+    tempfile::Builder::new()
+        .prefix("parley-eval-")
+        .tempdir()
+        .map_err(|source| EvalError::Write { path: std::env::temp_dir(), source })
 }
 
-/// A folder removed when dropped, for the calls of a run nobody asked to keep.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
-        let path = std::env::temp_dir().join(format!("parley-eval-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir_all(&path)?;
-        Ok(TempDir(path))
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A number unique to this moment, for call SIDs and folder names.
+/// A number unique to this moment, for call SIDs.
 fn unique() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
