@@ -65,15 +65,20 @@ async fn end_call_hangs_up_after_the_goodbye_has_played() {
     assert!(tool_result["content"].as_str().unwrap_or("").contains("goodbye"), "{tool_result}");
 }
 
-#[tokio::test]
-async fn transfer_call_dials_the_allowed_number_through_twilio_rest() {
-    let twilio = twilio_rest::start(AUTH_TOKEN, &[]).await.unwrap();
-    let openai = FakeOpenAiOptions::default()
+/// A model that answers the caller's first words by transferring the call to `TRANSFER_TO`.
+fn model_that_transfers() -> FakeOpenAiOptions {
+    FakeOpenAiOptions::default()
         .rule(
             FIRST_UTTERANCE,
             FakeReply::tool_call("call-1", "transfer_call", format!(r#"{{"number":"{TRANSFER_TO}"}}"#)),
         )
-        .after_tool(FakeReply::text("Putting you through now."));
+        .after_tool(FakeReply::text("Putting you through now."))
+}
+
+#[tokio::test]
+async fn transfer_call_dials_the_allowed_number_through_twilio_rest() {
+    let twilio = twilio_rest::start(AUTH_TOKEN, &[]).await.unwrap();
+    let openai = model_that_transfers();
     let mut rig = rig(openai, transfers_via(&twilio), AUTH_TOKEN).await;
     let mut call = rig.call(7).await;
     say(&mut call, 1_000).await;
@@ -95,12 +100,7 @@ async fn transfer_call_dials_the_allowed_number_through_twilio_rest() {
 #[tokio::test]
 async fn a_failed_transfer_is_apologised_for_and_the_call_goes_on() {
     let twilio = twilio_rest::start(AUTH_TOKEN, &[]).await.unwrap();
-    let openai = FakeOpenAiOptions::default()
-        .rule(
-            FIRST_UTTERANCE,
-            FakeReply::tool_call("call-1", "transfer_call", format!(r#"{{"number":"{TRANSFER_TO}"}}"#)),
-        )
-        .after_tool(FakeReply::text("Putting you through now."));
+    let openai = model_that_transfers();
     let config = transfers_via(&twilio);
     let apology = config.transfer_failed_line.clone();
     // Parley holds the wrong token: Twilio refuses the update.
