@@ -148,11 +148,13 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
 /// Whether a `clear` at `at_ms` answers a line meant to interrupt the agent.
 fn asked_for(report: &DialogueReport, scenario: &Scenario, at_ms: u64) -> bool {
     report.lines.iter().zip(&scenario.lines).any(|(said, line)| {
-        said.interrupting
-            && !line.noise
-            && at_ms + 50 >= said.started_ms
-            && at_ms <= said.speech_ended_ms + CLEAR_GRACE_MS
+        said.interrupting && !line.noise && cleared_during(said.started_ms, said.speech_ended_ms, at_ms)
     })
+}
+
+/// Whether a `clear` at `at_ms` came while a line was said (or just after it, within [`CLEAR_GRACE_MS`]).
+fn cleared_during(started_ms: u64, ended_ms: u64, at_ms: u64) -> bool {
+    at_ms + 50 >= started_ms && at_ms <= ended_ms + CLEAR_GRACE_MS
 }
 
 /// Each line with the turns Parley made of it: caller turns committed after the line began and before the next
@@ -257,10 +259,8 @@ fn checks(
     for ((line, said), spec) in lines.iter().zip(&report.lines).zip(&scenario.lines) {
         let quoted = quote(&line.said);
         if line.noise {
-            let cleared = report
-                .clear_at_ms
-                .iter()
-                .any(|&at| at + 50 >= line.started_ms && at <= line.speech_ended_ms + CLEAR_GRACE_MS);
+            let cleared =
+                report.clear_at_ms.iter().any(|&at| cleared_during(line.started_ms, line.speech_ended_ms, at));
             check(
                 format!("{quoted} does not interrupt the agent"),
                 !cleared,
