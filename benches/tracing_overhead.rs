@@ -49,6 +49,7 @@ fn a_turn(parent: &opentelemetry::Context) {
         end_of_turn: at(310),
         llm_request_sent: at(311),
         llm_first_token: at(500),
+        first_piece_ready: at(520),
         first_piece: at(520),
         first_tts_request: at(521),
         first_tts_audio: at(600),

@@ -1,9 +1,11 @@
 //! Parley's own added latency on the end-of-speech → first-audio path.
 //!
 //! Simulated callers hold conversations through fake providers set to the seed's figures (STT finalize 200 ms, LLM
-//! first token 300 ms, TTS first audio 90 ms). Each turn's record separates provider time from Parley's hand-offs
-//! (turn decision → LLM request, first speakable piece → TTS request, TTS audio → Twilio); the benchmark prints the
-//! distribution. Run with `cargo bench --bench turn_latency` (PARLEY_BENCH_TURNS sets the number of turns).
+//! first token 300 ms then a token every 60 ms, TTS first audio 90 ms). The reply's first sentence ends exactly at a
+//! token boundary, so a chunker that waited for the next token to see a space would hold it 60 ms. Each turn's record
+//! separates provider time from Parley's share — turn decision → LLM request, first piece's text complete → TTS
+//! request (the chunker's hold included), TTS audio → Twilio — and the benchmark prints the distribution. Run with
+//! `cargo bench --bench turn_latency` (PARLEY_BENCH_TURNS sets the number of turns).
 
 use std::time::Duration;
 
@@ -28,8 +30,9 @@ fn main() {
 async fn run(turns_per_call: usize) -> Vec<TurnLatency> {
     let options = RigOptions {
         openai: FakeOpenAiOptions::default()
-            .fallback(FakeReply::text("Sure. Your table is booked, see you then."))
-            .delays(Duration::from_millis(300), Duration::from_millis(15)),
+            // The fake streams 8-character tokens: the first sentence is exactly three of them.
+            .fallback(FakeReply::text("Okay, let me check that. Your table is booked for seven, see you then."))
+            .delays(Duration::from_millis(300), Duration::from_millis(60)),
         deepgram: FakeDeepgramOptions { finalize_delay: Duration::from_millis(200), ..FakeDeepgramOptions::default() },
         cartesia: FakeCartesiaOptions {
             first_audio_delay: Duration::from_millis(90),
@@ -67,12 +70,13 @@ fn print_report(reports: &[TurnLatency]) {
     let rows: Vec<(&str, Vec<f64>)> = vec![
         ("parley added (total)", millis(reports.iter().map(TurnLatency::parley_added))),
         ("  end of turn -> LLM request", between(|r| r.end_of_turn, |r| r.llm_request_sent)),
-        ("  first piece -> TTS request", between(|r| r.first_piece, |r| r.first_tts_request)),
+        ("  first piece ready -> TTS request", between(|r| r.first_piece_ready, |r| r.first_tts_request)),
+        ("    of which chunker hold", millis(reports.iter().map(TurnLatency::chunker_hold))),
         ("  TTS audio -> Twilio frame", between(|r| r.first_tts_audio, |r| r.first_audio_sent)),
         ("speech end -> first audio", millis(reports.iter().map(TurnLatency::speech_end_to_first_audio))),
         ("speech end -> STT final", between(|r| r.speech_ended, |r| r.stt_final)),
         ("LLM first token", between(|r| r.llm_request_sent, |r| r.llm_first_token)),
-        ("first token -> first piece", between(|r| r.llm_first_token, |r| r.first_piece)),
+        ("first token -> first piece ready", between(|r| r.llm_first_token, |r| r.first_piece_ready)),
         ("TTS first audio", between(|r| r.first_tts_request, |r| r.first_tts_audio)),
     ];
     println!("turn latency over {} turns (ms)", reports.len());

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::init_logs;
@@ -11,6 +12,7 @@ use fake_providers::deepgram::FakeDeepgramOptions;
 use fake_providers::openai::{FakeOpenAiOptions, FakeReply};
 use loadgen::{listen_until, media_count, say, Rig, RigOptions, WAIT};
 use parley::engine::config::ConversationConfig;
+use parley::stt::deepgram::{Deepgram, DeepgramConfig};
 use parley::twilio::messages::OutboundMessage;
 use serde_json::Value;
 use sim_caller::{silence, speech, Received, SimCall};
@@ -330,5 +332,62 @@ async fn keys_the_caller_presses_reach_the_model_as_one_turn() {
     let second = messages_of(&requests[1].body);
     assert_eq!(second[second.len() - 2], ("assistant".to_owned(), REPLY.to_owned()));
     assert!(second.last().unwrap().1.ends_with("keypad: 2]"), "{second:?}");
+    call.hang_up().await;
+}
+
+#[tokio::test]
+async fn a_barge_in_is_cleared_while_the_stt_reconnect_hangs_and_the_call_goes_on_once_stt_is_back() {
+    const LONG_REPLY: &str =
+        "Let me tell you about our restaurant. We have tables by the window, tables on the terrace, \
+        and a private room for larger parties. Our kitchen serves seasonal dishes, and our wine list is long.";
+    let openai = FakeOpenAiOptions::default().reply(FakeReply::text(LONG_REPLY)).reply(FakeReply::text("Done."));
+    // Parley reaches the recogniser through a relay the test can cut and hold, as a network can.
+    let gate = common::TcpGate::start().await;
+    let stt = Arc::new(Deepgram::new(DeepgramConfig {
+        base_url: format!("ws://{}", gate.addr),
+        api_key: "test-key".into(),
+        ..DeepgramConfig::default()
+    }));
+    init_logs();
+    let options = RigOptions { openai, stt: Some(stt), conversation: quiet_agent(), ..RigOptions::default() };
+    let mut rig = Rig::start(options).await;
+    gate.set_upstream(rig.deepgram.local_addr());
+    let mut call = place_call(&rig).await;
+
+    say(&mut call, 1_000).await;
+    listen_until(&mut call, "the reply playing", |log| media_count(log) >= 20).await;
+    // The recognition connection dies; the reconnect's TCP connection is accepted, its handshake never answered.
+    gate.hold(true);
+    gate.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let onset = tokio::time::Instant::now();
+    call.stream_audio(&speech(800)).await.unwrap();
+    call.wait_until("clear", WAIT, |log| {
+        log.iter().any(|r| matches!(r, Received::Message { message: OutboundMessage::Clear { .. }, .. }))
+    })
+    .await
+    .unwrap();
+    let cleared_at = call
+        .received()
+        .iter()
+        .find_map(|r| match r {
+            Received::Message { at, message: OutboundMessage::Clear { .. } } => Some(*at),
+            _ => None,
+        })
+        .expect("clear");
+    let reaction = cleared_at.duration_since(onset);
+    assert!(reaction <= Duration::from_millis(200), "clear {reaction:?} after the caller began to speak");
+
+    // The recogniser is reachable again: the new session is fed what the caller said (its first utterance, as the
+    // fake numbers them per connection), and the call goes on.
+    gate.hold(false);
+    call.stream_audio(&silence(600)).await.unwrap();
+    rig.next_report().await;
+    rig.next_report().await;
+    assert!(rig.deepgram.connections().len() >= 2, "STT was not reconnected");
+    let requests = rig.openai.requests();
+    assert_eq!(requests.len(), 2);
+    let history = messages_of(&requests[1].body);
+    assert_eq!(history.last(), Some(&("user".to_owned(), FIRST_UTTERANCE.to_owned())), "{history:?}");
     call.hang_up().await;
 }

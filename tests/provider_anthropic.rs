@@ -137,7 +137,7 @@ async fn a_tool_round_trips_with_tool_results_in_a_user_message() {
     };
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].arguments, "{\"order_id\":\"456\"}");
-    let results = vec![ToolResult { call_id: calls[0].id.clone(), outcome: ToolOutcome::Output("shipped".into()) }];
+    let results = vec![ToolResult { call_id: calls[0].id.clone(), outcome: ToolOutcome::ok("shipped") }];
     append_tool_round(&mut request.messages, "", &calls, &results);
     let items = collect(open_ok(&client, request).await).await;
     assert_eq!(text_of(&items), "It says shipped.");

@@ -341,8 +341,7 @@ async fn request_body_and_history_reach_the_server() {
     assert_eq!(calls.len(), 2);
 
     // The caller barged in: only "Let me" was spoken, the second lookup never ran.
-    let results =
-        [ToolResult { call_id: calls[0].id.clone(), outcome: ToolOutcome::Output("{\"status\":\"shipped\"}".into()) }];
+    let results = [ToolResult { call_id: calls[0].id.clone(), outcome: ToolOutcome::ok("{\"status\":\"shipped\"}") }];
     append_tool_round(&mut history, "Let me", &calls, &results);
     let items =
         collect(open_ok(&client, LlmRequest { messages: history, tools: vec![lookup_order_tool()] }).await).await;

@@ -63,6 +63,7 @@ pub fn agent_factory(
                 config: Arc::new(config.conversation.clone()),
                 redact_numbers: config.twilio.redact_numbers,
                 turn_reports: None,
+                vad: Default::default(),
             };
             Ok(Arc::new(CascadeFactory { deps }))
         }

@@ -1,14 +1,14 @@
 //! Call control for the model: built-in `end_call` and `transfer_call` tools offered next to the backend's MCP tools.
 //!
-//! A tool call only *asks* for the action: the model is told it will happen after its next words, and the engine
-//! carries it out once that reply has played to the end, so the caller hears the goodbye or the "let me put you
+//! A tool call only *asks* for the action: the model is told it will happen after its next words; the action travels
+//! back to the engine with the tool's result ([`CallControl::action_for`]) and is carried out once that reply has
+//! played to the end, so the caller hears the goodbye or the "let me put you
 //! through" before the line changes. If the caller interrupts that reply, the request is dropped (they said something
 //! the model has not heard yet). Ending closes the media stream, which hangs up a `<Connect><Stream>` call with no
 //! credentials; transferring updates the live call over Twilio's REST API with `<Dial>` TwiML, only to numbers on the
 //! configured allow-list.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -98,8 +98,6 @@ pub struct CallControl {
     config: CallControlConfig,
     auth_token: Option<String>,
     http: reqwest::Client,
-    /// Requested actions by call SID.
-    pending: Mutex<HashMap<String, CallAction>>,
 }
 
 impl std::fmt::Debug for CallControl {
@@ -112,25 +110,24 @@ impl CallControl {
     /// `auth_token` is the account's Twilio auth token (for transfers).
     pub fn new(inner: Arc<dyn ToolExecutor>, config: CallControlConfig, auth_token: Option<String>) -> CallControl {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-        CallControl { inner, config, auth_token, http, pending: Mutex::new(HashMap::new()) }
+        CallControl { inner, config, auth_token, http }
     }
 
     pub fn config(&self) -> &CallControlConfig {
         &self.config
     }
 
-    /// The action the model asked for on this call, if any; asking again gives `None`.
-    pub fn take(&self, call_sid: &str) -> Option<CallAction> {
-        self.lock().remove(call_sid)
-    }
-
-    /// Forgets a request (the caller interrupted the reply that announced it).
-    pub fn discard(&self, call_sid: &str) {
-        self.lock().remove(call_sid);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CallAction>> {
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The action a finished tool call asks for: `end_call` or an accepted `transfer_call`; `None` for every other
+    /// call, and for a built-in that was refused.
+    pub fn action_for(&self, call: &ToolCall, outcome: &ToolOutcome) -> Option<CallAction> {
+        if outcome.is_error || !self.is_builtin(&call.name) {
+            return None;
+        }
+        match call.name.as_str() {
+            END_CALL => Some(CallAction::EndCall),
+            TRANSFER_CALL => requested_number(call).map(|number| CallAction::Transfer(number.to_owned())),
+            _ => None,
+        }
     }
 
     fn transfer_enabled(&self) -> bool {
@@ -194,20 +191,14 @@ impl CallControl {
         specs
     }
 
-    fn request(&self, call_sid: &str, action: CallAction) {
-        self.lock().insert(call_sid.to_owned(), action);
-    }
-
-    fn transfer_call(&self, call: &ToolCall, context: &ToolCallContext) -> ToolOutcome {
-        let arguments: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or_default();
-        let Some(number) = arguments.get("number").and_then(|n| n.as_str()) else {
+    fn transfer_call(&self, call: &ToolCall) -> ToolOutcome {
+        let Some(number) = requested_number(call) else {
             return ToolOutcome::error("transfer_call needs a `number` argument");
         };
-        if !self.config.transfer_numbers.iter().any(|allowed| allowed == number) {
+        if !self.config.transfer_numbers.iter().any(|allowed| *allowed == number) {
             let allowed = self.config.transfer_numbers.join(", ");
             return ToolOutcome::error(format!("{number} is not a number calls may be transferred to ({allowed})"));
         }
-        self.request(&context.call_sid, CallAction::Transfer(number.to_owned()));
         ToolOutcome::ok(format!("The caller will be transferred to {number} once your next words have been spoken."))
     }
 }
@@ -237,13 +228,18 @@ impl ToolExecutor for CallControl {
     async fn call(&self, call: &ToolCall, context: &ToolCallContext, cancel: CancellationToken) -> ToolOutcome {
         match call.name.as_str() {
             END_CALL if self.config.end_call => {
-                self.request(&context.call_sid, CallAction::EndCall);
                 ToolOutcome::ok("The call will end once your goodbye has been spoken. Say goodbye now.")
             }
-            TRANSFER_CALL if self.transfer_enabled() => self.transfer_call(call, context),
+            TRANSFER_CALL if self.transfer_enabled() => self.transfer_call(call),
             _ => self.inner.call(call, context, cancel).await,
         }
     }
+}
+
+/// The `number` argument of a `transfer_call`.
+fn requested_number(call: &ToolCall) -> Option<String> {
+    let arguments: serde_json::Value = serde_json::from_str(&call.arguments).ok()?;
+    arguments.get("number").and_then(|n| n.as_str()).map(str::to_owned)
 }
 
 impl CallControl {
@@ -281,13 +277,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn end_call_is_recorded_for_the_call_until_taken() {
+    async fn end_call_travels_back_with_its_result() {
         let control = control(&[]);
-        let outcome = control.call(&call(END_CALL, "{}"), &context(), CancellationToken::new()).await;
+        let end = call(END_CALL, "{}");
+        let outcome = control.call(&end, &context(), CancellationToken::new()).await;
         assert!(!outcome.is_error, "{outcome:?}");
-        assert_eq!(control.take("CA2"), None, "another call's request");
-        assert_eq!(control.take("CA1"), Some(CallAction::EndCall));
-        assert_eq!(control.take("CA1"), None);
+        assert_eq!(control.action_for(&end, &outcome), Some(CallAction::EndCall));
+        let lookup = call("lookup_order", "{}");
+        assert_eq!(control.action_for(&lookup, &ToolOutcome::ok("found")), None, "a backend tool asks for nothing");
     }
 
     #[tokio::test]
@@ -297,14 +294,14 @@ mod tests {
             .call(&call(TRANSFER_CALL, r#"{"number":"+15551234567"}"#), &context(), CancellationToken::new())
             .await;
         assert!(refused.is_error && refused.content.contains("+15550009999"), "{refused:?}");
-        assert_eq!(control.take("CA1"), None);
+        let refused_call = call(TRANSFER_CALL, r#"{"number":"+15551234567"}"#);
+        assert_eq!(control.action_for(&refused_call, &refused), None);
         let missing = control.call(&call(TRANSFER_CALL, "{}"), &context(), CancellationToken::new()).await;
         assert!(missing.is_error);
-        let allowed = control
-            .call(&call(TRANSFER_CALL, r#"{"number":"+15550009999"}"#), &context(), CancellationToken::new())
-            .await;
+        let allowed_call = call(TRANSFER_CALL, r#"{"number":"+15550009999"}"#);
+        let allowed = control.call(&allowed_call, &context(), CancellationToken::new()).await;
         assert!(!allowed.is_error, "{allowed:?}");
-        assert_eq!(control.take("CA1"), Some(CallAction::Transfer("+15550009999".into())));
+        assert_eq!(control.action_for(&allowed_call, &allowed), Some(CallAction::Transfer("+15550009999".into())));
     }
 
     #[tokio::test]

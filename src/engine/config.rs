@@ -18,9 +18,13 @@ pub struct ConversationConfig {
     pub fallback_line: String,
     /// Tool rounds per reply before the model must answer in words.
     pub max_tool_rounds: usize,
-    /// Said while a tool runs longer than `filler_after_ms`, so the caller does not hear dead air.
+    /// Said when the model has not begun its answer, or a tool is still running, `filler_after_ms` into a reply, so
+    /// the caller does not hear dead air.
     pub filler_line: String,
     pub filler_after_ms: u64,
+    /// The longest the sentence chunker waits for the next token when it alone can tell whether a piece has ended
+    /// ("3." of "3.5", "Dr."); every other sentence goes to TTS the moment its last character arrives.
+    pub text_hold_max_ms: u64,
     /// Keys the caller presses make one turn once they press `#` or stop pressing for this long.
     pub keypad_commit_ms: u64,
     /// Caller audio kept since the last turn, replayed into a new STT session when one is lost mid-turn.
@@ -46,6 +50,7 @@ impl Default for ConversationConfig {
             max_tool_rounds: 4,
             filler_line: "One moment while I check that.".into(),
             filler_after_ms: 1_000,
+            text_hold_max_ms: super::chunker::DEFAULT_AMBIGUITY_WAIT_MS,
             keypad_commit_ms: 2_000,
             stt_replay_ms: 15_000,
             speculative_replies: true,

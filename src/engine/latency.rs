@@ -19,7 +19,10 @@ pub struct TurnLatency {
     pub end_of_turn: Option<Instant>,
     pub llm_request_sent: Option<Instant>,
     pub llm_first_token: Option<Instant>,
-    /// The chunker had the first speakable piece.
+    /// The text of the first speakable piece was complete (its last character had arrived).
+    pub first_piece_ready: Option<Instant>,
+    /// The chunker released the first speakable piece (later than `first_piece_ready` only when it held the text,
+    /// waiting for the next token to tell whether the piece had ended).
     pub first_piece: Option<Instant>,
     pub first_tts_request: Option<Instant>,
     pub first_tts_audio: Option<Instant>,
@@ -43,14 +46,20 @@ impl TurnLatency {
         between(self.speech_ended.or(self.end_of_turn), self.first_audio_sent)
     }
 
-    /// Time Parley itself added on the path: turn decision → LLM request, first piece → TTS request, and TTS audio
-    /// → Twilio. Provider time (STT, LLM, TTS) is excluded.
+    /// Time Parley itself added on the path: turn decision → LLM request, first piece's text complete → TTS request
+    /// (whatever the chunker held, and the hand-off), and TTS audio → Twilio. Provider time (STT, LLM, TTS) is
+    /// excluded.
     pub fn parley_added(&self) -> Option<Duration> {
         Some(
             between(self.end_of_turn, self.llm_request_sent)?
-                + between(self.first_piece, self.first_tts_request)?
+                + between(self.first_piece_ready.or(self.first_piece), self.first_tts_request)?
                 + between(self.first_tts_audio, self.first_audio_sent)?,
         )
+    }
+
+    /// How long the chunker held the first piece's finished text before releasing it.
+    pub fn chunker_hold(&self) -> Option<Duration> {
+        between(self.first_piece_ready, self.first_piece)
     }
 
     /// Speech onset of a barge-in to Twilio `clear` sent.
@@ -65,7 +74,8 @@ impl TurnLatency {
             ("speech_end_to_final", between(self.speech_ended, self.stt_final)),
             ("eot_to_llm_request", between(self.end_of_turn, self.llm_request_sent)),
             ("llm_first_token", between(self.llm_request_sent, self.llm_first_token)),
-            ("first_token_to_piece", between(self.llm_first_token, self.first_piece)),
+            ("first_token_to_piece", between(self.llm_first_token, self.first_piece_ready.or(self.first_piece))),
+            ("chunker_hold", self.chunker_hold()),
             ("piece_to_tts_request", between(self.first_piece, self.first_tts_request)),
             ("tts_first_audio", between(self.first_tts_request, self.first_tts_audio)),
             ("tts_audio_to_twilio", between(self.first_tts_audio, self.first_audio_sent)),
@@ -86,7 +96,8 @@ impl TurnLatency {
             speech_end_to_final_ms = ms(between(self.speech_ended, self.stt_final)),
             eot_to_llm_request_ms = ms(between(self.end_of_turn, self.llm_request_sent)),
             llm_first_token_ms = ms(between(self.llm_request_sent, self.llm_first_token)),
-            first_token_to_piece_ms = ms(between(self.llm_first_token, self.first_piece)),
+            first_token_to_piece_ms = ms(between(self.llm_first_token, self.first_piece_ready.or(self.first_piece))),
+            chunker_hold_ms = ms(self.chunker_hold()),
             piece_to_tts_request_ms = ms(between(self.first_piece, self.first_tts_request)),
             tts_first_audio_ms = ms(between(self.first_tts_request, self.first_tts_audio)),
             tts_audio_to_twilio_ms = ms(between(self.first_tts_audio, self.first_audio_sent)),
@@ -111,13 +122,15 @@ mod tests {
             end_of_turn: at(500),
             llm_request_sent: at(501),
             llm_first_token: at(801),
+            first_piece_ready: at(840),
             first_piece: at(850),
             first_tts_request: at(852),
             first_tts_audio: at(942),
             first_audio_sent: at(945),
             ..TurnLatency::default()
         };
-        assert_eq!(latency.parley_added(), Some(Duration::from_millis(6)));
+        assert_eq!(latency.parley_added(), Some(Duration::from_millis(16)), "the chunker's 10 ms hold counts");
+        assert_eq!(latency.chunker_hold(), Some(Duration::from_millis(10)));
         assert_eq!(latency.speech_end_to_first_audio(), Some(Duration::from_millis(945)));
         assert_eq!(TurnLatency::default().parley_added(), None);
     }

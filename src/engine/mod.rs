@@ -1,19 +1,30 @@
-//! The call/turn engine: the cascade agent and the pieces it is made of.
+//! The call/turn engine: the cascade agent and the parts it is made of.
 //!
-//! [`cascade`] runs one call; [`turn`] decides end of turn and barge-in; [`vad`] classifies frames on worker threads;
-//! [`reply`] streams one LLM answer through the [`chunker`]; [`heard`] works out what the caller heard of an
-//! interrupted reply; [`latency`] accounts each turn; [`tools`] is what the engine needs from a tool executor.
+//! [`cascade`] runs one call's loop, which only decides; its parts: [`links`] (the STT and TTS sessions, opened and
+//! fed in tasks), [`in_flight`] (the reply being spoken), [`conversation`] (the history as the caller heard it),
+//! [`outcome`] (giving up, call actions, transfers). [`turn`] decides end of turn and barge-in; [`vad`] classifies
+//! frames on worker threads; [`reply`] streams one LLM answer through the [`chunker`] and runs its tools; [`heard`]
+//! works out what the caller heard of an interrupted reply; [`latency`] accounts each turn; [`tools`] is what the
+//! engine needs from a tool executor.
 
 pub mod call_control;
 pub mod cascade;
 pub mod chunker;
+pub mod clock;
 pub mod config;
+pub mod conversation;
 pub mod failover;
 pub mod heard;
+pub mod in_flight;
 pub mod keypad;
 pub mod latency;
+pub mod links;
+pub mod outcome;
 pub mod replay;
 pub mod reply;
 pub mod tools;
 pub mod turn;
 pub mod vad;
+
+#[cfg(test)]
+mod tests;

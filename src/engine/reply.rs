@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::chunker::{ChunkerConfig, SentenceChunker};
+use super::chunker::{ChunkerConfig, Piece, SentenceChunker};
+use super::clock::sleep_until;
 use super::tools::{ToolCallContext, ToolExecutor};
 use crate::llm::history::{append_tool_round, ToolOutcome, ToolResult};
 use crate::llm::{ChatMessage, FinishReason, LanguageModel, LlmError, LlmEvent, LlmRequest, ToolCall, Usage};
@@ -32,6 +33,9 @@ pub enum ReplyEvent {
     /// A speakable piece of text, ready for TTS.
     Piece {
         text: String,
+        /// When the piece's text was complete (the chunker may have held it since, waiting for the next token).
+        ready_at: Instant,
+        /// When the piece was released.
         at: Instant,
     },
     /// The model called tools; they are running now.
@@ -79,7 +83,8 @@ pub struct ReplyJob {
     pub max_tool_rounds: usize,
     pub chunker: ChunkerConfig,
     pub cancel: CancellationToken,
-    /// Said when tools take longer than `filler_after`, so the caller does not hear dead air.
+    /// Said when the model has not begun to answer, or tools are still running, after `filler_after`, so the caller
+    /// does not hear dead air.
     pub filler_line: String,
     pub filler_after: Duration,
     /// Calls the caller confirmed aloud in this turn: (tool name, arguments).
@@ -100,17 +105,30 @@ fn is_confirmed(call: &ToolCall, confirmed: &[(String, serde_json::Value)]) -> b
 }
 
 /// Runs the reply to completion, reporting on `events`. Returns when the model is done or failed.
-pub async fn run(job: ReplyJob, events: ReplyEvents) {
-    let mut history = job.history;
+pub async fn run(mut job: ReplyJob, events: ReplyEvents) {
+    let mut history = std::mem::take(&mut job.history);
     let tool_specs = job.tools.specs();
     let mut first_token_seen = false;
+    // A model slow to start speaking gets the filler line, as slow tools do, so the caller never waits in silence.
+    let mut filler_due = (!job.filler_line.is_empty()).then(|| Instant::now() + job.filler_after);
     for round in 0..=job.max_tool_rounds {
         // The last round offers no tools, so the model must answer in words.
         let tools = if round < job.max_tool_rounds { tool_specs.clone() } else { Vec::new() };
         let request = LlmRequest { messages: history.clone(), tools };
         let _ = events.send(ReplyEvent::LlmRequestSent { at: Instant::now() });
         let mut llm_trace = LlmTrace::start(job.trace.as_ref(), job.llm.name(), job.llm.model(), round);
-        let mut stream = match job.llm.stream(request).await {
+        let opening = job.llm.stream(request);
+        tokio::pin!(opening);
+        let opened = loop {
+            tokio::select! {
+                opened = &mut opening => break opened,
+                () = sleep_until(filler_due) => {
+                    filler_due = None;
+                    speak_filler(&job, &events);
+                }
+            }
+        };
+        let mut stream = match opened {
             Ok(stream) => stream,
             Err(error) => {
                 llm_trace.failed(&error);
@@ -122,20 +140,41 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
         let mut spoken = String::new();
         let mut calls = Vec::new();
         let mut usage = None;
-        while let Some(event) = stream.next().await {
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => event,
+                () = sleep_until(chunker.deadline()) => {
+                    if let Some(piece) = chunker.release_due(Instant::now()) {
+                        send_piece(&events, piece);
+                    }
+                    continue;
+                }
+                () = sleep_until(filler_due) => {
+                    filler_due = None;
+                    speak_filler(&job, &events);
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
             match event {
                 Ok(LlmEvent::TextDelta(delta)) => {
+                    let now = Instant::now();
                     llm_trace.first_token();
                     if !first_token_seen {
                         first_token_seen = true;
-                        let _ = events.send(ReplyEvent::FirstToken { at: Instant::now() });
+                        filler_due = None;
+                        let _ = events.send(ReplyEvent::FirstToken { at: now });
                     }
                     spoken.push_str(&delta);
-                    for text in chunker.push(&delta) {
-                        let _ = events.send(ReplyEvent::Piece { text, at: Instant::now() });
+                    for piece in chunker.push(&delta, now) {
+                        send_piece(&events, piece);
                     }
                 }
-                Ok(LlmEvent::ToolCalls(made)) => calls = made,
+                Ok(LlmEvent::ToolCalls(made)) => {
+                    // The model acts instead of (or after) speaking: the filler is no longer for a silent model.
+                    filler_due = None;
+                    calls = made;
+                }
                 Ok(LlmEvent::Finished { usage: u, reason, request_id }) => {
                     llm_trace.finished(u, finish_reason(&reason), request_id.as_deref());
                     usage = u;
@@ -147,8 +186,8 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
                 }
             }
         }
-        if let Some(text) = chunker.finish() {
-            let _ = events.send(ReplyEvent::Piece { text, at: Instant::now() });
+        if let Some(piece) = chunker.finish(Instant::now()) {
+            send_piece(&events, piece);
         }
         if calls.is_empty() {
             llm_trace.end();
@@ -165,7 +204,7 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
             .map(|call| {
                 let call_id = call.id.clone();
                 let _ = events.send(ReplyEvent::ConfirmationRequested { call });
-                ToolResult { call_id, outcome: ToolOutcome::Error(NEEDS_CONFIRMATION.into()) }
+                ToolResult { call_id, outcome: ToolOutcome::error(NEEDS_CONFIRMATION) }
             })
             .collect();
         let running = run_tools(&job.tools, &runnable, &job.context, &job.cancel, llm_trace.tools_trace());
@@ -173,7 +212,7 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
         let ran = tokio::select! {
             ran = &mut running => ran,
             () = tokio::time::sleep(job.filler_after), if !runnable.is_empty() && !job.filler_line.is_empty() => {
-                let _ = events.send(ReplyEvent::Piece { text: format!("{} ", job.filler_line), at: Instant::now() });
+                speak_filler(&job, &events);
                 running.await
             }
         };
@@ -182,6 +221,15 @@ pub async fn run(job: ReplyJob, events: ReplyEvents) {
         append_tool_round(&mut history, &spoken, &calls, &results);
         let _ = events.send(ReplyEvent::ToolRound { calls, results });
     }
+}
+
+fn send_piece(events: &ReplyEvents, piece: Piece) {
+    let _ = events.send(ReplyEvent::Piece { text: piece.text, ready_at: piece.ready_at, at: Instant::now() });
+}
+
+fn speak_filler(job: &ReplyJob, events: &ReplyEvents) {
+    let now = Instant::now();
+    let _ = events.send(ReplyEvent::Piece { text: format!("{} ", job.filler_line), ready_at: now, at: now });
 }
 
 /// The OpenTelemetry spelling of a finish reason.
@@ -215,8 +263,6 @@ async fn run_tools(
         let outcome = tools.call(call, &context, cancel.child_token()).await;
         metrics::global().tool_finished(&call.name, started.elapsed(), outcome.is_error);
         span.end(outcome.is_error, &outcome.content);
-        let outcome =
-            if outcome.is_error { ToolOutcome::Error(outcome.content) } else { ToolOutcome::Output(outcome.content) };
         ToolResult { call_id: call.id.clone(), outcome }
     });
     futures_util::future::join_all(runs).await

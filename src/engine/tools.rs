@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::llm::history::ToolOutcome;
 use crate::llm::{ToolCall, ToolSpec};
 
 /// Context passed with every tool call, so the backend knows which call and turn it serves.
@@ -15,24 +16,6 @@ pub struct ToolCallContext {
     pub turn_index: u64,
     /// W3C `traceparent` of the span the tool call runs under, when tracing is on.
     pub traceparent: Option<String>,
-}
-
-/// What a tool call produced, ready to become the LLM's tool-result message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolOutcome {
-    /// Text for the tool-result message (already size-capped).
-    pub content: String,
-    /// The tool failed (bad arguments, backend error, timeout, cancelled); `content` says why, for the LLM.
-    pub is_error: bool,
-}
-
-impl ToolOutcome {
-    pub fn ok(content: impl Into<String>) -> Self {
-        ToolOutcome { content: content.into(), is_error: false }
-    }
-    pub fn error(content: impl Into<String>) -> Self {
-        ToolOutcome { content: content.into(), is_error: true }
-    }
 }
 
 /// Executes the LLM's tool calls. Implementations never fail the turn: every problem becomes an error outcome the

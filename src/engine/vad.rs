@@ -38,6 +38,26 @@ impl VadAggressiveness {
     }
 }
 
+/// Where a call's VAD runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VadSource {
+    /// webrtc-vad behind an energy gate, on the process-wide worker threads (what calls use).
+    #[default]
+    Pool,
+    /// The energy gate alone, in the engine's task: deterministic, for tests of the engine's decisions.
+    Energy,
+}
+
+/// The energy gate alone: whether a 20 ms μ-law frame is loud enough to be speech.
+pub fn energy_voiced(mulaw: &[u8]) -> bool {
+    let mut pcm = [0i16; crate::audio::FRAME_BYTES];
+    let n = mulaw.len().min(pcm.len());
+    for (sample, byte) in pcm.iter_mut().zip(&mulaw[..n]) {
+        *sample = crate::audio::mulaw::decode_sample(*byte);
+    }
+    mean_amplitude(&pcm[..n]) >= MIN_SPEECH_AMPLITUDE
+}
+
 /// The verdict on one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VadVerdict {

@@ -10,15 +10,34 @@ use super::{ChatMessage, ToolCall};
 /// What the model is told for a call that was cancelled (the caller interrupted before it completed).
 pub const CANCELLED_RESULT: &str = "cancelled by caller";
 
-/// How one tool call ended.
+/// How one tool call ended: the one outcome type of the tool path (the MCP bridge, the built-in tools, the engine and
+/// the history all use it). A call that never completed (the caller interrupted) has no outcome at all; the history
+/// answers it with [`CANCELLED_RESULT`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ToolOutcome {
-    /// The tool ran; its output as text (e.g. concatenated MCP text blocks or serialized structured content).
-    Output(String),
-    /// The tool failed; the error text is sent so the model can recover (apologise, retry, ask again).
-    Error(String),
-    /// The call did not complete because the caller interrupted.
-    Cancelled,
+pub struct ToolOutcome {
+    /// Text for the tool-result message (already size-capped): the output, or why the call failed.
+    pub content: String,
+    /// The tool failed (bad arguments, backend error, timeout); `content` says why, so the model can recover.
+    pub is_error: bool,
+}
+
+impl ToolOutcome {
+    pub fn ok(content: impl Into<String>) -> Self {
+        ToolOutcome { content: content.into(), is_error: false }
+    }
+
+    pub fn error(content: impl Into<String>) -> Self {
+        ToolOutcome { content: content.into(), is_error: true }
+    }
+
+    /// The text of the tool message.
+    fn message(&self) -> String {
+        if self.is_error {
+            format!("error: {}", self.content)
+        } else {
+            self.content.clone()
+        }
+    }
 }
 
 /// The result of one call, matched to it by id.
@@ -26,17 +45,6 @@ pub enum ToolOutcome {
 pub struct ToolResult {
     pub call_id: String,
     pub outcome: ToolOutcome,
-}
-
-impl ToolOutcome {
-    /// The text of the tool message.
-    fn content(&self) -> String {
-        match self {
-            ToolOutcome::Output(text) => text.clone(),
-            ToolOutcome::Error(text) => format!("error: {text}"),
-            ToolOutcome::Cancelled => CANCELLED_RESULT.to_owned(),
-        }
-    }
 }
 
 /// Appends one model turn and the answers to its tool calls.
@@ -62,7 +70,7 @@ pub fn append_tool_round(
         let content = results
             .iter()
             .find(|result| result.call_id == call.id)
-            .map_or_else(|| ToolOutcome::Cancelled.content(), |result| result.outcome.content());
+            .map_or_else(|| CANCELLED_RESULT.to_owned(), |result| result.outcome.message());
         history.push(ChatMessage::tool_result(call.id.clone(), content));
     }
 }
@@ -84,8 +92,7 @@ mod tests {
     fn every_call_is_answered_in_call_order() {
         let mut history = vec![ChatMessage::user("Where are orders 456 and 789?")];
         let calls = [call("a"), call("b")];
-        let results =
-            [result("b", ToolOutcome::Output("shipped".into())), result("a", ToolOutcome::Error("timeout".into()))];
+        let results = [result("b", ToolOutcome::ok("shipped")), result("a", ToolOutcome::error("timeout"))];
         append_tool_round(&mut history, "Let me check.", &calls, &results);
         assert_eq!(history.len(), 4);
         assert_eq!(history[1].role, Role::Assistant);
@@ -96,18 +103,18 @@ mod tests {
     }
 
     #[test]
-    fn missing_and_cancelled_results_are_answered_as_cancelled() {
+    fn calls_without_a_result_are_answered_as_cancelled() {
         let mut history = Vec::new();
         let calls = [call("a"), call("b")];
-        append_tool_round(&mut history, "", &calls, &[result("a", ToolOutcome::Cancelled)]);
-        assert_eq!(history[1], ChatMessage::tool_result("a", CANCELLED_RESULT));
+        append_tool_round(&mut history, "", &calls, &[result("a", ToolOutcome::ok("done"))]);
+        assert_eq!(history[1], ChatMessage::tool_result("a", "done"));
         assert_eq!(history[2], ChatMessage::tool_result("b", CANCELLED_RESULT));
     }
 
     #[test]
     fn results_for_unknown_calls_are_ignored() {
         let mut history = Vec::new();
-        append_tool_round(&mut history, "", &[call("a")], &[result("zzz", ToolOutcome::Output("x".into()))]);
+        append_tool_round(&mut history, "", &[call("a")], &[result("zzz", ToolOutcome::ok("x"))]);
         assert_eq!(history.len(), 2);
         assert_eq!(history[1], ChatMessage::tool_result("a", CANCELLED_RESULT));
     }

@@ -67,3 +67,69 @@ pub async fn wait_active(server: &RunningServer, n: usize) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A TCP relay between Parley and a provider fake that a test can cut and hold, as a network can: live connections
+/// cut at once (no close frame), and new connections accepted but never relayed (a handshake that never completes)
+/// until released.
+pub struct TcpGate {
+    pub addr: std::net::SocketAddr,
+    state: Arc<GateState>,
+}
+
+struct GateState {
+    upstream: std::sync::Mutex<Option<std::net::SocketAddr>>,
+    held: tokio::sync::watch::Sender<bool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl TcpGate {
+    pub async fn start() -> TcpGate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("gate binds");
+        let addr = listener.local_addr().expect("gate address");
+        let state = Arc::new(GateState {
+            upstream: std::sync::Mutex::new(None),
+            held: tokio::sync::watch::channel(false).0,
+            cut: tokio::sync::watch::channel(0).0,
+        });
+        let serving = Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, Arc::clone(&serving)));
+            }
+        });
+        TcpGate { addr, state }
+    }
+
+    /// Where connections are relayed to.
+    pub fn set_upstream(&self, upstream: std::net::SocketAddr) {
+        *self.state.upstream.lock().expect("gate lock") = Some(upstream);
+    }
+
+    /// Drops every relayed connection now.
+    pub fn cut(&self) {
+        self.state.cut.send_modify(|n| *n += 1);
+    }
+
+    /// New connections are accepted but not relayed while held.
+    pub fn hold(&self, held: bool) {
+        self.state.held.send_replace(held);
+    }
+}
+
+async fn relay(mut client: tokio::net::TcpStream, state: Arc<GateState>) {
+    let mut held = state.held.subscribe();
+    if held.wait_for(|held| !*held).await.is_err() {
+        return;
+    }
+    let Some(upstream) = *state.upstream.lock().expect("gate lock") else { return };
+    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+    let mut cut = state.cut.subscribe();
+    cut.mark_unchanged();
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = cut.changed() => {
+            // Reset, not a clean close: the peer sees the connection fail.
+            let _ = client.set_linger(Some(Duration::ZERO));
+        }
+    }
+}

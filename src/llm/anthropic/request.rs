@@ -162,7 +162,7 @@ mod tests {
             ToolCall { id: "toolu_1".into(), name: "lookup_order".into(), arguments: "{\"order_id\":\"456\"}".into() },
             ToolCall { id: "toolu_2".into(), name: "mcp.refund".into(), arguments: "{\"order_id\":".into() },
         ];
-        let results = vec![ToolResult { call_id: "toolu_1".into(), outcome: ToolOutcome::Output("shipped".into()) }];
+        let results = vec![ToolResult { call_id: "toolu_1".into(), outcome: ToolOutcome::ok("shipped") }];
         append_tool_round(&mut history, "Let me check.", &calls, &results);
         history.push(ChatMessage::user("And the other one?"));
         let body = build_body(&AnthropicConfig::default(), &LlmRequest { messages: history, tools: Vec::new() });

@@ -46,6 +46,8 @@ pub struct RigOptions {
     pub llm: Option<Arc<dyn LanguageModel>>,
     /// Use this voice instead of the Cartesia client of the fake Cartesia, when given.
     pub tts: Option<Arc<dyn TextToSpeech>>,
+    /// Use this recogniser instead of the Deepgram client of the fake Deepgram, when given.
+    pub stt: Option<Arc<dyn SpeechToText>>,
 }
 
 impl Default for RigOptions {
@@ -62,6 +64,7 @@ impl Default for RigOptions {
             flux: None,
             llm: None,
             tts: None,
+            stt: None,
         }
     }
 }
@@ -95,14 +98,15 @@ impl Rig {
             Some(flux) => Some(deepgram_flux::start(flux).await.expect("fake flux starts")),
             None => None,
         };
-        let stt: Arc<dyn SpeechToText> = match &flux {
-            Some(flux) => Arc::new(DeepgramFlux::new(FluxConfig {
+        let stt: Arc<dyn SpeechToText> = match (options.stt, &flux) {
+            (Some(stt), _) => stt,
+            (None, Some(flux)) => Arc::new(DeepgramFlux::new(FluxConfig {
                 base_url: flux.base_url(),
                 api_key: "test-key".into(),
                 eager_eot_threshold: Some(0.5),
                 ..FluxConfig::default()
             })),
-            None => Arc::new(Deepgram::new(DeepgramConfig {
+            (None, None) => Arc::new(Deepgram::new(DeepgramConfig {
                 base_url: deepgram.base_url(),
                 api_key: "test-key".into(),
                 ..DeepgramConfig::default()
@@ -127,6 +131,7 @@ impl Rig {
             config: Arc::new(options.conversation),
             redact_numbers: false,
             turn_reports: Some(reports_tx),
+            vad: Default::default(),
         };
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().expect("address");
