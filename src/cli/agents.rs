@@ -12,7 +12,7 @@ use crate::config::providers::{
 use crate::config::{read_secret, AgentKind, Config};
 use crate::engine::call_control::CallControl;
 use crate::engine::cascade::{CascadeDeps, CascadeFactory};
-use crate::engine::failover::DEFAULT_COOLDOWN;
+use crate::failover::DEFAULT_COOLDOWN;
 use crate::engine::tools::{NoTools, ToolExecutor};
 use crate::llm::anthropic::{Anthropic, AnthropicConfig, AnthropicConfigError};
 use crate::llm::failover::FailoverLlm;

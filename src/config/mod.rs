@@ -52,9 +52,19 @@ pub struct Config {
     /// The call archive: recordings, timelines and metadata of every call.
     pub archive: crate::archive::ArchiveConfig,
     /// Local speech engines (Whisper, eSpeak NG) and the offline transcription worker.
-    pub local: crate::local::LocalConfig,
+    pub local: LocalConfig,
     /// Traces and metrics export (OpenTelemetry, Prometheus).
     pub telemetry: crate::telemetry::TelemetryConfig,
+}
+
+/// `[local]`: the speech engines that run on this machine ([`crate::local`]) and the offline transcription worker
+/// ([`crate::transcribe`]) that uses them. Assembled here so neither module needs the other's settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    pub whisper: crate::local::WhisperSettings,
+    pub espeak: crate::local::EspeakSettings,
+    pub transcribe: crate::transcribe::TranscribeConfig,
 }
 
 /// The HTTP/WebSocket listener and call admission.

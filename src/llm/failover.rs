@@ -1,11 +1,11 @@
 //! An ordered list of chat models used as one: a request goes to the first healthy model, and when it cannot be
 //! reached, times out or answers with a server error (5xx, 429) before streaming, to the next. See
-//! [`crate::engine::failover`] for the order and the cool-down.
+//! [`crate::failover`] for the order and the cool-down.
 
 use async_trait::async_trait;
 
 use super::{LanguageModel, LlmError, LlmRequest, LlmStream};
-use crate::engine::failover::Failover;
+use crate::failover::Failover;
 
 /// Several models, tried in order; see the module documentation.
 pub type FailoverLlm = Failover<dyn LanguageModel>;
