@@ -80,6 +80,36 @@ async fn rate_limits_and_unreachable_models_fail_over_and_all_down_reports_the_l
     }
 }
 
+/// A model that accepts the request and then sends nothing counts as failed once its first-token limit passes,
+/// like a 5xx: the next model gives the whole reply, and the silent one stays at the back while it cools down.
+#[tokio::test]
+async fn a_model_that_sends_no_first_token_hands_over_to_the_next() {
+    let first_token = Duration::from_millis(300);
+    let silent =
+        openai::start(FakeOpenAiOptions::default().no_delays().fallback(FakeReply::text("Never said.").stall_after(1)))
+            .await
+            .unwrap();
+    let healthy =
+        openai::start(FakeOpenAiOptions::default().no_delays().fallback(FakeReply::text("Hi there."))).await.unwrap();
+    let with_limit = |base_url: String| -> Arc<dyn LanguageModel> {
+        let config = OpenAiConfig {
+            base_url,
+            first_token_timeout: first_token,
+            idle_timeout: Duration::from_secs(60),
+            ..OpenAiConfig::default()
+        };
+        Arc::new(OpenAiCompatible::new(config).unwrap())
+    };
+    let failover = FailoverLlm::new(vec![with_limit(silent.base_url()), with_limit(healthy.base_url())], COOLDOWN);
+    let started = tokio::time::Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(20), text_of(&failover)).await.expect("no answer at all");
+    assert_eq!(reply.unwrap(), "Hi there.");
+    assert!(started.elapsed() >= first_token, "moved on after {:?}", started.elapsed());
+    assert_eq!(text_of(&failover).await.unwrap(), "Hi there.");
+    assert_eq!(silent.requests().len(), 1, "the silent model is skipped while it cools down");
+    assert_eq!(healthy.requests().len(), 2);
+}
+
 #[tokio::test]
 async fn speech_to_text_opens_on_the_fallback_when_the_primary_is_down() {
     let deepgram = FakeDeepgram::start(FakeDeepgramOptions::default()).await.unwrap();
