@@ -243,7 +243,7 @@ async fn dropped_connection_is_a_session_error_then_closed() {
 }
 
 #[tokio::test]
-async fn rejected_handshake_is_a_connect_error() {
+async fn rejected_handshake_is_a_rejection_with_its_status() {
     let fake =
         FakeCartesia::start(FakeCartesiaOptions { reject_handshake: Some(401), ..FakeCartesiaOptions::default() })
             .await
@@ -257,10 +257,10 @@ async fn rejected_handshake_is_a_connect_error() {
         Ok(_) => panic!("the handshake should have been refused"),
         Err(error) => error,
     };
-    let TtsError::Connect { detail, .. } = &error else {
-        panic!("not a connect error: {error:?}");
+    let TtsError::Rejected { provider: "cartesia", status: 401, .. } = &error else {
+        panic!("not a rejection: {error:?}");
     };
-    assert!(detail.contains("HTTP 401"), "{detail}");
+    assert!(error.to_string().contains("HTTP 401"), "{error}");
     assert!(!error.to_string().contains("test-key"));
     assert_eq!(fake.connections()[0].rejected, Some(401));
 }
