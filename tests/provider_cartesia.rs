@@ -98,6 +98,8 @@ async fn streamed_text_becomes_mulaw_audio_then_done() {
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[0]["continue"], true);
     assert_eq!(requests[1]["continue"], false);
+    // Parley sends whole pieces: no server-side text buffer (Cartesia's default, when left out, is 3 s).
+    assert!(requests.iter().all(|r| r["max_buffer_delay_ms"] == 0), "{requests:?}");
     assert_eq!(record.transcript_of("turn-1"), "Hello, world.");
     for request in &requests {
         assert_eq!(request["model_id"], "sonic-3");

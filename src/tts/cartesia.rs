@@ -55,9 +55,10 @@ pub struct CartesiaConfig {
     pub language: String,
     /// Pinned `Cartesia-Version`, sent both as header and as `cartesia_version` query parameter.
     pub version: String,
-    /// Server-side text buffering before generation; `None` keeps Cartesia's default (3000 ms), which suits raw
-    /// LLM token streaming, `Some(0)` suits whole sentences.
-    pub max_buffer_delay_ms: Option<u32>,
+    /// Server-side text buffering before generation, sent with every request. Cartesia's default (3000 ms, when
+    /// the field is left out) is meant for raw LLM tokens; Parley sends whole sentences and clauses, so the default
+    /// here is 0: generate what arrives at once.
+    pub max_buffer_delay_ms: u32,
     /// Upper bound on the WebSocket handshake.
     pub connect_timeout: Duration,
 }
@@ -71,7 +72,7 @@ impl Default for CartesiaConfig {
             voice_id: String::new(),
             language: "en".to_owned(),
             version: DEFAULT_VERSION.to_owned(),
-            max_buffer_delay_ms: None,
+            max_buffer_delay_ms: 0,
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -124,8 +125,8 @@ pub struct GenerationRequest {
     pub continue_: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_timestamps: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_buffer_delay_ms: Option<u32>,
+    /// Always sent: leaving it out means Cartesia's 3 s buffer (see [`CartesiaConfig::max_buffer_delay_ms`]).
+    pub max_buffer_delay_ms: u32,
 }
 
 /// Voice selection by id.
@@ -569,7 +570,6 @@ mod tests {
         CartesiaConfig {
             api_key: "sk-secret".to_owned(),
             voice_id: "a0e99841-438c-4a64-b679-ae501e7d6091".to_owned(),
-            max_buffer_delay_ms: Some(0),
             ..CartesiaConfig::default()
         }
     }
@@ -628,10 +628,10 @@ mod tests {
     }
 
     #[test]
-    fn default_buffer_delay_is_left_to_the_server() {
+    fn whole_pieces_ask_for_no_server_buffering() {
         let request = generation_request(&CartesiaConfig::default(), "c", "hi", false);
         let value = serde_json::to_value(request).unwrap();
-        assert!(value.get("max_buffer_delay_ms").is_none());
+        assert_eq!(value["max_buffer_delay_ms"], 0);
         assert!(value.get("add_timestamps").is_none());
     }
 
