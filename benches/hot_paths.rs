@@ -52,12 +52,13 @@ fn chunker(c: &mut Criterion) {
             .collect();
     c.bench_function("chunk a 3-sentence reply token by token", |b| {
         b.iter(|| {
+            let now = tokio::time::Instant::now();
             let mut chunker = SentenceChunker::new(ChunkerConfig::default());
             let mut pieces = 0;
             for token in &tokens {
-                pieces += chunker.push(token).len();
+                pieces += chunker.push(token, now).len();
             }
-            pieces + usize::from(chunker.finish().is_some())
+            pieces + usize::from(chunker.finish(now).is_some())
         })
     });
 }

@@ -65,7 +65,7 @@ async fn run_command(cli: Cli, config: parley::config::Config, secrets: Secrets)
             cli::demo::run(config, secrets, &args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval(args) => match parley::eval::run(config, secrets, &args).await {
+        Command::Eval(args) => match parley::eval::run(config, secrets, &args, &cli::CliAssembly).await {
             Ok(report) => {
                 print!("{}", report.table());
                 println!("report and waterfalls in {}", args.out.display());

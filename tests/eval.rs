@@ -9,6 +9,7 @@ use demo_backend::{DemoBackend, Hooks, Store};
 use fake_providers::cartesia::{FakeCartesia, FakeCartesiaOptions};
 use fake_providers::deepgram::{FakeDeepgram, FakeDeepgramOptions, Script};
 use fake_providers::openai::{self, FakeOpenAi, FakeOpenAiOptions, FakeReply};
+use parley::cli::CliAssembly;
 use parley::config::{Config, Secret, Secrets};
 use parley::eval::{EvalArgs, EvalReport};
 use tokio_util::sync::CancellationToken;
@@ -158,7 +159,8 @@ async fn the_order_status_scenario_is_scored_and_passes_its_thresholds() {
     let out = dir.path().join("results");
     let scenario = repo().join("tests/scenarios/order-status.toml");
 
-    let report = parley::eval::run(config, Secrets::default(), &args(vec![scenario], &out)).await.unwrap();
+    let report =
+        parley::eval::run(config, Secrets::default(), &args(vec![scenario], &out), &CliAssembly).await.unwrap();
     let s = &report.scenarios[0];
     assert!(report.passed, "{}", show(&report));
 
@@ -244,7 +246,7 @@ async fn a_scenario_that_misses_its_thresholds_fails_and_says_why() {
     };
     let secrets = Secrets { twilio_auth_token: Some(Secret::new(AUTH_TOKEN.into())) };
 
-    let report = parley::eval::run(config.clone(), secrets.clone(), &args).await.unwrap();
+    let report = parley::eval::run(config.clone(), secrets.clone(), &args, &CliAssembly).await.unwrap();
     assert!(!report.passed);
     let failures = report.scenarios[0].failures.join("\n");
     assert!(failures.contains("over the 1 ms threshold"), "{}", show(&report));
@@ -254,7 +256,7 @@ async fn a_scenario_that_misses_its_thresholds_fails_and_says_why() {
 
     // Signed for another URL, the call is refused: the evaluator reports it cannot run rather than scoring nothing.
     let args = EvalArgs { signed_url: Some("wss://elsewhere.example/twilio/media".into()), ..args };
-    let err = parley::eval::run(config, secrets, &args).await.unwrap_err().to_string();
+    let err = parley::eval::run(config, secrets, &args, &CliAssembly).await.unwrap_err().to_string();
     assert!(err.contains("403"), "{err}");
 }
 

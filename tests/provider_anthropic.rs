@@ -198,8 +198,53 @@ async fn a_server_that_never_answers_times_out() {
     let client = client_with(AnthropicConfig {
         base_url: server.base_url(),
         api_key: "k".into(),
-        first_byte_timeout: Duration::from_millis(200),
+        first_token_timeout: Duration::from_millis(200),
         ..AnthropicConfig::default()
     });
     assert!(matches!(open(&client, ask("hi")).await, Err(LlmError::Timeout { .. })));
+}
+
+/// A model that accepts the request and sends nothing of its answer — no bytes at all, or only `message_start` —
+/// fails after the configured first-token limit, not the (much longer) idle limit.
+#[tokio::test]
+async fn a_model_that_accepts_and_sends_nothing_fails_after_the_first_token_timeout() {
+    let first_token = Duration::from_millis(300);
+    for events_before_silence in [0, 1] {
+        let reply = FakeReply::text("Sure, let me check.").stall_after(events_before_silence);
+        let server = start_fake(FakeAnthropicOptions::default().no_delays().reply(reply)).await;
+        let client = client_with(AnthropicConfig {
+            base_url: server.base_url(),
+            api_key: "k".into(),
+            first_token_timeout: first_token,
+            idle_timeout: PATIENCE * 2,
+            ..AnthropicConfig::default()
+        });
+        let started = tokio::time::Instant::now();
+        let items = collect(open_ok(&client, ask("hi")).await).await;
+        let waited = started.elapsed();
+        assert!(
+            matches!(items.as_slice(), [Err(LlmError::Timeout { millis: 300, waiting_for: "the first token", .. })]),
+            "after {events_before_silence} events: {items:?}"
+        );
+        assert!(waited >= first_token, "gave up after {waited:?}");
+        assert!(server.wait_for_disconnects(1, PATIENCE).await, "the abandoned request was not closed");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_mid_answer_hits_the_idle_timeout() {
+    let reply = FakeReply::text("Sure, let me check on that for you.").stall_after(4);
+    let server = start_fake(FakeAnthropicOptions::default().no_delays().reply(reply)).await;
+    let client = client_with(AnthropicConfig {
+        base_url: server.base_url(),
+        api_key: "k".into(),
+        idle_timeout: Duration::from_millis(300),
+        ..AnthropicConfig::default()
+    });
+    let items = collect(open_ok(&client, ask("hi")).await).await;
+    assert!(items.iter().any(|item| matches!(item, Ok(LlmEvent::TextDelta(_)))), "{items:?}");
+    assert!(
+        matches!(items.last(), Some(Err(LlmError::Timeout { millis: 300, waiting_for: "the next token", .. }))),
+        "{items:?}"
+    );
 }

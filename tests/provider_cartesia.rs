@@ -98,6 +98,8 @@ async fn streamed_text_becomes_mulaw_audio_then_done() {
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[0]["continue"], true);
     assert_eq!(requests[1]["continue"], false);
+    // Parley sends whole pieces: no server-side text buffer (Cartesia's default, when left out, is 3 s).
+    assert!(requests.iter().all(|r| r["max_buffer_delay_ms"] == 0), "{requests:?}");
     assert_eq!(record.transcript_of("turn-1"), "Hello, world.");
     for request in &requests {
         assert_eq!(request["model_id"], "sonic-3");
@@ -243,7 +245,7 @@ async fn dropped_connection_is_a_session_error_then_closed() {
 }
 
 #[tokio::test]
-async fn rejected_handshake_is_a_connect_error() {
+async fn rejected_handshake_is_a_rejection_with_its_status() {
     let fake =
         FakeCartesia::start(FakeCartesiaOptions { reject_handshake: Some(401), ..FakeCartesiaOptions::default() })
             .await
@@ -257,10 +259,10 @@ async fn rejected_handshake_is_a_connect_error() {
         Ok(_) => panic!("the handshake should have been refused"),
         Err(error) => error,
     };
-    let TtsError::Connect { detail, .. } = &error else {
-        panic!("not a connect error: {error:?}");
+    let TtsError::Rejected { provider: "cartesia", status: 401, .. } = &error else {
+        panic!("not a rejection: {error:?}");
     };
-    assert!(detail.contains("HTTP 401"), "{detail}");
+    assert!(error.to_string().contains("HTTP 401"), "{error}");
     assert!(!error.to_string().contains("test-key"));
     assert_eq!(fake.connections()[0].rejected, Some(401));
 }

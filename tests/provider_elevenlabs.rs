@@ -146,8 +146,8 @@ async fn more_than_five_open_replies_fail_locally_instead_of_losing_the_socket()
 async fn a_missing_key_is_rejected_at_the_handshake() {
     let server = start_fake(FakeElevenLabsOptions::default()).await;
     match open(ElevenLabsConfig { api_key: String::new(), ..config_for(&server) }).await {
-        Err(TtsError::Connect { detail, .. }) => assert!(detail.contains("401"), "{detail}"),
-        Err(other) => panic!("expected a connect error, got {other}"),
+        Err(TtsError::Rejected { provider: "elevenlabs", status: 401, .. }) => {}
+        Err(other) => panic!("expected a rejection, got {other}"),
         Ok(_) => panic!("expected the handshake to fail"),
     }
 }

@@ -282,12 +282,38 @@ async fn a_server_that_never_answers_times_out() {
     let server = start_fake(FakeOpenAiOptions::default().no_delays().reply(FakeReply::hang())).await;
     let client = client_with(OpenAiConfig {
         base_url: server.base_url(),
-        first_byte_timeout: Duration::from_millis(300),
+        first_token_timeout: Duration::from_millis(300),
         ..OpenAiConfig::default()
     });
     match open(&client, ask("hi")).await {
         Err(LlmError::Timeout { millis: 300, .. }) => {}
         other => panic!("expected a timeout, got {:?}", other.map(|_| "a stream")),
+    }
+}
+
+/// A model that accepts the request (200, event stream) and then says nothing — with no bytes at all, or only the
+/// `role` preamble chunk — fails after the configured first-token limit, not the (much longer) idle limit.
+#[tokio::test]
+async fn a_model_that_accepts_and_sends_nothing_fails_after_the_first_token_timeout() {
+    let first_token = Duration::from_millis(300);
+    for events_before_silence in [0, 1] {
+        let reply = FakeReply::text("Sure, let me check.").stall_after(events_before_silence);
+        let server = start_fake(FakeOpenAiOptions::default().no_delays().reply(reply)).await;
+        let client = client_with(OpenAiConfig {
+            base_url: server.base_url(),
+            first_token_timeout: first_token,
+            idle_timeout: PATIENCE * 2,
+            ..OpenAiConfig::default()
+        });
+        let started = tokio::time::Instant::now();
+        let items = collect(open_ok(&client, ask("hi")).await).await;
+        let waited = started.elapsed();
+        assert!(
+            matches!(items.as_slice(), [Err(LlmError::Timeout { millis: 300, waiting_for: "the first token", .. })]),
+            "after {events_before_silence} events: {items:?}"
+        );
+        assert!(waited >= first_token, "gave up after {waited:?}");
+        assert!(server.wait_for_disconnects(1, PATIENCE).await, "the abandoned request was not closed");
     }
 }
 
@@ -302,7 +328,11 @@ async fn a_stream_that_stalls_hits_the_idle_timeout() {
         ..OpenAiConfig::default()
     });
     let items = collect(open_ok(&client, ask("hi")).await).await;
-    assert!(matches!(items.last(), Some(Err(LlmError::Timeout { .. }))), "{items:?}");
+    assert!(!text_of(&items).is_empty(), "{items:?}");
+    assert!(
+        matches!(items.last(), Some(Err(LlmError::Timeout { millis: 300, waiting_for: "the next token", .. }))),
+        "{items:?}"
+    );
 }
 
 #[tokio::test]

@@ -113,10 +113,10 @@ async fn http_errors_end_the_context_with_the_providers_message() {
     let mut session = session_for(&server).await;
     send(&session, text("turn-1", "Hello.", true)).await;
     match audio_until_done(&mut session, "turn-1").await {
-        Err(TtsError::Provider { detail, .. }) => {
-            assert!(detail.contains("401") && detail.contains("Incorrect API key"), "{detail}")
+        Err(TtsError::Rejected { status: 401, detail, .. }) => {
+            assert!(detail.contains("Incorrect API key"), "{detail}")
         }
-        other => panic!("expected a provider error, got {other:?}"),
+        other => panic!("expected a rejection, got {other:?}"),
     }
     // The session survives a failed context.
     send(&session, text("turn-2", "Hi.", true)).await;

@@ -16,7 +16,6 @@ use tokio::time::Instant;
 
 use super::frame::Framer;
 use super::{mulaw_millis, FRAME_BYTES, FRAME_MILLIS, SAMPLE_RATE};
-use crate::call::tap::{CallTap, TapEvent};
 use crate::twilio::messages::OutboundMessage;
 
 const FRAME_DURATION: Duration = Duration::from_millis(FRAME_MILLIS as u64);
@@ -149,11 +148,25 @@ struct Playout {
     finish_at: Instant,
     progress: PlayoutProgress,
     publish: watch::Sender<PlayoutProgress>,
-    tap: CallTap,
+    record: Box<dyn PlayoutRecord>,
+}
+
+/// Where the playout reports the agent's audio as it leaves and when it is cleared, for whatever keeps a record of
+/// the call (the call tap implements it). Called on the playout task for every frame: it must not block.
+pub trait PlayoutRecord: Send + 'static {
+    /// A frame of the agent's audio went to Twilio at `at`.
+    fn agent_audio_sent(&self, at: Instant, frame: Bytes);
+    /// Twilio was told to drop the agent's unplayed audio.
+    fn agent_audio_cleared(&self, at: Instant);
 }
 
 /// Starts the playout task for a stream; it ends when every handle is dropped or Twilio's side is gone.
-pub fn spawn(stream_sid: String, lead: Duration, out: mpsc::Sender<OutboundMessage>, tap: CallTap) -> PlayoutHandle {
+pub fn spawn(
+    stream_sid: String,
+    lead: Duration,
+    out: mpsc::Sender<OutboundMessage>,
+    record: impl PlayoutRecord,
+) -> PlayoutHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let (publish, progress) = watch::channel(PlayoutProgress::default());
     let playout = Playout {
@@ -167,7 +180,7 @@ pub fn spawn(stream_sid: String, lead: Duration, out: mpsc::Sender<OutboundMessa
         finish_at: Instant::now(),
         progress: PlayoutProgress::default(),
         publish,
-        tap,
+        record: Box::new(record),
     };
     tokio::spawn(playout.run(rx));
     PlayoutHandle { commands, progress, issued: Arc::new(AtomicU64::new(0)) }
@@ -244,7 +257,7 @@ impl Playout {
                     self.finish_at = self.finish_at.max(now) + FRAME_DURATION;
                     self.progress.sent_bytes += frame.len() as u64;
                     let message = OutboundMessage::media(&self.stream_sid, &frame);
-                    self.tap.send(TapEvent::AgentAudioSent { at: now, frame });
+                    self.record.agent_audio_sent(now, frame);
                     message
                 }
                 _ => break,
@@ -286,7 +299,7 @@ impl Playout {
         self.finish_at = now;
         self.progress.clears += 1;
         let _ = self.out.send(OutboundMessage::clear(&self.stream_sid)).await;
-        self.tap.send(TapEvent::AgentAudioCleared { at: Instant::now() });
+        self.record.agent_audio_cleared(Instant::now());
         tracing::debug!(
             heard_ms = mulaw_millis(report.heard_estimate_bytes as usize),
             dropped_ms = mulaw_millis(report.dropped_bytes as usize),
@@ -323,9 +336,17 @@ mod tests {
     use super::*;
     use crate::twilio::messages::OutboundMessage as Out;
 
+    /// A call nobody records.
+    struct Unrecorded;
+
+    impl PlayoutRecord for Unrecorded {
+        fn agent_audio_sent(&self, _at: Instant, _frame: Bytes) {}
+        fn agent_audio_cleared(&self, _at: Instant) {}
+    }
+
     fn start(lead_ms: u64) -> (PlayoutHandle, mpsc::Receiver<Out>) {
         let (tx, rx) = mpsc::channel(1024);
-        (spawn("MZ1".into(), Duration::from_millis(lead_ms), tx, CallTap::default()), rx)
+        (spawn("MZ1".into(), Duration::from_millis(lead_ms), tx, Unrecorded), rx)
     }
 
     async fn next(rx: &mut mpsc::Receiver<Out>) -> Out {

@@ -104,6 +104,17 @@ impl CallTap {
     }
 }
 
+/// The playout reports the agent's audio through the tap: what was sent, and when the unplayed rest was cleared.
+impl crate::audio::playout::PlayoutRecord for CallTap {
+    fn agent_audio_sent(&self, at: Instant, frame: Bytes) {
+        self.send(TapEvent::AgentAudioSent { at, frame });
+    }
+
+    fn agent_audio_cleared(&self, at: Instant) {
+        self.send(TapEvent::AgentAudioCleared { at });
+    }
+}
+
 /// Opens a tap for each call (the archive implements it).
 pub trait TapFactory: Send + Sync {
     fn open(&self, call: &CallInfo) -> CallTap;

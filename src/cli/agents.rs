@@ -12,8 +12,8 @@ use crate::config::providers::{
 use crate::config::{read_secret, AgentKind, Config};
 use crate::engine::call_control::CallControl;
 use crate::engine::cascade::{CascadeDeps, CascadeFactory};
-use crate::engine::failover::DEFAULT_COOLDOWN;
 use crate::engine::tools::{NoTools, ToolExecutor};
+use crate::failover::DEFAULT_COOLDOWN;
 use crate::llm::anthropic::{Anthropic, AnthropicConfig, AnthropicConfigError};
 use crate::llm::failover::FailoverLlm;
 use crate::llm::openai::{OpenAiCompatible, OpenAiConfig, OpenAiConfigError};
@@ -120,8 +120,16 @@ fn tts_for(kind: TtsProvider, config: &Config) -> Result<Arc<dyn crate::tts::Tex
 
 fn llm_for(kind: LlmProvider, config: &Config) -> Result<Arc<dyn crate::llm::LanguageModel>, AgentSetupError> {
     Ok(match kind {
-        LlmProvider::Openai => Arc::new(OpenAiCompatible::new(openai_config(&config.llm.openai))?),
-        LlmProvider::Anthropic => Arc::new(Anthropic::new(anthropic_config(&config.llm.anthropic)?)?),
+        LlmProvider::Openai => Arc::new(OpenAiCompatible::new(OpenAiConfig {
+            first_token_timeout: config.llm.first_token_timeout(),
+            idle_timeout: config.llm.idle_timeout(),
+            ..openai_config(&config.llm.openai)
+        })?),
+        LlmProvider::Anthropic => Arc::new(Anthropic::new(AnthropicConfig {
+            first_token_timeout: config.llm.first_token_timeout(),
+            idle_timeout: config.llm.idle_timeout(),
+            ..anthropic_config(&config.llm.anthropic)?
+        })?),
         LlmProvider::Scripted => Arc::new(crate::llm::scripted::ScriptedPolicy),
     })
 }

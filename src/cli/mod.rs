@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Problem, Secrets, Severity};
 use crate::edge;
-use crate::engine::tools::ToolExecutor;
 use crate::mcp::{McpBridge, McpError, ServerStatus};
+use crate::tool_executor::ToolExecutor;
 use crate::transcribe::AfterCall;
 
 #[derive(Debug, Parser)]
@@ -45,6 +45,23 @@ pub enum Command {
     Eval(crate::eval::EvalArgs),
     /// Transcribe archived calls offline (Whisper or an OpenAI-compatible server) and score the live transcript.
     Transcribe(crate::transcribe::cli::TranscribeArgs),
+}
+
+/// The agent assembly `serve` and `demo` use, lent to the evaluator for the Parley it runs in-process.
+pub struct CliAssembly;
+
+impl crate::eval::Assembly for CliAssembly {
+    fn configure_offline(&self, config: &mut Config) -> Result<PathBuf, crate::eval::AssemblyError> {
+        Ok(demo::configure_offline(config)?)
+    }
+
+    fn agent_factory(
+        &self,
+        config: &Config,
+        tools: Option<Arc<dyn ToolExecutor>>,
+    ) -> Result<Arc<dyn crate::call::agent::AgentFactory>, crate::eval::AssemblyError> {
+        Ok(agents::agent_factory(config, tools)?)
+    }
 }
 
 /// Errors the CLI reports before exiting non-zero.

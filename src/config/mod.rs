@@ -52,9 +52,19 @@ pub struct Config {
     /// The call archive: recordings, timelines and metadata of every call.
     pub archive: crate::archive::ArchiveConfig,
     /// Local speech engines (Whisper, eSpeak NG) and the offline transcription worker.
-    pub local: crate::local::LocalConfig,
+    pub local: LocalConfig,
     /// Traces and metrics export (OpenTelemetry, Prometheus).
     pub telemetry: crate::telemetry::TelemetryConfig,
+}
+
+/// `[local]`: the speech engines that run on this machine ([`crate::local`]) and the offline transcription worker
+/// ([`crate::transcribe`]) that uses them. Assembled here so neither module needs the other's settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    pub whisper: crate::local::WhisperSettings,
+    pub espeak: crate::local::EspeakSettings,
+    pub transcribe: crate::transcribe::TranscribeConfig,
 }
 
 /// The HTTP/WebSocket listener and call admission.
@@ -241,6 +251,13 @@ impl Config {
         if self.tts.provider == providers::TtsProvider::Cartesia && self.tts.cartesia.voice_id.is_empty() {
             problems.push(Problem::error("tts.cartesia.voice_id is not set"));
         }
+        for (name, value) in
+            [("first_token_timeout_ms", self.llm.first_token_timeout_ms), ("idle_timeout_ms", self.llm.idle_timeout_ms)]
+        {
+            if value == Some(0) {
+                problems.push(Problem::error(format!("llm.{name} is 0: every model request would time out")));
+            }
+        }
         if self.llm.provider == providers::LlmProvider::Openai && read_secret(&self.llm.openai.api_key_env).is_none() {
             problems.push(Problem::warning(format!(
                 "{} is not set: LLM requests go without a key (fine for local OpenAI-compatible servers)",
@@ -377,5 +394,19 @@ mod tests {
         let secrets = Secrets { twilio_auth_token: Some(Secret::new("t".into())) };
         let config = load_str("[server]\npublic_url = \"https://v.example\"\n", &[]).unwrap();
         assert!(config.problems(&secrets).is_empty());
+    }
+
+    #[test]
+    fn llm_timeouts_default_to_phone_sized_limits_and_zero_is_refused() {
+        let config = load_str("[agent]\nkind = \"cascade\"\n", &[]).unwrap();
+        assert_eq!(config.llm.first_token_timeout(), crate::llm::DEFAULT_FIRST_TOKEN_TIMEOUT);
+        assert_eq!(config.llm.idle_timeout(), crate::llm::DEFAULT_IDLE_TIMEOUT);
+        let config =
+            load_str("[agent]\nkind = \"cascade\"\n[llm]\nfirst_token_timeout_ms = 2500\nidle_timeout_ms = 0\n", &[])
+                .unwrap();
+        assert_eq!(config.llm.first_token_timeout(), std::time::Duration::from_millis(2500));
+        let problems = config.problems(&Secrets::default());
+        assert!(problems.iter().any(|p| p.severity == Severity::Error && p.message.contains("llm.idle_timeout_ms")));
+        assert!(!problems.iter().any(|p| p.message.contains("first_token_timeout_ms")));
     }
 }

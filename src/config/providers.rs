@@ -3,6 +3,8 @@
 //! Every setting is optional; an unset one keeps the client's own default. API keys are never in the file: each
 //! section names the environment variable that holds its key.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 /// `[stt]`: streaming speech-to-text.
@@ -62,8 +64,26 @@ pub struct LlmSection {
     pub provider: LlmProvider,
     /// Models tried, in order, when `provider` cannot be reached, times out or answers 5xx/429.
     pub fallback: Vec<LlmProvider>,
+    /// Longest wait from the request to the model's first token, for every model of the list; unset keeps
+    /// [`crate::llm::DEFAULT_FIRST_TOKEN_TIMEOUT`]. The caller hears this wait as silence.
+    pub first_token_timeout_ms: Option<u64>,
+    /// Longest silence between two tokens once the answer has started; unset keeps
+    /// [`crate::llm::DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout_ms: Option<u64>,
     pub openai: OpenAiSettings,
     pub anthropic: AnthropicSettings,
+}
+
+impl LlmSection {
+    /// The first-token limit every model of the list gets.
+    pub fn first_token_timeout(&self) -> Duration {
+        self.first_token_timeout_ms.map_or(crate::llm::DEFAULT_FIRST_TOKEN_TIMEOUT, Duration::from_millis)
+    }
+
+    /// The idle limit every model of the list gets.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout_ms.map_or(crate::llm::DEFAULT_IDLE_TIMEOUT, Duration::from_millis)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

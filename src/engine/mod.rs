@@ -13,18 +13,21 @@ pub mod chunker;
 pub mod clock;
 pub mod config;
 pub mod conversation;
-pub mod failover;
 pub mod heard;
 pub mod in_flight;
 pub mod keypad;
-pub mod latency;
 pub mod links;
 pub mod outcome;
 pub mod replay;
 pub mod reply;
-pub mod tools;
 pub mod turn;
 pub mod vad;
+
+/// Per-turn latency accounting lives with telemetry (which records it); the engine fills it in.
+pub use crate::telemetry::latency;
+/// The tool-execution interface lives below the engine, so its implementation ([`crate::mcp`]) need not import the
+/// engine.
+pub use crate::tool_executor as tools;
 
 #[cfg(test)]
 mod tests;

@@ -15,5 +15,5 @@ pub mod score;
 pub mod waterfall;
 
 pub use report::EvalReport;
-pub use run::{run, EvalArgs, EvalError};
+pub use run::{run, Assembly, AssemblyError, EvalArgs, EvalError};
 pub use scenario::Scenario;

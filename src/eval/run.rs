@@ -17,10 +17,28 @@ use super::report::EvalReport;
 use super::scenario::{Scenario, ScenarioError};
 use super::score::{score, ScenarioScore};
 use crate::archive::{list_calls, read_timeline, Archive, ArchiveStore, CallStatus, LocalStore, TimelineEntry};
+use crate::call::agent::AgentFactory;
 use crate::config::{AgentKind, Config, Secrets};
 use crate::edge::RunningServer;
-use crate::engine::tools::ToolExecutor;
 use crate::mcp::McpBridge;
+use crate::tool_executor::ToolExecutor;
+
+/// An error of the composition root, passed through as text into [`EvalError::Start`].
+pub type AssemblyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the evaluator needs from Parley's composition root to run Parley in this process: the same assembly
+/// `parley serve` and `parley demo` use. The binary passes it in (`cli` implements it), so the evaluator, which the
+/// CLI runs, does not reach back up into the CLI.
+pub trait Assembly: Sync {
+    /// Rewrites `config` for an offline run, as `parley demo` does; returns a scratch file to remove afterwards.
+    fn configure_offline(&self, config: &mut Config) -> Result<PathBuf, AssemblyError>;
+    /// The agent factory `parley serve` would build from `config`, with `tools` for the model to call.
+    fn agent_factory(
+        &self,
+        config: &Config,
+        tools: Option<Arc<dyn ToolExecutor>>,
+    ) -> Result<Arc<dyn AgentFactory>, AssemblyError>;
+}
 
 /// How long after hanging up the archive has to seal the call.
 const SEAL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -67,7 +85,12 @@ pub enum EvalError {
 }
 
 /// Runs every scenario; the report says which passed.
-pub async fn run(config: Config, secrets: Secrets, args: &EvalArgs) -> Result<EvalReport, EvalError> {
+pub async fn run(
+    config: Config,
+    secrets: Secrets,
+    args: &EvalArgs,
+    assembly: &dyn Assembly,
+) -> Result<EvalReport, EvalError> {
     let scenarios = load_all(&args.scenarios)?;
     // The calls of a run nobody asked to keep go to a folder removed at the end.
     let mut temporary_archive = None;
@@ -86,7 +109,7 @@ pub async fn run(config: Config, secrets: Secrets, args: &EvalArgs) -> Result<Ev
                 Some(root) => root.clone(),
                 None => temporary_archive.insert(temporary_dir()?).path().to_path_buf(),
             };
-            Target::Local(LocalParley::start(config, secrets, &archive_root, args.offline).await?)
+            Target::Local(LocalParley::start(config, secrets, &archive_root, args.offline, assembly).await?)
         }
     };
 
@@ -173,13 +196,11 @@ impl LocalParley {
         secrets: Secrets,
         archive_root: &Path,
         offline: bool,
+        assembly: &dyn Assembly,
     ) -> Result<Self, EvalError> {
         let start_error = |e: &dyn std::fmt::Display| EvalError::Start(e.to_string());
-        let scratch = if offline {
-            Some(crate::cli::demo::configure_offline(&mut config).map_err(|e| start_error(&e))?)
-        } else {
-            None
-        };
+        let scratch =
+            if offline { Some(assembly.configure_offline(&mut config).map_err(|e| start_error(&e))?) } else { None };
         config.agent.kind = AgentKind::Cascade;
         config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         // The evaluator is the only caller, on loopback: there is no Twilio request to sign.
@@ -201,7 +222,7 @@ impl LocalParley {
             Some(Arc::new(McpBridge::connect(config.mcp.clone()).await.map_err(|e| start_error(&e))?))
         };
         let tools = bridge.clone().map(|b| b as Arc<dyn ToolExecutor>);
-        let agents = crate::cli::agents::agent_factory(&config, tools).map_err(|e| start_error(&e))?;
+        let agents = assembly.agent_factory(&config, tools).map_err(|e| start_error(&e))?;
         let archive = Archive::start(&config.archive, config.twilio.redact_numbers).map_err(|e| start_error(&e))?;
         let server =
             crate::edge::start(config, secrets, agents, Some(Arc::new(archive))).await.map_err(|e| start_error(&e))?;

@@ -1,33 +1,27 @@
 //! Anthropic Messages streaming with tool use.
 //!
 //! Split like the OpenAI client: [`request`] builds the JSON body (pure), [`stream`] decodes the named SSE events into
-//! [`LlmEvent`]s (pure), and this module does the HTTP: the `x-api-key`/`anthropic-version` headers, timeouts, error
-//! bodies, and cancellation — dropping the [`LlmStream`] drops the response body, which closes the connection, which
-//! is how Anthropic learns the caller barged in (and stops billing output tokens).
+//! [`LlmEvent`](super::LlmEvent)s (pure), and this module holds the settings and the `x-api-key`/`anthropic-version`
+//! headers. The HTTP (timeouts, error bodies, connection reuse, cancellation by drop — which is how Anthropic learns
+//! the caller barged in and stops billing output tokens) is [`super::sse_driver`], shared with the OpenAI client.
 
 pub mod request;
 pub mod stream;
 
-use crate::http_client::{describe, header_text, millis};
-use std::collections::VecDeque;
+use crate::http_client::describe;
 use std::fmt;
-use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
-use tokio::time::Instant;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use url::Url;
 
 pub use request::build_body;
 pub use stream::MessageDecoder;
 
-use super::openai::stream::error_message_from_text;
 use super::openai::ToolNames;
-use super::sse::{SseEvent, SseParser};
-use super::{LanguageModel, LlmError, LlmEvent, LlmRequest, LlmStream};
+use super::sse_driver::{self, SseCall, StreamLimits};
+use super::{LanguageModel, LlmError, LlmRequest, LlmStream, DEFAULT_FIRST_TOKEN_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 
 const PROVIDER: &str = "anthropic";
 
@@ -49,9 +43,10 @@ pub struct AnthropicConfig {
     pub version: String,
     /// Limit for establishing the TCP/TLS connection.
     pub connect_timeout: Duration,
-    /// Limit from sending the request to the first bytes of the response body.
-    pub first_byte_timeout: Duration,
-    /// Longest silence allowed between two pieces of the body once it has started (Anthropic pings while thinking).
+    /// Limit from sending the request to the first token of the answer (text, a tool call or its end); the caller
+    /// hears this wait as silence. `message_start` and pings do not count as the answer.
+    pub first_token_timeout: Duration,
+    /// Longest silence allowed between two tokens once the answer has started (pings do not count).
     pub idle_timeout: Duration,
 }
 
@@ -65,8 +60,8 @@ impl Default for AnthropicConfig {
             temperature: None,
             version: "2023-06-01".into(),
             connect_timeout: Duration::from_secs(5),
-            first_byte_timeout: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(15),
+            first_token_timeout: DEFAULT_FIRST_TOKEN_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -81,7 +76,7 @@ impl fmt::Debug for AnthropicConfig {
             .field("temperature", &self.temperature)
             .field("version", &self.version)
             .field("connect_timeout", &self.connect_timeout)
-            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("first_token_timeout", &self.first_token_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
@@ -136,22 +131,6 @@ impl Anthropic {
     pub fn config(&self) -> &AnthropicConfig {
         &self.config
     }
-
-    /// Turns a non-success response into [`LlmError::Http`] carrying the message of Anthropic's error body.
-    async fn http_error(&self, response: reqwest::Response) -> LlmError {
-        let status = response.status().as_u16();
-        let retry_after = header_text(response.headers(), RETRY_AFTER);
-        let body = match tokio::time::timeout(self.config.first_byte_timeout, response.text()).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(error)) => format!("(error body unreadable: {})", describe(&error)),
-            Err(_) => "(error body not received in time)".into(),
-        };
-        let mut detail = error_message_from_text(&body);
-        if let Some(seconds) = retry_after {
-            detail.push_str(&format!("; retry after {seconds} s"));
-        }
-        LlmError::Http { provider: PROVIDER, status, detail }
-    }
 }
 
 #[async_trait]
@@ -167,125 +146,14 @@ impl LanguageModel for Anthropic {
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
         let body = build_body(&self.config, &request);
         let names = ToolNames::for_request(&request);
-        let deadline = Instant::now() + self.config.first_byte_timeout;
-        let send = self.http.post(self.endpoint.clone()).headers(self.headers.clone()).json(&body).send();
-        let response = match tokio::time::timeout_at(deadline, send).await {
-            Err(_) => {
-                return Err(LlmError::Timeout { provider: PROVIDER, millis: millis(self.config.first_byte_timeout) })
-            }
-            Ok(Err(error)) => return Err(LlmError::Connect { provider: PROVIDER, detail: describe(&error) }),
-            Ok(Ok(response)) => response,
-        };
-        if !response.status().is_success() {
-            return Err(self.http_error(response).await);
-        }
-        if header_text(response.headers(), CONTENT_TYPE).is_some_and(|t| t.starts_with("application/json")) {
-            let body = tokio::time::timeout(self.config.first_byte_timeout, response.text()).await;
-            let detail = match body {
-                Ok(Ok(body)) => error_message_from_text(&body),
-                _ => "answered with JSON instead of an event stream".into(),
-            };
-            return Err(LlmError::Provider { provider: PROVIDER, detail });
-        }
-        let request_id = header_text(response.headers(), HeaderName::from_static("request-id"));
-        tracing::debug!(provider = PROVIDER, model = %self.config.model, request_id = ?request_id, "llm stream accepted");
-        let driver = Driver {
-            body: Box::pin(response.bytes_stream()),
-            sse: SseParser::new(),
-            decoder: Some(MessageDecoder::new(PROVIDER, names)),
-            queue: VecDeque::new(),
-            request_id,
-            first_byte_deadline: Some(deadline),
-            first_byte_timeout: self.config.first_byte_timeout,
-            idle_timeout: self.config.idle_timeout,
-        };
-        Ok(Box::pin(futures_util::stream::unfold(driver, |mut driver| async move {
-            driver.next().await.map(|item| (item, driver))
-        })))
-    }
-}
-
-/// Reads the response body and turns it into events. Owning the body is what makes cancellation work: when the
-/// caller drops the stream, the driver and its body go with it and the connection is closed.
-struct Driver {
-    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    sse: SseParser,
-    /// `None` once the response is over (finished or failed).
-    decoder: Option<MessageDecoder>,
-    queue: VecDeque<Result<LlmEvent, LlmError>>,
-    request_id: Option<String>,
-    /// Set until the first body bytes arrive.
-    first_byte_deadline: Option<Instant>,
-    first_byte_timeout: Duration,
-    idle_timeout: Duration,
-}
-
-impl Driver {
-    async fn next(&mut self) -> Option<Result<LlmEvent, LlmError>> {
-        loop {
-            if let Some(item) = self.queue.pop_front() {
-                return Some(item);
-            }
-            match &self.decoder {
-                None => return None,
-                Some(decoder) if decoder.is_done() => self.end(),
-                Some(_) => self.read().await,
-            }
-        }
-    }
-
-    /// Waits for the next piece of the body (within the applicable timeout) and decodes it.
-    async fn read(&mut self) {
-        let (deadline, limit) = match self.first_byte_deadline {
-            Some(deadline) => (deadline, self.first_byte_timeout),
-            None => (Instant::now() + self.idle_timeout, self.idle_timeout),
-        };
-        match tokio::time::timeout_at(deadline, self.body.next()).await {
-            Err(_) => self.fail(LlmError::Timeout { provider: PROVIDER, millis: millis(limit) }),
-            Ok(Some(Ok(bytes))) => {
-                self.first_byte_deadline = None;
-                let events = self.sse.push(&bytes);
-                self.decode(events);
-            }
-            Ok(Some(Err(error))) => {
-                let detail = format!("the stream was interrupted: {}", describe(&error));
-                self.fail(LlmError::Connect { provider: PROVIDER, detail });
-            }
-            Ok(None) => {
-                let events = self.sse.finish();
-                self.decode(events);
-                self.end();
-            }
-        }
-    }
-
-    fn decode(&mut self, events: Vec<SseEvent>) {
-        for event in events {
-            let Some(decoder) = self.decoder.as_mut() else { return };
-            if decoder.is_done() {
-                return;
-            }
-            match decoder.on_event(&event) {
-                Ok(deltas) => self.queue.extend(deltas.into_iter().map(Ok)),
-                Err(error) => self.fail(error),
-            }
-        }
-    }
-
-    /// Queues the end of the response (tool calls and finish, or the truncation error).
-    fn end(&mut self) {
-        if let Some(decoder) = self.decoder.take() {
-            match decoder.finish(self.request_id.take()) {
-                Ok(events) => self.queue.extend(events.into_iter().map(Ok)),
-                Err(error) => self.fail(error),
-            }
-        }
-    }
-
-    fn fail(&mut self, error: LlmError) {
-        tracing::debug!(provider = PROVIDER, %error, "llm stream failed");
-        self.decoder = None;
-        self.queue.push_back(Err(error));
+        sse_driver::open(SseCall {
+            provider: PROVIDER,
+            request: self.http.post(self.endpoint.clone()).headers(self.headers.clone()).json(&body),
+            limits: StreamLimits { first_token: self.config.first_token_timeout, idle: self.config.idle_timeout },
+            request_id_header: HeaderName::from_static("request-id"),
+            decoder: MessageDecoder::new(PROVIDER, names),
+        })
+        .await
     }
 }
 

@@ -3,6 +3,7 @@
 //! Cancellation is by drop: dropping an [`LlmStream`] aborts the HTTP request, which is what barge-in does.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::Stream;
@@ -19,9 +20,19 @@ pub enum LlmError {
     Protocol { provider: &'static str, detail: String },
     #[error("{provider} reported an error mid-stream: {detail}")]
     Provider { provider: &'static str, detail: String },
-    #[error("{provider} did not answer within {millis} ms")]
-    Timeout { provider: &'static str, millis: u64 },
+    /// The model kept the caller waiting past a configured limit ([`DEFAULT_FIRST_TOKEN_TIMEOUT`],
+    /// [`DEFAULT_IDLE_TIMEOUT`]). Failover treats it like a server error: the next provider is tried.
+    #[error("{provider} sent nothing for {millis} ms while Parley waited for {waiting_for}")]
+    Timeout { provider: &'static str, millis: u64, waiting_for: &'static str },
 }
+
+/// How long a model may take from the request to its first token (text, a tool call or its end). On the phone a
+/// caller hears this wait as dead air, so the limit is a few seconds rather than the minutes an HTTP client allows:
+/// past it the failover list moves on, or the agent speaks its fallback line.
+pub const DEFAULT_FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Longest silence allowed between two tokens once the model has started answering.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who said a message in the conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,4 +145,5 @@ pub mod openai;
 pub mod scripted;
 pub mod speculative;
 pub mod sse;
+pub mod sse_driver;
 pub mod tool_calls;

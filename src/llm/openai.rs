@@ -2,35 +2,26 @@
 //!
 //! One client serves OpenAI and every server that speaks its shape (Groq, vLLM, Ollama, llama.cpp's `llama-server`,
 //! LiteLLM, …): only [`OpenAiConfig::base_url`] and a few request options differ. The work is split in three:
-//! [`request`] builds the JSON body (pure), [`stream`] decodes the event stream into [`LlmEvent`]s (pure), and this
-//! module does the HTTP: timeouts, error bodies, and cancellation — dropping the [`LlmStream`] drops the response
-//! body, which closes the connection, which is how the server learns the caller barged in.
+//! [`request`] builds the JSON body (pure), [`stream`] decodes the event stream into
+//! [`LlmEvent`](super::LlmEvent)s (pure), and this module holds the endpoint's settings. The HTTP (timeouts, error
+//! bodies, connection reuse, cancellation by drop) is [`super::sse_driver`], shared with the Anthropic client.
 
 pub mod request;
 pub mod stream;
 
-use crate::http_client::{describe, header_text, millis};
-use std::collections::VecDeque;
+use crate::http_client::describe;
 use std::fmt;
-use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use tokio::time::Instant;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION};
 use url::Url;
 
 pub use request::{build_body, wire_tool_name, ToolNames};
 pub use stream::ChunkDecoder;
 
-use super::sse::{SseEvent, SseParser};
-use super::{LanguageModel, LlmError, LlmEvent, LlmRequest, LlmStream};
-
-/// How long to keep reading after `data: [DONE]` for the end of the body, so the connection can be reused for the
-/// next turn (saving a TLS handshake) instead of being closed.
-const DRAIN_AFTER_DONE: Duration = Duration::from_millis(250);
+use super::sse_driver::{self, SseCall, StreamLimits};
+use super::{LanguageModel, LlmError, LlmRequest, LlmStream, DEFAULT_FIRST_TOKEN_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 
 /// Which request field carries the output token limit: newer OpenAI models want `max_completion_tokens`, older
 /// models and many self-hosted servers only know `max_tokens`.
@@ -65,9 +56,10 @@ pub struct OpenAiConfig {
     pub parallel_tool_calls: Option<bool>,
     /// Limit for establishing the TCP/TLS connection.
     pub connect_timeout: Duration,
-    /// Limit from sending the request to the first bytes of the response body.
-    pub first_byte_timeout: Duration,
-    /// Longest silence allowed between two pieces of the body once it has started.
+    /// Limit from sending the request to the first token of the answer (text, a tool call or its end); the caller
+    /// hears this wait as silence.
+    pub first_token_timeout: Duration,
+    /// Longest silence allowed between two tokens once the answer has started.
     pub idle_timeout: Duration,
     /// Extra headers sent with every request (e.g. `OpenAI-Organization`, or `api-key` for Azure). Their values are
     /// never printed by `Debug`.
@@ -87,8 +79,8 @@ impl Default for OpenAiConfig {
             include_usage: true,
             parallel_tool_calls: None,
             connect_timeout: Duration::from_secs(5),
-            first_byte_timeout: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(15),
+            first_token_timeout: DEFAULT_FIRST_TOKEN_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             extra_headers: Vec::new(),
         }
     }
@@ -108,7 +100,7 @@ impl fmt::Debug for OpenAiConfig {
             .field("include_usage", &self.include_usage)
             .field("parallel_tool_calls", &self.parallel_tool_calls)
             .field("connect_timeout", &self.connect_timeout)
-            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("first_token_timeout", &self.first_token_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("extra_headers", &header_names)
             .finish()
@@ -167,45 +159,6 @@ impl OpenAiCompatible {
     pub fn config(&self) -> &OpenAiConfig {
         &self.config
     }
-
-    fn timeout(&self, limit: Duration) -> LlmError {
-        LlmError::Timeout { provider: self.config.provider, millis: millis(limit) }
-    }
-
-    /// Turns a non-success response into [`LlmError::Http`] carrying the message of the provider's error body.
-    async fn http_error(&self, response: reqwest::Response) -> LlmError {
-        let status = response.status().as_u16();
-        let retry_after = header_text(response.headers(), RETRY_AFTER);
-        let body = match tokio::time::timeout(self.config.first_byte_timeout, response.text()).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(error)) => format!("(error body unreadable: {})", describe(&error)),
-            Err(_) => "(error body not received in time)".into(),
-        };
-        let mut detail = stream::error_message_from_text(&body);
-        if let Some(seconds) = retry_after {
-            detail.push_str(&format!("; retry after {seconds} s"));
-        }
-        LlmError::Http { provider: self.config.provider, status, detail }
-    }
-
-    /// A 200 answer that is JSON rather than an event stream: an error object, or a server ignoring `stream: true`.
-    async fn json_instead_of_stream(&self, response: reqwest::Response) -> LlmError {
-        let provider = self.config.provider;
-        let body = tokio::time::timeout(self.config.first_byte_timeout, response.text()).await;
-        let body = match body {
-            Ok(Ok(body)) => body,
-            _ => String::new(),
-        };
-        match serde_json::from_str::<serde_json::Value>(&body) {
-            Ok(value) if value.get("error").is_some_and(|e| !e.is_null()) => {
-                LlmError::Provider { provider, detail: stream::error_message_from_text(&body) }
-            }
-            _ => LlmError::Protocol {
-                provider,
-                detail: "answered with JSON instead of an event stream (does the server support stream: true?)".into(),
-            },
-        }
-    }
 }
 
 #[async_trait]
@@ -222,141 +175,14 @@ impl LanguageModel for OpenAiCompatible {
         let provider = self.config.provider;
         let body = build_body(&self.config, &request);
         let names = ToolNames::for_request(&request);
-        let deadline = Instant::now() + self.config.first_byte_timeout;
-        let send = self.http.post(self.endpoint.clone()).headers(self.headers.clone()).json(&body).send();
-        let response = match tokio::time::timeout_at(deadline, send).await {
-            Err(_) => return Err(self.timeout(self.config.first_byte_timeout)),
-            Ok(Err(error)) => return Err(LlmError::Connect { provider, detail: describe(&error) }),
-            Ok(Ok(response)) => response,
-        };
-        if !response.status().is_success() {
-            return Err(self.http_error(response).await);
-        }
-        if header_text(response.headers(), CONTENT_TYPE).is_some_and(|t| t.starts_with("application/json")) {
-            return Err(self.json_instead_of_stream(response).await);
-        }
-        let request_id = header_text(response.headers(), HeaderName::from_static("x-request-id"));
-        tracing::debug!(provider, model = %self.config.model, request_id = ?request_id, "llm stream accepted");
-        let driver = Driver {
+        sse_driver::open(SseCall {
             provider,
-            body: Box::pin(response.bytes_stream()),
-            body_ended: false,
-            sse: SseParser::new(),
-            decoder: Some(ChunkDecoder::new(provider, names)),
-            queue: VecDeque::new(),
-            request_id,
-            first_byte_deadline: Some(deadline),
-            first_byte_timeout: self.config.first_byte_timeout,
-            idle_timeout: self.config.idle_timeout,
-            failed: false,
-        };
-        Ok(Box::pin(futures_util::stream::unfold(driver, |mut driver| async move {
-            driver.next().await.map(|item| (item, driver))
-        })))
-    }
-}
-
-/// Reads the response body and turns it into events. Owning the body is what makes cancellation work: when the
-/// caller drops the stream, the driver and its body go with it and the connection is closed.
-struct Driver {
-    provider: &'static str,
-    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    body_ended: bool,
-    sse: SseParser,
-    /// `None` once the response is over (finished or failed).
-    decoder: Option<ChunkDecoder>,
-    queue: VecDeque<Result<LlmEvent, LlmError>>,
-    request_id: Option<String>,
-    /// Set until the first body bytes arrive.
-    first_byte_deadline: Option<Instant>,
-    first_byte_timeout: Duration,
-    idle_timeout: Duration,
-    failed: bool,
-}
-
-impl Driver {
-    async fn next(&mut self) -> Option<Result<LlmEvent, LlmError>> {
-        loop {
-            if let Some(item) = self.queue.pop_front() {
-                return Some(item);
-            }
-            match &self.decoder {
-                None => {
-                    self.drain().await;
-                    return None;
-                }
-                Some(decoder) if decoder.is_done() => self.end(),
-                Some(_) => self.read().await,
-            }
-        }
-    }
-
-    /// Waits for the next piece of the body (within the applicable timeout) and decodes it.
-    async fn read(&mut self) {
-        let (deadline, limit) = match self.first_byte_deadline {
-            Some(deadline) => (deadline, self.first_byte_timeout),
-            None => (Instant::now() + self.idle_timeout, self.idle_timeout),
-        };
-        match tokio::time::timeout_at(deadline, self.body.next()).await {
-            Err(_) => self.fail(LlmError::Timeout { provider: self.provider, millis: millis(limit) }),
-            Ok(Some(Ok(bytes))) => {
-                self.first_byte_deadline = None;
-                let events = self.sse.push(&bytes);
-                self.decode(events);
-            }
-            Ok(Some(Err(error))) => {
-                self.body_ended = true;
-                let detail = format!("the stream was interrupted: {}", describe(&error));
-                self.fail(LlmError::Connect { provider: self.provider, detail });
-            }
-            Ok(None) => {
-                self.body_ended = true;
-                let events = self.sse.finish();
-                self.decode(events);
-                self.end();
-            }
-        }
-    }
-
-    fn decode(&mut self, events: Vec<SseEvent>) {
-        for event in events {
-            let Some(decoder) = self.decoder.as_mut() else { return };
-            if decoder.is_done() {
-                return;
-            }
-            match decoder.on_event(&event) {
-                Ok(deltas) => self.queue.extend(deltas.into_iter().map(Ok)),
-                Err(error) => self.fail(error),
-            }
-        }
-    }
-
-    /// Queues the end of the response (tool calls and finish, or the truncation error).
-    fn end(&mut self) {
-        if let Some(decoder) = self.decoder.take() {
-            match decoder.finish(self.request_id.take()) {
-                Ok(events) => self.queue.extend(events.into_iter().map(Ok)),
-                Err(error) => self.fail(error),
-            }
-        }
-    }
-
-    fn fail(&mut self, error: LlmError) {
-        tracing::debug!(provider = self.provider, %error, "llm stream failed");
-        self.decoder = None;
-        self.failed = true;
-        self.queue.push_back(Err(error));
-    }
-
-    /// After a clean end, reads what is left of the body for a moment so the connection returns to the pool.
-    async fn drain(&mut self) {
-        if self.body_ended || self.failed {
-            return;
-        }
-        self.body_ended = true;
-        let body = &mut self.body;
-        let _ =
-            tokio::time::timeout(DRAIN_AFTER_DONE, async move { while let Some(Ok(_)) = body.next().await {} }).await;
+            request: self.http.post(self.endpoint.clone()).headers(self.headers.clone()).json(&body),
+            limits: StreamLimits { first_token: self.config.first_token_timeout, idle: self.config.idle_timeout },
+            request_id_header: HeaderName::from_static("x-request-id"),
+            decoder: ChunkDecoder::new(provider, names),
+        })
+        .await
     }
 }
 

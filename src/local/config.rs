@@ -1,4 +1,5 @@
-//! The `[local]` section: settings of the engines that run on this machine.
+//! Settings of the engines that run on this machine, as they appear in the `[local]` section (which
+//! [`crate::config::LocalConfig`] assembles, together with the offline transcription worker's settings).
 //!
 //! ```toml
 //! [local.whisper]
@@ -17,16 +18,6 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::segment::SegmenterConfig;
-use crate::transcribe::TranscribeConfig;
-
-/// `[local]`: the local engines and the offline transcription worker.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LocalConfig {
-    pub whisper: WhisperSettings,
-    pub espeak: EspeakSettings,
-    pub transcribe: TranscribeConfig,
-}
 
 /// Where the Whisper model is and how it runs.
 #[derive(Debug, Clone, Deserialize)]

@@ -11,5 +11,5 @@ pub mod segment;
 pub mod wav;
 pub mod whisper;
 
-pub use config::{EspeakSettings, LocalConfig, WhisperSettings};
+pub use config::{EspeakSettings, WhisperSettings};
 pub use whisper::{WhisperEngine, WhisperError};

@@ -10,7 +10,6 @@ use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::engine::tools::{ToolCallContext, ToolExecutor, ToolOutcome};
 use crate::llm::{ToolCall, ToolSpec};
 use crate::mcp::config::McpConfig;
 use crate::mcp::names;
@@ -18,6 +17,7 @@ use crate::mcp::report::{McpReport, ServerReport, ServerStatus, ToolReport};
 use crate::mcp::schema::{self, PreparedSchema};
 use crate::mcp::server::{ServerConnection, Timing};
 use crate::mcp::McpError;
+use crate::tool_executor::{ToolCallContext, ToolExecutor, ToolOutcome};
 
 /// `_meta` keys Parley puts on every `tools/call`, so the backend can tie an action to the phone call.
 pub const META_CALL_SID: &str = "parley/callSid";

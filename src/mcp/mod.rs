@@ -2,7 +2,7 @@
 //!
 //! [`McpBridge`] connects to every configured server at start-up (a server that is down is reported and retried in
 //! the background; its tools are absent until it is back), lists their tools, makes names and schemas acceptable to
-//! LLM providers, and implements the engine's [`ToolExecutor`](crate::engine::tools::ToolExecutor): it validates the
+//! LLM providers, and implements the engine's [`ToolExecutor`](crate::tool_executor::ToolExecutor): it validates the
 //! LLM's arguments, calls the tool with a timeout and the call's context in `_meta`, cancels it at the backend on
 //! barge-in or hang-up, and turns the result into text for the LLM.
 //!

@@ -7,7 +7,7 @@
 
 use rmcp::model::{CallToolResult, ContentBlock, ResourceContents};
 
-use crate::engine::tools::ToolOutcome;
+use crate::tool_executor::ToolOutcome;
 
 /// Maps a tool result to an outcome, capped at `max_chars` characters.
 pub fn to_outcome(result: &CallToolResult, max_chars: usize) -> ToolOutcome {

@@ -24,12 +24,12 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::tools::ToolOutcome;
 use crate::mcp::config::{McpConfig, McpServerConfig, McpTransportConfig};
 use crate::mcp::http::TracingHttpClient;
 use crate::mcp::report::{DroppedTool, ServerStatus};
 use crate::mcp::result;
 use crate::mcp::schema::{self, PreparedSchema};
+use crate::tool_executor::ToolOutcome;
 
 /// Environment variables a stdio server always gets from Parley's own environment (when set); everything else must
 /// be named in `inherit_env` or set in `env`, so provider API keys don't leak into tool servers.

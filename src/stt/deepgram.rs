@@ -14,12 +14,12 @@ use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
-use tokio_tungstenite::tungstenite::http::Request;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use url::Url;
+
+use crate::websocket::{self, Socket, UpgradeHeader};
 
 use super::{SpeechToText, SttError, SttEvent, SttInput, SttSession, Transcript};
 
@@ -29,9 +29,6 @@ pub const PROVIDER: &str = "deepgram";
 /// Capacity of the session's input and event channels: a few seconds of 20 ms audio frames, so a short stall on
 /// the network does not block the engine's audio path.
 const CHANNEL_CAPACITY: usize = 256;
-
-/// Longest error body kept from a rejected handshake, so a large HTML error page does not flood the logs.
-const MAX_REJECT_BODY: usize = 512;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Configuration
@@ -438,16 +435,12 @@ impl SpeechToText for Deepgram {
     }
 
     async fn open(&self) -> Result<SttSession, SttError> {
-        let request = handshake_request(&self.config)?;
-        let connect =
-            tokio_tungstenite::connect_async_with_config(request, Some(crate::websocket::client_config()), true);
-        let (socket, response) = tokio::time::timeout(self.config.connect_timeout, connect)
+        let url = listen_url(&self.config)?;
+        let auth = format!("Token {}", self.config.api_key);
+        let headers = [UpgradeHeader { name: AUTHORIZATION, value: &auth }];
+        let (socket, response) = websocket::connect(&url, &headers, self.config.connect_timeout)
             .await
-            .map_err(|_| SttError::Connect {
-                provider: PROVIDER,
-                detail: format!("handshake timed out after {:?}", self.config.connect_timeout),
-            })?
-            .map_err(handshake_error)?;
+            .map_err(|error| SttError::from_handshake(PROVIDER, error))?;
         let request_id = response.headers().get("dg-request-id").and_then(|value| value.to_str().ok()).unwrap_or("");
         tracing::info!(provider = PROVIDER, request_id, "stream opened");
 
@@ -464,50 +457,6 @@ impl SpeechToText for Deepgram {
         Ok(SttSession { input: input_tx, events: event_rx })
     }
 }
-
-/// The upgrade request: listen URL plus the `Authorization: Token` header, marked sensitive.
-fn handshake_request(config: &DeepgramConfig) -> Result<Request<()>, SttError> {
-    let url = listen_url(config)?;
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| SttError::Connect { provider: PROVIDER, detail: format!("invalid listen URL: {e}") })?;
-    let mut auth = HeaderValue::from_str(&format!("Token {}", config.api_key)).map_err(|_| SttError::Connect {
-        provider: PROVIDER,
-        detail: "the API key contains characters not allowed in an HTTP header".to_owned(),
-    })?;
-    auth.set_sensitive(true);
-    request.headers_mut().insert(AUTHORIZATION, auth);
-    Ok(request)
-}
-
-/// Maps a failed handshake: an HTTP answer (401 bad key, 400 bad parameters) is a rejection, anything else a
-/// connection failure.
-fn handshake_error(error: WsError) -> SttError {
-    match error {
-        WsError::Http(response) => {
-            let status = response.status().as_u16();
-            let body =
-                response.body().as_deref().map(|bytes| String::from_utf8_lossy(bytes).into_owned()).unwrap_or_default();
-            let detail = if body.trim().is_empty() {
-                response.status().canonical_reason().unwrap_or("handshake refused").to_owned()
-            } else {
-                truncate(body.trim(), MAX_REJECT_BODY)
-            };
-            SttError::Rejected { provider: PROVIDER, status, detail }
-        }
-        other => SttError::Connect { provider: PROVIDER, detail: other.to_string() },
-    }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((index, _)) => format!("{}…", &text[..index]),
-        None => text.to_owned(),
-    }
-}
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The task that owns one Deepgram socket.
 struct SessionIo {
@@ -602,11 +551,7 @@ impl SessionIo {
             self.emit(SttEvent::Closed).await;
             return Flow::Stop;
         }
-        let detail = match close {
-            Some(frame) => format!("close frame {}: {}", u16::from(frame.code), frame.reason.as_str()),
-            None => "close frame without a reason".to_owned(),
-        };
-        self.on_lost(detail, false).await
+        self.on_lost(websocket::close_detail(close.as_ref()), false).await
     }
 
     async fn on_lost(&mut self, detail: String, closing: bool) -> Flow {
@@ -728,15 +673,6 @@ mod tests {
     fn bad_base_url_is_a_connect_error() {
         let config = DeepgramConfig { base_url: "not a url".to_owned(), ..DeepgramConfig::default() };
         assert!(matches!(listen_url(&config), Err(SttError::Connect { .. })));
-    }
-
-    #[test]
-    fn handshake_carries_the_token_header() {
-        let config = DeepgramConfig { api_key: "dg-secret".to_owned(), ..DeepgramConfig::default() };
-        let request = handshake_request(&config).unwrap();
-        let auth = request.headers().get(AUTHORIZATION).unwrap();
-        assert_eq!(auth.to_str().unwrap(), "Token dg-secret");
-        assert!(auth.is_sensitive());
     }
 
     #[test]
@@ -886,26 +822,5 @@ mod tests {
         let mut broken: serde_json::Value = serde_json::from_str(RESULTS_FINAL).unwrap();
         broken["is_final"] = "yes".into();
         assert!(matches!(react_to_text(&broken.to_string()), Reaction::Ignore));
-    }
-
-    #[test]
-    fn rejected_handshake_keeps_status_and_body() {
-        let response = tokio_tungstenite::tungstenite::http::Response::builder()
-            .status(401)
-            .body(Some(b"{\"err_code\":\"INVALID_AUTH\"}".to_vec()))
-            .unwrap();
-        let error = handshake_error(WsError::Http(Box::new(response)));
-        let SttError::Rejected { status, detail, .. } = error else {
-            panic!("not a rejection: {error:?}");
-        };
-        assert_eq!(status, 401);
-        assert!(detail.contains("INVALID_AUTH"));
-    }
-
-    #[test]
-    fn long_reject_bodies_are_truncated() {
-        let long = "x".repeat(2000);
-        let cut = truncate(&long, MAX_REJECT_BODY);
-        assert_eq!(cut.chars().count(), MAX_REJECT_BODY + 1);
     }
 }

@@ -13,10 +13,11 @@ use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
+use tokio_tungstenite::tungstenite::Message;
 use url::Url;
+
+use crate::websocket::{self, Socket, UpgradeHeader};
 
 use super::{SpeechToText, SttError, SttEvent, SttInput, SttSession, Transcript, TurnEvent};
 
@@ -236,33 +237,17 @@ impl SpeechToText for DeepgramFlux {
 
     async fn open(&self) -> Result<SttSession, SttError> {
         let url = websocket_url(&self.config)?;
-        let connect_error = |detail: String| SttError::Connect { provider: PROVIDER, detail };
-        let mut request = url.as_str().into_client_request().map_err(|e| connect_error(format!("invalid URL: {e}")))?;
-        let mut auth = HeaderValue::from_str(&format!("Token {}", self.config.api_key))
-            .map_err(|_| connect_error("the API key contains characters not allowed in an HTTP header".into()))?;
-        auth.set_sensitive(true);
-        request.headers_mut().insert(AUTHORIZATION, auth);
-        let connect =
-            tokio_tungstenite::connect_async_with_config(request, Some(crate::websocket::client_config()), true);
-        let (socket, _) = tokio::time::timeout(self.config.connect_timeout, connect)
+        let auth = format!("Token {}", self.config.api_key);
+        let headers = [UpgradeHeader { name: AUTHORIZATION, value: &auth }];
+        let (socket, _) = websocket::connect(&url, &headers, self.config.connect_timeout)
             .await
-            .map_err(|_| connect_error(format!("handshake timed out after {:?}", self.config.connect_timeout)))?
-            .map_err(|error| match error {
-                WsError::Http(response) => SttError::Rejected {
-                    provider: PROVIDER,
-                    status: response.status().as_u16(),
-                    detail: "handshake rejected".into(),
-                },
-                other => connect_error(other.to_string()),
-            })?;
+            .map_err(|error| SttError::from_handshake(PROVIDER, error))?;
         let (input_tx, input_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (event_tx, event_rx) = mpsc::channel(CHANNEL_CAPACITY);
         tokio::spawn(run(socket, input_rx, event_tx));
         Ok(SttSession { input: input_tx, events: event_rx })
     }
 }
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Pumps audio out and turn events in until the socket ends; ends with `Closed` or `Error`.
 async fn run(mut socket: Socket, mut input: mpsc::Receiver<SttInput>, events: mpsc::Sender<SttEvent>) {
@@ -299,8 +284,7 @@ async fn run(mut socket: Socket, mut input: mpsc::Receiver<SttInput>, events: mp
                 },
                 Some(Ok(Message::Close(_))) | None if closing => break None,
                 Some(Ok(Message::Close(close))) => {
-                    let detail = close.map_or_else(|| "closed".to_owned(), |c| format!("closed with code {}", u16::from(c.code)));
-                    break Some(SttError::Disconnected { provider: PROVIDER, detail });
+                    break Some(SttError::Disconnected { provider: PROVIDER, detail: websocket::close_detail(close.as_ref()) });
                 }
                 None => break Some(SttError::Disconnected { provider: PROVIDER, detail: "the socket ended".into() }),
                 Some(Ok(_)) => {}

@@ -1,10 +1,10 @@
 //! An ordered list of speech-to-text providers used as one: a session opens on the first healthy provider that
-//! accepts it. See [`crate::engine::failover`] for the order and the cool-down.
+//! accepts it. See [`crate::failover`] for the order and the cool-down.
 
 use async_trait::async_trait;
 
 use super::{SpeechToText, SttError, SttSession};
-use crate::engine::failover::Failover;
+use crate::failover::Failover;
 
 /// Several providers, tried in order; see the module documentation.
 pub type FailoverStt = Failover<dyn SpeechToText>;

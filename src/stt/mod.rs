@@ -22,6 +22,19 @@ pub enum SttError {
     Disconnected { provider: &'static str, detail: String },
 }
 
+impl SttError {
+    /// A failed socket handshake, reported the same way by every WebSocket provider: an HTTP answer to the upgrade
+    /// is [`SttError::Rejected`] with its status, anything else [`SttError::Connect`].
+    pub fn from_handshake(provider: &'static str, error: crate::websocket::HandshakeError) -> SttError {
+        match error {
+            crate::websocket::HandshakeError::Rejected { status, detail } => {
+                SttError::Rejected { provider, status, detail }
+            }
+            other => SttError::Connect { provider, detail: other.to_string() },
+        }
+    }
+}
+
 /// What the engine sends into a recognition session.
 #[derive(Debug, Clone)]
 pub enum SttInput {

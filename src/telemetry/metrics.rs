@@ -12,10 +12,10 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::Resource;
 
 use super::config::{OtlpProtocol, TelemetryConfig};
+use super::latency::TurnLatency;
 use super::otel::signal_url;
 use super::TelemetryError;
 use crate::call::registry::CallRegistry;
-use crate::engine::latency::TurnLatency;
 
 /// Histogram buckets in milliseconds, spanning a fast hand-off to a slow provider.
 const BUCKETS_MS: [f64; 16] =

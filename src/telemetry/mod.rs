@@ -2,6 +2,7 @@
 //! so, and metrics are always readable at `GET /metrics`.
 
 pub mod config;
+pub mod latency;
 pub mod metrics;
 pub mod otel;
 pub mod redact;

@@ -3,7 +3,7 @@
 //!
 //! Parley's spans come from two sources: the call's root span is a `tracing` span (so the call's log lines carry it)
 //! bridged by `tracing-opentelemetry`; the turn and stage spans are built with the OpenTelemetry API directly, because
-//! their start and end times are only known once a stage is over (they come from [`crate::engine::latency`]).
+//! their start and end times are only known once a stage is over (they come from [`super::latency`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -21,8 +21,8 @@ use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use tokio::time::Instant;
 
+use super::latency::TurnLatency;
 use super::otel::{enabled, tracer, ClockAnchor};
-use crate::engine::latency::TurnLatency;
 use crate::llm::Usage;
 
 /// The open `invoke_agent` span of one caller turn, and what its stage spans are built from at its end.

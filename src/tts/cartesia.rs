@@ -19,12 +19,11 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue, AUTHORIZATION};
-use tokio_tungstenite::tungstenite::http::Request;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::http::header::{HeaderName, AUTHORIZATION};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use url::Url;
+
+use crate::websocket::{self, Socket, UpgradeHeader};
 
 use super::{ContextId, TextToSpeech, TtsError, TtsEvent, TtsInput, TtsSession};
 
@@ -56,9 +55,10 @@ pub struct CartesiaConfig {
     pub language: String,
     /// Pinned `Cartesia-Version`, sent both as header and as `cartesia_version` query parameter.
     pub version: String,
-    /// Server-side text buffering before generation; `None` keeps Cartesia's default (3000 ms), which suits raw
-    /// LLM token streaming, `Some(0)` suits whole sentences.
-    pub max_buffer_delay_ms: Option<u32>,
+    /// Server-side text buffering before generation, sent with every request. Cartesia's default (3000 ms, when
+    /// the field is left out) is meant for raw LLM tokens; Parley sends whole sentences and clauses, so the default
+    /// here is 0: generate what arrives at once.
+    pub max_buffer_delay_ms: u32,
     /// Upper bound on the WebSocket handshake.
     pub connect_timeout: Duration,
 }
@@ -72,7 +72,7 @@ impl Default for CartesiaConfig {
             voice_id: String::new(),
             language: "en".to_owned(),
             version: DEFAULT_VERSION.to_owned(),
-            max_buffer_delay_ms: None,
+            max_buffer_delay_ms: 0,
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -125,8 +125,8 @@ pub struct GenerationRequest {
     pub continue_: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_timestamps: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_buffer_delay_ms: Option<u32>,
+    /// Always sent: leaving it out means Cartesia's 3 s buffer (see [`CartesiaConfig::max_buffer_delay_ms`]).
+    pub max_buffer_delay_ms: u32,
 }
 
 /// Voice selection by id.
@@ -409,16 +409,15 @@ impl TextToSpeech for Cartesia {
     }
 
     async fn open(&self) -> Result<TtsSession, TtsError> {
-        let request = handshake_request(&self.config)?;
-        let connect =
-            tokio_tungstenite::connect_async_with_config(request, Some(crate::websocket::client_config()), true);
-        let (socket, _response) = tokio::time::timeout(self.config.connect_timeout, connect)
+        let url = websocket_url(&self.config)?;
+        let auth = format!("Bearer {}", self.config.api_key);
+        let headers = [
+            UpgradeHeader { name: AUTHORIZATION, value: &auth },
+            UpgradeHeader { name: HeaderName::from_static("cartesia-version"), value: &self.config.version },
+        ];
+        let (socket, _) = websocket::connect(&url, &headers, self.config.connect_timeout)
             .await
-            .map_err(|_| TtsError::Connect {
-                provider: PROVIDER,
-                detail: format!("handshake timed out after {:?}", self.config.connect_timeout),
-            })?
-            .map_err(handshake_error)?;
+            .map_err(|error| TtsError::from_handshake(PROVIDER, error))?;
         tracing::info!(provider = PROVIDER, version = %self.config.version, "socket opened");
 
         let (input_tx, input_rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -434,45 +433,6 @@ impl TextToSpeech for Cartesia {
         Ok(TtsSession { input: input_tx, events: event_rx })
     }
 }
-
-/// The upgrade request: URL plus `Authorization: Bearer` (marked sensitive) and `Cartesia-Version`.
-fn handshake_request(config: &CartesiaConfig) -> Result<Request<()>, TtsError> {
-    let url = websocket_url(config)?;
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| TtsError::Connect { provider: PROVIDER, detail: format!("invalid URL: {e}") })?;
-    let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.api_key)).map_err(|_| TtsError::Connect {
-        provider: PROVIDER,
-        detail: "the API key contains characters not allowed in an HTTP header".to_owned(),
-    })?;
-    auth.set_sensitive(true);
-    let version = HeaderValue::from_str(&config.version).map_err(|_| TtsError::Connect {
-        provider: PROVIDER,
-        detail: format!("invalid Cartesia version {:?}", config.version),
-    })?;
-    let headers = request.headers_mut();
-    headers.insert(AUTHORIZATION, auth);
-    headers.insert(HeaderName::from_static("cartesia-version"), version);
-    Ok(request)
-}
-
-/// Maps a failed handshake. [`TtsError`] has no rejection variant, so an HTTP answer becomes a `Connect` error that
-/// names the status (401 = bad key).
-fn handshake_error(error: WsError) -> TtsError {
-    let detail = match error {
-        WsError::Http(response) => {
-            let body =
-                response.body().as_deref().map(|bytes| String::from_utf8_lossy(bytes).into_owned()).unwrap_or_default();
-            let body: String = body.trim().chars().take(512).collect();
-            format!("handshake rejected with HTTP {}: {body}", response.status().as_u16())
-        }
-        other => other.to_string(),
-    };
-    TtsError::Connect { provider: PROVIDER, detail }
-}
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The task that owns one Cartesia socket.
 struct SessionIo {
@@ -557,7 +517,7 @@ impl SessionIo {
                 Some(event) => self.emit(event).await,
                 None => Flow::Continue,
             },
-            Some(Ok(Message::Close(close))) => self.on_lost(close_detail(close)).await,
+            Some(Ok(Message::Close(close))) => self.on_lost(websocket::close_detail(close.as_ref())).await,
             Some(Ok(Message::Binary(data))) => {
                 tracing::warn!(provider = PROVIDER, len = data.len(), "skipping unexpected binary message");
                 Flow::Continue
@@ -588,13 +548,6 @@ impl SessionIo {
     }
 }
 
-fn close_detail(close: Option<CloseFrame>) -> String {
-    match close {
-        Some(frame) => format!("close frame {}: {}", u16::from(frame.code), frame.reason.as_str()),
-        None => "close frame without a reason".to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,7 +570,6 @@ mod tests {
         CartesiaConfig {
             api_key: "sk-secret".to_owned(),
             voice_id: "a0e99841-438c-4a64-b679-ae501e7d6091".to_owned(),
-            max_buffer_delay_ms: Some(0),
             ..CartesiaConfig::default()
         }
     }
@@ -641,15 +593,6 @@ mod tests {
         );
         let bad = CartesiaConfig { base_url: "::".to_owned(), ..CartesiaConfig::default() };
         assert!(matches!(websocket_url(&bad), Err(TtsError::Connect { .. })));
-    }
-
-    #[test]
-    fn handshake_carries_bearer_and_version_headers() {
-        let request = handshake_request(&documented_config()).unwrap();
-        let auth = request.headers().get(AUTHORIZATION).unwrap();
-        assert_eq!(auth.to_str().unwrap(), "Bearer sk-secret");
-        assert!(auth.is_sensitive());
-        assert_eq!(request.headers().get("cartesia-version").unwrap(), "2025-04-16");
     }
 
     #[test]
@@ -685,10 +628,10 @@ mod tests {
     }
 
     #[test]
-    fn default_buffer_delay_is_left_to_the_server() {
+    fn whole_pieces_ask_for_no_server_buffering() {
         let request = generation_request(&CartesiaConfig::default(), "c", "hi", false);
         let value = serde_json::to_value(request).unwrap();
-        assert!(value.get("max_buffer_delay_ms").is_none());
+        assert_eq!(value["max_buffer_delay_ms"], 0);
         assert!(value.get("add_timestamps").is_none());
     }
 
@@ -793,18 +736,5 @@ mod tests {
         for text in [r#"{"type":"brand_new"}"#, "{not json", "", r#"{"data":"AA=="}"#] {
             assert!(event_of_text(text, &HashSet::new()).is_none(), "{text}");
         }
-    }
-
-    #[test]
-    fn rejected_handshake_names_the_status() {
-        let response = tokio_tungstenite::tungstenite::http::Response::builder()
-            .status(401)
-            .body(Some(b"unauthorized".to_vec()))
-            .unwrap();
-        let TtsError::Connect { detail, .. } = handshake_error(WsError::Http(Box::new(response))) else {
-            panic!("not a connect error");
-        };
-        assert!(detail.contains("HTTP 401"), "{detail}");
-        assert!(detail.contains("unauthorized"));
     }
 }

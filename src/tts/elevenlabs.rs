@@ -20,10 +20,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::http::header::HeaderName;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use url::Url;
+
+use crate::websocket::{self, Socket, UpgradeHeader};
 
 use super::{ContextId, TextToSpeech, TtsError, TtsEvent, TtsInput, TtsSession};
 
@@ -221,23 +222,10 @@ impl TextToSpeech for ElevenLabs {
 
     async fn open(&self) -> Result<TtsSession, TtsError> {
         let url = websocket_url(&self.config)?;
-        let connect_error = |detail: String| TtsError::Connect { provider: PROVIDER, detail };
-        let mut request = url.as_str().into_client_request().map_err(|e| connect_error(format!("invalid URL: {e}")))?;
-        let mut key = HeaderValue::from_str(&self.config.api_key)
-            .map_err(|_| connect_error("the API key contains characters not allowed in an HTTP header".into()))?;
-        key.set_sensitive(true);
-        request.headers_mut().insert(HeaderName::from_static("xi-api-key"), key);
-        let connect =
-            tokio_tungstenite::connect_async_with_config(request, Some(crate::websocket::client_config()), true);
-        let (socket, _) = tokio::time::timeout(self.config.connect_timeout, connect)
+        let headers = [UpgradeHeader { name: HeaderName::from_static("xi-api-key"), value: &self.config.api_key }];
+        let (socket, _) = websocket::connect(&url, &headers, self.config.connect_timeout)
             .await
-            .map_err(|_| connect_error(format!("handshake timed out after {:?}", self.config.connect_timeout)))?
-            .map_err(|error| match error {
-                WsError::Http(response) => {
-                    connect_error(format!("handshake rejected with HTTP {}", response.status().as_u16()))
-                }
-                other => connect_error(other.to_string()),
-            })?;
+            .map_err(|error| TtsError::from_handshake(PROVIDER, error))?;
         let (input_tx, input_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (event_tx, event_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let io = SessionIo {
@@ -252,8 +240,6 @@ impl TextToSpeech for ElevenLabs {
         Ok(TtsSession { input: input_tx, events: event_rx })
     }
 }
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The task that owns one socket.
 struct SessionIo {
@@ -352,11 +338,8 @@ impl SessionIo {
         let event = match frame {
             Some(Ok(Message::Text(text))) => event_of_text(text.as_str(), &self.cancelled),
             Some(Ok(Message::Close(close))) => {
-                let detail = match close {
-                    Some(close) => format!("closed with code {}: {}", u16::from(close.code), close.reason),
-                    None => "closed without a reason".into(),
-                };
-                let error = TtsError::Disconnected { provider: PROVIDER, detail };
+                let error =
+                    TtsError::Disconnected { provider: PROVIDER, detail: websocket::close_detail(close.as_ref()) };
                 let _ = self.events.send(TtsEvent::Error { context: None, error }).await;
                 return false;
             }

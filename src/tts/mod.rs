@@ -12,12 +12,28 @@ use tokio::sync::mpsc;
 pub enum TtsError {
     #[error("could not connect to {provider}: {detail}")]
     Connect { provider: &'static str, detail: String },
+    /// The provider answered the session's request with an HTTP error (401 bad key, 400 bad parameters).
+    #[error("{provider} rejected the request (HTTP {status}): {detail}")]
+    Rejected { provider: &'static str, status: u16, detail: String },
     #[error("{provider} sent a message Parley could not parse: {detail}")]
     Protocol { provider: &'static str, detail: String },
     #[error("{provider} reported an error: {detail}")]
     Provider { provider: &'static str, detail: String },
     #[error("{provider} connection closed unexpectedly: {detail}")]
     Disconnected { provider: &'static str, detail: String },
+}
+
+impl TtsError {
+    /// A failed socket handshake, reported the same way by every WebSocket provider: an HTTP answer to the upgrade
+    /// is [`TtsError::Rejected`] with its status, anything else [`TtsError::Connect`].
+    pub fn from_handshake(provider: &'static str, error: crate::websocket::HandshakeError) -> TtsError {
+        match error {
+            crate::websocket::HandshakeError::Rejected { status, detail } => {
+                TtsError::Rejected { provider, status, detail }
+            }
+            other => TtsError::Connect { provider, detail: other.to_string() },
+        }
+    }
 }
 
 /// Identifies one reply's audio.

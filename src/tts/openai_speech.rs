@@ -237,8 +237,7 @@ impl RequestMaker {
                 Ok(Ok(body)) => error_message_from_text(&body),
                 _ => "(error body not received)".into(),
             };
-            let detail = format!("HTTP {}: {message}", status.as_u16());
-            return Err(TtsError::Provider { provider: PROVIDER, detail });
+            return Err(TtsError::Rejected { provider: PROVIDER, status: status.as_u16(), detail: message });
         }
         let mut body = response.bytes_stream();
         let mut converter = Pcm24kToMulaw8k::new();

@@ -127,9 +127,7 @@ async fn relay(mut client: tokio::net::TcpStream, state: Arc<GateState>) {
     cut.mark_unchanged();
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = cut.changed() => {
-            // Reset, not a clean close: the peer sees the connection fail.
-            let _ = client.set_linger(Some(Duration::ZERO));
-        }
+        // Both sockets close without a WebSocket close frame: the peer sees the connection fail.
+        _ = cut.changed() => {}
     }
 }

@@ -235,7 +235,11 @@ async fn a_silent_model_gets_the_filler_line_and_then_the_fallback_line() {
     assert!(waited >= Duration::from_millis(1_000) && waited < Duration::from_millis(1_050), "{waited:?}");
     // The provider's first-token timeout fires.
     tokio::time::sleep(Duration::from_millis(3_000)).await;
-    let _ = turn.answer.send(Err(LlmError::Timeout { provider: "test-llm", millis: 4_000 }));
+    let _ = turn.answer.send(Err(LlmError::Timeout {
+        provider: "test-llm",
+        millis: 4_000,
+        waiting_for: "the first token",
+    }));
     let second = call.next_spoken().await;
     assert_eq!(second.text, fallback);
     assert!(second.at.duration_since(asked) < Duration::from_millis(4_050));

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::llm::openai::stream::error_message_from_text;
 use crate::llm::openai::ToolNames;
 use crate::llm::sse::SseEvent;
+use crate::llm::sse_driver::StreamDecoder;
 use crate::llm::{FinishReason, LlmError, LlmEvent, ToolCall, Usage};
 
 /// Longest excerpt of an unparseable payload quoted in an error.
@@ -26,6 +27,8 @@ pub struct MessageDecoder {
     stop_reason: Option<String>,
     usage: Option<Usage>,
     message_id: Option<String>,
+    /// Pieces of the answer decoded so far (content deltas, `tool_use` starts, the stop reason, `message_stop`).
+    pieces: u64,
     done: bool,
 }
 
@@ -127,17 +130,31 @@ impl MessageDecoder {
             stop_reason: None,
             usage: None,
             message_id: None,
+            pieces: 0,
             done: false,
         }
     }
 
-    /// Whether `message_stop` arrived (nothing after it matters).
-    pub fn is_done(&self) -> bool {
-        self.done
+    /// `message_start` carries the input tokens, `message_delta` the cumulative output tokens (and sometimes input
+    /// tokens again): later values replace earlier ones.
+    fn merge_usage(&mut self, wire: WireUsage) {
+        let usage = self.usage.get_or_insert_with(Usage::default);
+        if let Some(input) = wire.input_tokens {
+            usage.input_tokens = input;
+        }
+        if let Some(output) = wire.output_tokens {
+            usage.output_tokens = output;
+        }
     }
 
+    fn provider_error(&self, detail: String) -> LlmError {
+        LlmError::Provider { provider: self.provider, detail }
+    }
+}
+
+impl StreamDecoder for MessageDecoder {
     /// Decodes one SSE event; returns the text deltas to deliver now.
-    pub fn on_event(&mut self, event: &SseEvent) -> Result<Vec<LlmEvent>, LlmError> {
+    fn on_event(&mut self, event: &SseEvent) -> Result<Vec<LlmEvent>, LlmError> {
         let data = event.data.trim();
         if self.done || data.is_empty() {
             return Ok(Vec::new());
@@ -155,6 +172,15 @@ impl MessageDecoder {
             }
         };
         let mut out = Vec::new();
+        let answers = match &wire {
+            WireEvent::ContentBlockStart { content_block, .. } => matches!(content_block, WireBlock::ToolUse { .. }),
+            WireEvent::ContentBlockDelta { .. } | WireEvent::MessageStop {} => true,
+            WireEvent::MessageDelta { delta, .. } => delta.as_ref().is_some_and(|d| d.stop_reason.is_some()),
+            _ => false,
+        };
+        if answers {
+            self.pieces += 1;
+        }
         match wire {
             WireEvent::MessageStart { message } => {
                 self.message_id = message.id.filter(|id| !id.is_empty());
@@ -204,9 +230,20 @@ impl MessageDecoder {
         Ok(out)
     }
 
+    /// Whether `message_stop` arrived (nothing after it matters).
+    fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Pieces of the answer decoded so far; `message_start`, `ping` and the start of an empty text block are not
+    /// part of the answer, a thinking delta is (the model is working).
+    fn answer_pieces(&self) -> u64 {
+        self.pieces
+    }
+
     /// Ends the response: the tool calls (if any) and the finish event. A body that ended with neither
     /// `message_stop` nor a `stop_reason` was cut off, and is reported as such rather than as a short reply.
-    pub fn finish(self, header_request_id: Option<String>) -> Result<Vec<LlmEvent>, LlmError> {
+    fn finish(self, header_request_id: Option<String>) -> Result<Vec<LlmEvent>, LlmError> {
         if !self.done && self.stop_reason.is_none() {
             return Err(LlmError::Protocol {
                 provider: self.provider,
@@ -233,22 +270,6 @@ impl MessageDecoder {
         let request_id = header_request_id.or(self.message_id);
         events.push(LlmEvent::Finished { reason, usage: self.usage, request_id });
         Ok(events)
-    }
-
-    /// `message_start` carries the input tokens, `message_delta` the cumulative output tokens (and sometimes input
-    /// tokens again): later values replace earlier ones.
-    fn merge_usage(&mut self, wire: WireUsage) {
-        let usage = self.usage.get_or_insert_with(Usage::default);
-        if let Some(input) = wire.input_tokens {
-            usage.input_tokens = input;
-        }
-        if let Some(output) = wire.output_tokens {
-            usage.output_tokens = output;
-        }
-    }
-
-    fn provider_error(&self, detail: String) -> LlmError {
-        LlmError::Provider { provider: self.provider, detail }
     }
 }
 

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::request::ToolNames;
 use crate::llm::sse::SseEvent;
+use crate::llm::sse_driver::StreamDecoder;
 use crate::llm::tool_calls::{ToolCallAccumulator, ToolCallFragment};
 use crate::llm::{FinishReason, LlmError, LlmEvent, Usage};
 
@@ -25,6 +26,8 @@ pub struct ChunkDecoder {
     finish_reason: Option<String>,
     usage: Option<Usage>,
     response_id: Option<String>,
+    /// Pieces of the answer decoded so far (text, tool-call fragments, the finish reason, `[DONE]`).
+    pieces: u64,
     done: bool,
 }
 
@@ -101,65 +104,9 @@ impl ChunkDecoder {
             finish_reason: None,
             usage: None,
             response_id: None,
+            pieces: 0,
             done: false,
         }
-    }
-
-    /// Whether `data: [DONE]` arrived (nothing after it matters).
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-
-    /// Decodes one SSE event; returns the text deltas to deliver now.
-    pub fn on_event(&mut self, event: &SseEvent) -> Result<Vec<LlmEvent>, LlmError> {
-        if self.done {
-            return Ok(Vec::new());
-        }
-        if event.event.as_deref() == Some("error") {
-            return Err(self.provider_error(error_message_from_text(&event.data)));
-        }
-        let data = event.data.trim();
-        if data.is_empty() {
-            return Ok(Vec::new());
-        }
-        if data == "[DONE]" {
-            self.done = true;
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        for chunk in self.parse_chunks(data)? {
-            self.apply(chunk, &mut out)?;
-        }
-        Ok(out)
-    }
-
-    /// Ends the response: the accumulated tool calls (if any) and the finish event. A body that ended with neither
-    /// `[DONE]` nor a `finish_reason` was cut off, and is reported as such rather than as a short reply.
-    pub fn finish(self, header_request_id: Option<String>) -> Result<Vec<LlmEvent>, LlmError> {
-        if !self.done && self.finish_reason.is_none() {
-            return Err(LlmError::Protocol {
-                provider: self.provider,
-                detail: "the stream ended before the response was complete".into(),
-            });
-        }
-        let names = self.names;
-        let calls: Vec<_> = self
-            .calls
-            .finish()
-            .into_iter()
-            .map(|mut call| {
-                call.name = names.original(std::mem::take(&mut call.name));
-                call
-            })
-            .collect();
-        let reason = finish_reason(self.finish_reason.as_deref(), !calls.is_empty());
-        let mut events = Vec::with_capacity(2);
-        if !calls.is_empty() {
-            events.push(LlmEvent::ToolCalls(calls));
-        }
-        let request_id = header_request_id.or(self.response_id);
-        events.push(LlmEvent::Finished { reason, usage: self.usage, request_id });
-        Ok(events)
     }
 
     /// One chunk per event normally. Servers that separate chunks by single newlines put several `data:` lines into
@@ -205,14 +152,17 @@ impl ChunkDecoder {
         if let Some(delta) = choice.delta {
             for text in [delta.content, delta.refusal].into_iter().flatten() {
                 if !text.is_empty() {
+                    self.pieces += 1;
                     out.push(LlmEvent::TextDelta(text));
                 }
             }
             for call in delta.tool_calls.unwrap_or_default() {
+                self.pieces += 1;
                 self.calls.push(fragment(call));
             }
         }
         if let Some(reason) = choice.finish_reason.filter(|reason| !reason.is_empty()) {
+            self.pieces += 1;
             self.finish_reason = Some(reason);
         }
     }
@@ -223,6 +173,71 @@ impl ChunkDecoder {
 
     fn unparseable(&self, data: &str, error: &serde_json::Error) -> LlmError {
         LlmError::Protocol { provider: self.provider, detail: format!("{error} in chunk {}", excerpt(data)) }
+    }
+}
+
+impl StreamDecoder for ChunkDecoder {
+    /// Decodes one SSE event; returns the text deltas to deliver now.
+    fn on_event(&mut self, event: &SseEvent) -> Result<Vec<LlmEvent>, LlmError> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        if event.event.as_deref() == Some("error") {
+            return Err(self.provider_error(error_message_from_text(&event.data)));
+        }
+        let data = event.data.trim();
+        if data.is_empty() {
+            return Ok(Vec::new());
+        }
+        if data == "[DONE]" {
+            self.done = true;
+            self.pieces += 1;
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for chunk in self.parse_chunks(data)? {
+            self.apply(chunk, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Whether `data: [DONE]` arrived (nothing after it matters).
+    fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Pieces of the answer decoded so far; the `role` preamble and usage-only chunks are not part of the answer.
+    fn answer_pieces(&self) -> u64 {
+        self.pieces
+    }
+
+    /// Ends the response: the accumulated tool calls (if any) and the finish event. A body that ended with neither
+    /// `[DONE]` nor a `finish_reason` was cut off, and is reported as such rather than as a short reply.
+    fn finish(self, header_request_id: Option<String>) -> Result<Vec<LlmEvent>, LlmError> {
+        if !self.done && self.finish_reason.is_none() {
+            return Err(LlmError::Protocol {
+                provider: self.provider,
+                detail: "the stream ended before the response was complete".into(),
+            });
+        }
+        let names = self.names;
+        let calls: Vec<_> = self
+            .calls
+            .finish()
+            .into_iter()
+            .map(|mut call| {
+                call.name = names.original(std::mem::take(&mut call.name));
+                call
+            })
+            .collect();
+        let reason = finish_reason(self.finish_reason.as_deref(), !calls.is_empty());
+        let mut events = Vec::with_capacity(2);
+        if !calls.is_empty() {
+            events.push(LlmEvent::ToolCalls(calls));
+        }
+        let request_id = header_request_id.or(self.response_id);
+        events.push(LlmEvent::Finished { reason, usage: self.usage, request_id });
+        Ok(events)
     }
 }
 

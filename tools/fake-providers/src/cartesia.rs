@@ -1,7 +1,8 @@
 //! Fake Cartesia TTS WebSocket (`/tts/websocket`) server.
 //!
 //! A real WebSocket server on 127.0.0.1 that speaks Cartesia's context protocol: for each context it waits
-//! `first_audio_delay`, then streams base64 μ-law chunks of a quiet tone whose length is proportional to the text
+//! `first_audio_delay` (plus, for a context that is still taking text, the documented server-side text buffer:
+//! `max_buffer_delay_ms`, 3000 ms when the request leaves it out, 0–5000 accepted), then streams base64 μ-law chunks of a quiet tone whose length is proportional to the text
 //! received (`ms_per_char`), and sends `done` once the context got `continue: false` and all its audio is out.
 //! `cancel` stops a context (optionally followed by one deliberately late chunk, to prove clients drop it). Everything
 //! it receives is recorded for assertions, and faults (handshake rejection, error for a context in either error shape,
@@ -27,6 +28,11 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
 use crate::deepgram::mulaw_encode;
+
+/// Cartesia's server-side text buffer when a request does not set `max_buffer_delay_ms`.
+const DEFAULT_BUFFER_DELAY_MS: u64 = 3000;
+/// The largest `max_buffer_delay_ms` Cartesia accepts.
+const MAX_BUFFER_DELAY_MS: u64 = 5000;
 
 const CHUNK: &str = include_str!("../../../proto-fixtures/cartesia/chunk.json");
 const DONE: &str = include_str!("../../../proto-fixtures/cartesia/done.json");
@@ -387,16 +393,34 @@ impl Session {
             self.over.insert(context.clone());
             return self.send_error(Some(&context), "the fake only produces raw pcm_mulaw at 8000 Hz").await;
         }
+        let buffer_ms = match &request["max_buffer_delay_ms"] {
+            Value::Null => DEFAULT_BUFFER_DELAY_MS,
+            value => match value.as_u64().filter(|ms| *ms <= MAX_BUFFER_DELAY_MS) {
+                Some(ms) => ms,
+                None => {
+                    self.over.insert(context.clone());
+                    let message = "max_buffer_delay_ms must be an integer between 0 and 5000";
+                    return self.send_error(Some(&context), message).await;
+                }
+            },
+        };
+        // A context that is still taking text waits for more of it up to the buffer delay; its last input starts
+        // generation at once.
+        let buffer = if request["continue"] == true { Duration::from_millis(buffer_ms) } else { Duration::ZERO };
         let bytes = transcript.chars().count() * self.shared.options.ms_per_char as usize * BYTES_PER_MS;
         let first_audio_delay = self.shared.options.first_audio_delay;
         let entry = self.contexts.entry(context).or_insert_with(|| Context {
             remaining: 0,
-            next_at: Instant::now() + first_audio_delay,
+            next_at: Instant::now() + first_audio_delay + buffer,
             closed: false,
             samples: 0,
         });
         entry.remaining += bytes;
         entry.closed |= request["continue"] != true;
+        if entry.closed && entry.samples == 0 {
+            // The last input flushes the buffer: generation starts now rather than when the buffer delay ends.
+            entry.next_at = entry.next_at.min(Instant::now() + first_audio_delay);
+        }
         Ok(())
     }
 

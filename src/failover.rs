@@ -1,9 +1,14 @@
 //! Which provider of a stage's ordered list to try: the configured order, with providers that failed recently moved
 //! to the back until their cool-down is over.
 //!
+//! It belongs to the provider layer, not the engine: a failover list is itself a provider of its stage (it
+//! implements the stage's trait), so the engine sees one speech-to-text, one model and one voice whether or not
+//! there is a list behind it, and the stage modules build on this one without reaching up into the engine.
+//!
 //! The per-stage wrappers ([`crate::llm::failover`], [`crate::stt::failover`], [`crate::tts::failover`]) are each a
-//! [`Failover`] over their stage's trait: it asks for the order, tries each provider in turn, and reports what happened. A provider that failed is not tried first again for
-//! `cooldown`, so one outage does not cost every turn a timeout; it is still tried when every other one has failed.
+//! [`Failover`] over their stage's trait: it asks for the order, tries each provider in turn, and reports what
+//! happened. A provider that failed is not tried first again for `cooldown`, so one outage does not cost every turn
+//! a timeout; it is still tried when every other one has failed.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

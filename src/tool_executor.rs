@@ -1,4 +1,7 @@
 //! What the engine needs from whatever executes the LLM's tool calls (the MCP bridge, or nothing).
+//!
+//! The interface sits below both sides: the engine calls it, [`crate::mcp`] implements it, and neither reaches into
+//! the other. `crate::engine::tools` names the same module.
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
