@@ -48,7 +48,10 @@ fn templates(rng: &mut Rng) -> Vec<String> {
             rng.below(1_000),
             rng.below(100_000)
         ),
-        format!(r#"{{"event":"dtmf","streamSid":"{stream}","dtmf":{{"track":"inbound_track","digit":"{}"}}}}"#, rng.below(10)),
+        format!(
+            r#"{{"event":"dtmf","streamSid":"{stream}","dtmf":{{"track":"inbound_track","digit":"{}"}}}}"#,
+            rng.below(10)
+        ),
         format!(r#"{{"event":"mark","streamSid":"{stream}","mark":{{"name":"echo-{}"}}}}"#, rng.below(5)),
         r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#.to_owned(),
         format!(
@@ -83,7 +86,7 @@ fn hostile_frame(rng: &mut Rng) -> String {
         }
         4 => format!("{}{}", "[".repeat(1 + rng.below(5_000)), "]".repeat(rng.below(5_000))),
         5 => template.replacen("echo-", &"\u{1b}[31m\r\n".repeat(1 + rng.below(2_000)), 1),
-        6 => template.replacen("inbound", rng.pick(&["outbound", "", "inbound\n", "Inbound", "in\u0000bound"]), 1),
+        6 => template.replacen("inbound", rng.pick(&["outbound", "", "inbound\n", "Inbound", "in\u{0}bound"]), 1),
         _ => template,
     }
 }

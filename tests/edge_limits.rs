@@ -121,10 +121,8 @@ async fn connections_beyond_the_pending_cap_are_closed_but_upgraded_calls_do_not
         idle.push(TcpStream::connect(addr).await.unwrap());
     }
     // Ten are over the cap and closed at once; the 20 others wait for the header timeout.
-    let closes = futures_util::future::join_all(
-        idle.into_iter().map(|s| closed_within(s, Duration::from_millis(500))),
-    )
-    .await;
+    let closes =
+        futures_util::future::join_all(idle.into_iter().map(|s| closed_within(s, Duration::from_millis(500)))).await;
     // (Connections of the webhook requests above may still hold a slot or two for a moment.)
     let closed_at_once = closes.iter().filter(|c| c.is_some()).count();
     assert!((10..30).contains(&closed_at_once), "{closed_at_once} of 30 closed at once; 10 are over the cap");

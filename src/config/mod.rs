@@ -426,6 +426,8 @@ mod tests {
         .unwrap();
         let errors: Vec<String> = config.problems(&secrets).into_iter().map(|p| p.message).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains("server.media_idle_timeout_ms") && errors[1].contains("twilio.stream_token_ttl_secs"));
+        assert!(
+            errors[0].contains("server.media_idle_timeout_ms") && errors[1].contains("twilio.stream_token_ttl_secs")
+        );
     }
 }

@@ -24,6 +24,8 @@ use crate::telemetry::redact;
 use crate::twilio::messages::{OutboundMessage, Start};
 use crate::twilio::stream_state::{Skip, Step, StreamRules, StreamState};
 
+/// Bad frames of one call logged as warnings; the rest go to debug (all are counted).
+const WARNED_BAD_FRAMES: u64 = 20;
 /// μ-law samples (bytes) per millisecond of audio.
 const SAMPLES_PER_MILLI: u64 = 8;
 
@@ -252,7 +254,12 @@ impl Session {
             }
             Step::Skipped(skip) => {
                 self.counters.bad_frames += 1;
-                tracing::warn!(?skip, "skipping a frame");
+                // The first few are worth a warning each; a flood of them is counted in the end line instead.
+                if self.counters.bad_frames <= WARNED_BAD_FRAMES {
+                    tracing::warn!(?skip, "skipping a frame");
+                } else {
+                    tracing::debug!(?skip, "skipping a frame");
+                }
             }
         }
         FrameOutcome::Continue

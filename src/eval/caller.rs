@@ -138,7 +138,8 @@ impl SimCall {
     pub async fn connect_as_twilio(url: &str, auth: Option<&TwilioAuth>, call_sid: &str) -> Result<SimCall, SimError> {
         use crate::twilio::stream_token::{stream_url_with_token, unix_now, StreamTokens};
         let Some(auth) = auth else { return Self::connect(url, None).await };
-        let token = StreamTokens::from_auth_token(&auth.auth_token).mint(call_sid, unix_now() + SIMULATED_TOKEN_TTL_SECS);
+        let token =
+            StreamTokens::from_auth_token(&auth.auth_token).mint(call_sid, unix_now() + SIMULATED_TOKEN_TTL_SECS);
         let validator = crate::twilio::signature::SignatureValidator::new(&auth.auth_token);
         let signature = validator.sign(&stream_url_with_token(&auth.signed_url, &token), &[]);
         Self::connect(&stream_url_with_token(url, &token), Some(&signature)).await

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Why an inbound frame could not be used. The call goes on; the frame is logged and skipped.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
     #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
     TooLarge { size: usize, limit: usize },
@@ -431,7 +431,8 @@ mod tests {
 
         fn inbound() -> impl Strategy<Value = InboundMessage> {
             prop_oneof![
-                (text(), text()).prop_map(|(protocol, version)| InboundMessage::Connected(Connected { protocol, version })),
+                (text(), text())
+                    .prop_map(|(protocol, version)| InboundMessage::Connected(Connected { protocol, version })),
                 (counter_opt(), text(), text(), any::<u64>(), any::<u64>(), "[A-Za-z0-9+/]{0,64}").prop_map(
                     |(sequence_number, stream_sid, track, chunk, timestamp, payload)| {
                         InboundMessage::Media(Media {

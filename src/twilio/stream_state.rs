@@ -51,10 +51,17 @@ pub enum Step {
     /// An invalid `start`: close the stream, archive nothing.
     Refuse(StartError),
     /// Caller audio to queue.
-    Audio { chunk: u64, timestamp_ms: u64, payload: Bytes },
+    Audio {
+        chunk: u64,
+        timestamp_ms: u64,
+        payload: Bytes,
+    },
     /// Caller audio beyond the margin ahead of the wall clock, dropped; `first` on the first drop of the call (log
     /// it once).
-    AudioAhead { dropped_samples: u64, first: bool },
+    AudioAhead {
+        dropped_samples: u64,
+        first: bool,
+    },
     Dtmf(String),
     Mark(String),
     Stop,
@@ -84,7 +91,13 @@ pub struct StreamState {
 
 impl StreamState {
     pub fn new(rules: StreamRules) -> Self {
-        StreamState { rules, phase: Phase::AwaitingStart, started_at: Duration::ZERO, accepted_samples: 0, dropped_samples: 0 }
+        StreamState {
+            rules,
+            phase: Phase::AwaitingStart,
+            started_at: Duration::ZERO,
+            accepted_samples: 0,
+            dropped_samples: 0,
+        }
     }
 
     pub fn phase(&self) -> Phase {

@@ -89,19 +89,24 @@ impl StreamTokens {
             return Err(TokenError::Malformed);
         }
         let mut parts = token.splitn(4, '.');
-        let (Some(call_sid), Some(expiry), Some(nonce), Some(mac)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(call_sid), Some(expiry), Some(nonce), Some(mac)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
         let is_digits = |s: &str, hex: bool| {
             !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (hex && matches!(b, b'a'..=b'f')))
         };
-        if !is_sid("CA", call_sid) || !is_digits(expiry, false) || !is_digits(nonce, true) || nonce.len() > MAX_NONCE_LEN
+        if !is_sid("CA", call_sid)
+            || !is_digits(expiry, false)
+            || !is_digits(nonce, true)
+            || nonce.len() > MAX_NONCE_LEN
         {
             return Err(TokenError::Malformed);
         }
         let expires_at: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
-        let claimed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(mac).map_err(|_| TokenError::Malformed)?;
+        let claimed =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(mac).map_err(|_| TokenError::Malformed)?;
         let expected = hmac_sha256(&self.key, format!("{call_sid}.{expiry}.{nonce}").as_bytes());
         if !bool::from(claimed.as_slice().ct_eq(&expected)) {
             return Err(TokenError::BadMac);

@@ -98,8 +98,7 @@ pub async fn connect_call(addr: &str, call_sid: &str) -> Result<SimCall, sim_cal
 /// Connects and starts a call the way Twilio would.
 pub async fn place_call(server: &RunningServer) -> SimCall {
     let options = StartOptions::default();
-    let mut call =
-        connect_call(&server.local_addr.to_string(), &options.call_sid).await.expect("upgrade accepted");
+    let mut call = connect_call(&server.local_addr.to_string(), &options.call_sid).await.expect("upgrade accepted");
     call.start(&options).expect("start sent");
     call
 }
