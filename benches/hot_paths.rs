@@ -31,7 +31,7 @@ fn media_frames(c: &mut Criterion) {
     c.bench_function("inbound queue push + pop, in order", |b| {
         let payload = Bytes::from(frame.clone());
         b.iter_batched(
-            || InboundFrameQueue::new(3),
+            || InboundFrameQueue::new(3, 10_000),
             |mut queue| {
                 for chunk in 1..=50u64 {
                     queue.push(chunk, chunk * 20, payload.clone());

@@ -21,7 +21,7 @@ use parley::call::tap::{TapEvent, TapFactory};
 use parley::call::CallInfo;
 use parley::edge;
 use parley::twilio::messages::OutboundMessage;
-use sim_caller::{silence, speech, tone, Received, SimCall, StartOptions};
+use sim_caller::{silence, speech, tone, Received, StartOptions};
 use tokio::time::Instant;
 
 /// A 20 ms window is "loud" above this RMS; the test tones have an RMS of about 5,600, silence decodes near 0.
@@ -260,6 +260,9 @@ fn plant_old_call(root: &Path) -> PathBuf {
     dir
 }
 
+/// The call the crash test places (a Twilio CallSid: `CA` and 32 hex digits).
+const CRASH_SID: &str = "CAc4a5c4a5c4a5c4a5c4a5c4a5c4a5c4a5";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_call_leaves_a_recording_that_the_restart_seals() {
     let root = tempfile::tempdir().unwrap();
@@ -267,8 +270,8 @@ async fn a_crash_mid_call_leaves_a_recording_that_the_restart_seals() {
     let (mut parley, addr) = spawn_parley(root.path());
     assert!(!old.exists(), "retention removed the call from 2001 at start-up");
 
-    let mut call = SimCall::connect(&format!("ws://{addr}/twilio/media"), Some(&media_signature())).await.unwrap();
-    let options = StartOptions { call_sid: "CAcrash".into(), ..StartOptions::default() };
+    let mut call = connect_call(&addr, CRASH_SID).await.unwrap();
+    let options = StartOptions { call_sid: CRASH_SID.into(), ..StartOptions::default() };
     call.start(&options).unwrap();
     call.send_dtmf("7").unwrap();
     // Keep talking until the archive holds over a second of the call, then kill Parley mid-sentence.
@@ -276,7 +279,7 @@ async fn a_crash_mid_call_leaves_a_recording_that_the_restart_seals() {
     let deadline = Instant::now() + WAIT;
     let (dir, before) = loop {
         call.stream_audio(&tone(440.0, 200, 8_000)).await.unwrap();
-        let found = list_calls(&store).unwrap().into_iter().find(|(_, m)| m.call_sid == "CAcrash");
+        let found = list_calls(&store).unwrap().into_iter().find(|(_, m)| m.call_sid == CRASH_SID);
         if let Some(dir) = found.and_then(|(key, _)| store.local_dir(&key)) {
             if let Ok((caller, _)) = read_legs(&dir) {
                 if leg_ms(&caller) >= 1_000 {
@@ -308,9 +311,78 @@ async fn a_crash_mid_call_leaves_a_recording_that_the_restart_seals() {
 
     let list = parley_command(root.path()).args(["archive", "list"]).output().expect("runs");
     let list = String::from_utf8_lossy(&list.stdout);
-    assert!(list.lines().any(|l| l.contains("CAcrash") && l.contains("sealed (recovered)")), "{list}");
-    let show = parley_command(root.path()).args(["archive", "show", "CAcrash"]).output().expect("runs");
+    assert!(list.lines().any(|l| l.contains(CRASH_SID) && l.contains("sealed (recovered)")), "{list}");
+    let show = parley_command(root.path()).args(["archive", "show", CRASH_SID]).output().expect("runs");
     assert!(show.status.success());
     let show = String::from_utf8_lossy(&show.stdout);
     assert!(show.contains("key     7") && show.contains("call ended (recovered)"), "{show}");
+}
+
+/// The caller leg of a call's recording so far, in ms (0 until the archive holds the call).
+fn recorded_caller_ms(store: &LocalStore, call_sid: &str) -> u64 {
+    let found = list_calls(store).unwrap().into_iter().find(|(_, m)| m.call_sid == call_sid);
+    found.and_then(|(key, _)| store.local_dir(&key)).and_then(|dir| read_legs(&dir).ok()).map_or(0, |l| leg_ms(&l.0))
+}
+
+/// Thirty minutes of caller audio sent at once: Parley takes no more of it than the margin ahead of the clock (the
+/// rest is dropped), seals the call at once, and another call's recording goes on all the while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_minutes_of_audio_at_once_is_bounded_and_another_call_keeps_recording() {
+    init_logs();
+    let root = tempfile::tempdir().unwrap();
+    let archive = Archive::new(Arc::new(LocalStore::new(root.path()).unwrap()), false);
+    let echo = Arc::new(EchoFactory { delay: Duration::from_millis(100) });
+    let server = edge::start(test_config(), secrets(), echo, Some(Arc::new(archive))).await.expect("server starts");
+    let addr = server.local_addr.to_string();
+    let store = LocalStore::new(root.path()).unwrap();
+    let options = |n: u32| StartOptions {
+        call_sid: format!("CA{n:032x}"),
+        stream_sid: format!("MZ{n:032x}"),
+        ..StartOptions::default()
+    };
+    let (steady_options, burst_options) = (options(0x5ead), options(0xb0));
+
+    let mut steady = connect_call(&addr, &steady_options.call_sid).await.unwrap();
+    steady.start(&steady_options).unwrap();
+    let steady_talks = tokio::spawn(async move {
+        steady.stream_audio(&tone(440.0, 8_000, 8_000)).await.unwrap();
+        steady
+    });
+
+    let mut burst = connect_call(&addr, &burst_options.call_sid).await.unwrap();
+    burst.start(&burst_options).unwrap();
+    let started = Instant::now();
+    // 30 minutes in one-second messages, then hang up.
+    let one_second = tone(300.0, 1_000, 8_000);
+    for _ in 0..1_800 {
+        burst.send_media(&one_second).unwrap();
+    }
+    burst.send_stop().unwrap();
+    let (dir, metadata) = wait_sealed(root.path(), &burst_options.call_sid).await;
+    let call_lasted = started.elapsed();
+    let (caller, _) = read_legs(&dir).unwrap();
+    eprintln!("30 min sent at once: {} ms recorded, sealed {call_lasted:?} after start", leg_ms(&caller));
+    assert!(
+        leg_ms(&caller) <= call_lasted.as_millis() as u64 + 1_000 + 300,
+        "{} ms recorded for a call of {call_lasted:?}: more than the 1 s margin ahead of the clock",
+        leg_ms(&caller)
+    );
+    assert_eq!(metadata.duration_ms, Some(leg_ms(&caller)));
+    let loud_ms: u64 = bursts(&caller).iter().map(|(from, to)| to - from).sum();
+    assert!(loud_ms >= 1_000, "the audio within the margin is kept: {loud_ms} ms");
+
+    // The steady call's recording goes on during and after the burst.
+    let before = recorded_caller_ms(&store, &steady_options.call_sid);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let after = recorded_caller_ms(&store, &steady_options.call_sid);
+    // (The open recording is read in whole Ogg pages, a few hundred ms behind: growth, not a second, is asserted.)
+    assert!(after >= before + 200, "the steady call's recording stalled: {before} ms then {after} ms");
+    let mut steady = steady_talks.await.unwrap();
+    steady.send_stop().unwrap();
+    let (dir, _) = wait_sealed(root.path(), &steady_options.call_sid).await;
+    let (caller, _) = read_legs(&dir).unwrap();
+    let heard = bursts(&caller);
+    assert_eq!(heard.len(), 1, "the steady tone is whole: {heard:?}");
+    assert!((heard[0].1 - heard[0].0).abs_diff(8_000) <= 100, "8 s of tone recorded as {heard:?}");
+    server.shutdown().await.unwrap();
 }

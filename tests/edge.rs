@@ -17,7 +17,8 @@ fn form(params: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
 }
 
 const CALL_PARAMS: [(&str, &str); 4] =
-    [("CallSid", "CA1234567890ABCDE"), ("From", "+12349013030"), ("To", "+18005551212"), ("AccountSid", "AC1")];
+    [("CallSid", CALL_SID), ("From", "+12349013030"), ("To", "+18005551212"), ("AccountSid", "AC1")];
+const CALL_SID: &str = "CA0123456789abcdef0123456789abcdef";
 
 #[tokio::test]
 async fn webhook_answers_a_signed_call_with_stream_twiml() {
@@ -37,10 +38,15 @@ async fn webhook_answers_a_signed_call_with_stream_twiml() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/xml");
     let twiml = response.text().await.unwrap();
-    assert!(twiml.contains("<Connect><Stream url=\"wss://voice.parley.test/twilio/media\""), "{twiml}");
+    // The Stream URL carries the call's token (in the path: Twilio refuses a query string there).
+    let stream_url = twiml.split("<Connect><Stream url=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+    let token = stream_url.strip_prefix("wss://voice.parley.test/twilio/media/").expect("a token segment");
+    let tokens = parley::twilio::stream_token::StreamTokens::from_auth_token(AUTH_TOKEN);
+    let verified = tokens.verify(token, parley::twilio::stream_token::unix_now()).expect("a valid token");
+    assert_eq!(verified.call_sid, CALL_SID);
     assert!(twiml.contains("statusCallback=\"https://voice.parley.test/twilio/stream-status\""), "{twiml}");
     for parameter in [
-        "<Parameter name=\"callSid\" value=\"CA1234567890ABCDE\"/>",
+        "<Parameter name=\"callSid\" value=\"CA0123456789abcdef0123456789abcdef\"/>",
         "<Parameter name=\"from\" value=\"+12349013030\"/>",
         "<Parameter name=\"to\" value=\"+18005551212\"/>",
         "<Parameter name=\"tenant\" value=\"acme\"/>",
@@ -77,7 +83,7 @@ async fn webhook_refuses_bad_or_missing_signatures() {
 #[tokio::test]
 async fn webhook_accepts_json_bodies_signed_with_body_sha256() {
     let server = start_server(test_config()).await;
-    let body = r#"{"CallSid":"CA99","From":"+15550001111","To":"+15550002222"}"#;
+    let body = r#"{"CallSid":"CA99999999999999999999999999999999","From":"+15550001111","To":"+15550002222"}"#;
     let hash = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(body.as_bytes()))
@@ -95,14 +101,24 @@ async fn webhook_accepts_json_bodies_signed_with_body_sha256() {
     };
     let response = send(body).await.unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.text().await.unwrap().contains("<Parameter name=\"callSid\" value=\"CA99\"/>"));
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains("<Parameter name=\"callSid\" value=\"CA99999999999999999999999999999999\"/>"));
     assert_eq!(send(r#"{"CallSid":"CA66"}"#).await.unwrap().status(), 403, "body does not match its hash");
 }
 
 #[tokio::test]
 async fn media_upgrade_needs_a_valid_signature() {
     let server = start_server(test_config()).await;
-    for signature in [None, Some("bm90IGEgc2lnbmF0dXJl".to_owned()), Some(validator().sign(&media_url(&server), &[]))] {
+    // No signature, a bad one, one over the internal URL, and a good one over the plain URL (which has no token).
+    for signature in [
+        None,
+        Some("bm90IGEgc2lnbmF0dXJl".to_owned()),
+        Some(validator().sign(&media_url(&server), &[])),
+        Some(media_signature()),
+    ] {
         match SimCall::connect(&media_url(&server), signature.as_deref()).await {
             Err(SimError::Connect(tokio_tungstenite::tungstenite::Error::Http(response))) => {
                 assert_eq!(response.status(), 403)
@@ -234,10 +250,13 @@ async fn the_concurrent_call_cap_refuses_extra_calls() {
     let server = start_server(config).await;
     let base = format!("http://{}", server.local_addr);
     assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);
+    let addr = server.local_addr.to_string();
     let first = place_call(&server).await;
+    // The third call's webhook was answered while there was room; its stream comes when there is none.
+    let (third_url, third_signature) = stream_request(&addr, "CA00000000000000000000000000000003").await;
     let second = place_call(&server).await;
     wait_active(&server, 2).await;
-    match SimCall::connect(&media_url(&server), Some(&media_signature())).await {
+    match SimCall::connect(&third_url, Some(&third_signature)).await {
         Err(SimError::Connect(tokio_tungstenite::tungstenite::Error::Http(response))) => {
             assert_eq!(response.status(), 503)
         }

@@ -58,10 +58,9 @@ async fn wait_exit(parley: &mut Parley, within: Duration) -> std::process::ExitS
 }
 
 async fn connect(parley: &Parley) -> SimCall {
-    let mut call = SimCall::connect(&format!("ws://{}/twilio/media", parley.addr), Some(&media_signature()))
-        .await
-        .expect("connects");
-    call.start(&StartOptions::default()).expect("start");
+    let options = StartOptions::default();
+    let mut call = connect_call(&parley.addr, &options.call_sid).await.expect("connects");
+    call.start(&options).expect("start");
     call
 }
 
@@ -69,6 +68,8 @@ async fn connect(parley: &Parley) -> SimCall {
 async fn sigterm_drains_live_calls_before_exiting() {
     let mut parley = spawn_parley(30);
     let mut call = connect(&parley).await;
+    // Twilio's webhook for a second call is answered before the drain; its stream arrives during it.
+    let (late_url, late_signature) = stream_request(&parley.addr, "CA00000000000000000000000000000002").await;
     call.stream_audio(&tone(440.0, 200, 8_000)).await.unwrap();
     sigterm(&parley);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -76,7 +77,7 @@ async fn sigterm_drains_live_calls_before_exiting() {
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.json::<serde_json::Value>().await.unwrap()["status"], "draining");
-    match SimCall::connect(&format!("ws://{}/twilio/media", parley.addr), Some(&media_signature())).await {
+    match SimCall::connect(&late_url, Some(&late_signature)).await {
         Err(sim_caller::SimError::Connect(tokio_tungstenite::tungstenite::Error::Http(r))) => {
             assert_eq!(r.status(), 503)
         }

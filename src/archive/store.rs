@@ -9,6 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::ArchiveError;
 
+/// The longest call folder name; longer SIDs are cut (a file name's limit is 255 bytes).
+const MAX_KEY_NAME_CHARS: usize = 64;
+
 /// A call's place in the archive: `<YYYY>/<MM>/<DD>/<CallSid>`, by the UTC day the call started.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CallKey {
@@ -23,8 +26,12 @@ impl CallKey {
     /// The key of a call with this SID starting at `at`.
     pub fn new(call_sid: &str, at: SystemTime) -> CallKey {
         let (year, month, day) = utc_date(at);
-        let name: String =
-            call_sid.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        // Bounded: a file name has a length limit (Twilio's SIDs are 34 characters).
+        let name: String = call_sid
+            .chars()
+            .take(MAX_KEY_NAME_CHARS)
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect();
         let name = if name.is_empty() { "unknown".to_owned() } else { name };
         CallKey { year, month, day, name }
     }

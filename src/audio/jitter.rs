@@ -3,7 +3,9 @@
 //! Twilio numbers each chunk (`media.chunk`, from 1) and stamps it with stream-relative milliseconds. Over a real
 //! network chunks can bunch up, arrive twice, arrive out of order or go missing. The queue releases in-order chunks at
 //! once (no added latency in the normal case), holds a few chunks when one is missing, and when the hole does not fill
-//! in time, plays silence in its place so the caller's audio keeps its timing.
+//! in time, plays silence in its place so the caller's audio keeps its timing. A jump in `media.timestamp` between
+//! consecutive chunks is a gap too (silence the sender did not send). Gap filling is capped per gap and per call, so
+//! a caller cannot make Parley invent minutes of audio out of a few small messages.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -14,6 +16,8 @@ use super::{mulaw_millis, MULAW_SILENCE, SAMPLE_RATE};
 
 /// Longest hole the queue fills with silence; beyond it the stream is treated as restarted.
 const MAX_GAP_FILL_MILLIS: u64 = 1_000;
+/// A timestamp jump between consecutive chunks shorter than this is clock jitter, not a gap.
+const MIN_TIMESTAMP_GAP_MILLIS: u64 = crate::audio::FRAME_MILLIS as u64;
 
 /// Counters of what the queue had to repair, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +45,14 @@ pub struct InboundFrameQueue {
     framer: Framer,
     ready: VecDeque<Bytes>,
     stats: JitterStats,
+    /// Silence this call's gaps may still be filled with.
+    gap_fill_left_ms: u64,
 }
 
 impl InboundFrameQueue {
-    /// `max_held` is how many later chunks may wait for a missing one before it is given up (each is ~20 ms).
-    pub fn new(max_held: usize) -> Self {
+    /// `max_held` is how many later chunks may wait for a missing one before it is given up (each is ~20 ms);
+    /// `max_gap_fill_ms` is the most silence the call's gaps are filled with in total (beyond it gaps are closed up).
+    pub fn new(max_held: usize, max_gap_fill_ms: u64) -> Self {
         InboundFrameQueue {
             max_held: max_held.max(1),
             next_chunk: None,
@@ -54,6 +61,7 @@ impl InboundFrameQueue {
             framer: Framer::new(),
             ready: VecDeque::new(),
             stats: JitterStats::default(),
+            gap_fill_left_ms: max_gap_fill_ms,
         }
     }
 
@@ -72,6 +80,11 @@ impl InboundFrameQueue {
                 self.give_up_on_missing();
             }
             return;
+        }
+        // In sequence, but the timestamp jumped: the sender skipped time (the chunk numbers show nothing lost).
+        let jump = self.next_timestamp_ms.map_or(0, |expected| timestamp_ms.saturating_sub(expected));
+        if jump >= MIN_TIMESTAMP_GAP_MILLIS {
+            self.fill_gap(jump);
         }
         self.release(chunk, timestamp_ms, &payload);
         self.release_contiguous();
@@ -98,8 +111,9 @@ impl InboundFrameQueue {
 
     fn release(&mut self, chunk: u64, timestamp_ms: u64, payload: &[u8]) {
         self.ready.extend(self.framer.push(payload));
-        self.next_chunk = Some(chunk + 1);
-        self.next_timestamp_ms = Some(timestamp_ms + mulaw_millis(payload.len()));
+        // Counters come from the caller: saturate rather than overflow on hostile values.
+        self.next_chunk = Some(chunk.saturating_add(1));
+        self.next_timestamp_ms = Some(timestamp_ms.saturating_add(mulaw_millis(payload.len())));
     }
 
     fn release_contiguous(&mut self) {
@@ -115,18 +129,22 @@ impl InboundFrameQueue {
         let Some(held) = self.held.remove(&first) else { return };
         let missing = first - self.next_chunk.unwrap_or(first);
         self.stats.chunks_lost += missing;
-        let gap_ms = self
-            .next_timestamp_ms
-            .map(|expected| held.timestamp_ms.saturating_sub(expected))
-            .unwrap_or(0)
-            .min(MAX_GAP_FILL_MILLIS);
-        if gap_ms > 0 {
-            let silence = vec![MULAW_SILENCE; (gap_ms * u64::from(SAMPLE_RATE) / 1000) as usize];
-            self.ready.extend(self.framer.push(&silence));
-            self.stats.silence_filled_ms += gap_ms;
-        }
+        let gap_ms = self.next_timestamp_ms.map(|expected| held.timestamp_ms.saturating_sub(expected)).unwrap_or(0);
+        self.fill_gap(gap_ms);
         self.release(first, held.timestamp_ms, &held.payload);
         self.release_contiguous();
+    }
+
+    /// Plays silence for a gap, at most a second of it and only while the call's budget lasts.
+    fn fill_gap(&mut self, gap_ms: u64) {
+        let gap_ms = gap_ms.min(MAX_GAP_FILL_MILLIS).min(self.gap_fill_left_ms);
+        if gap_ms == 0 {
+            return;
+        }
+        self.gap_fill_left_ms -= gap_ms;
+        let silence = vec![MULAW_SILENCE; (gap_ms * u64::from(SAMPLE_RATE) / 1000) as usize];
+        self.ready.extend(self.framer.push(&silence));
+        self.stats.silence_filled_ms += gap_ms;
     }
 }
 
@@ -145,7 +163,7 @@ mod tests {
 
     #[test]
     fn in_order_chunks_pass_straight_through() {
-        let mut q = InboundFrameQueue::new(3);
+        let mut q = InboundFrameQueue::new(3, 10_000);
         q.push(1, 0, chunk(1));
         assert_eq!(q.pop().map(|f| f[0]), Some(1), "no waiting in the normal case");
         q.push(2, 20, chunk(2));
@@ -155,7 +173,7 @@ mod tests {
 
     #[test]
     fn out_of_order_chunks_are_put_back_in_order() {
-        let mut q = InboundFrameQueue::new(3);
+        let mut q = InboundFrameQueue::new(3, 10_000);
         q.push(1, 0, chunk(1));
         q.push(3, 40, chunk(3));
         q.push(2, 20, chunk(2));
@@ -166,7 +184,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_dropped() {
-        let mut q = InboundFrameQueue::new(3);
+        let mut q = InboundFrameQueue::new(3, 10_000);
         q.push(1, 0, chunk(1));
         q.push(1, 0, chunk(9));
         q.push(2, 20, chunk(2));
@@ -176,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_lost_chunk_becomes_silence_of_the_right_length() {
-        let mut q = InboundFrameQueue::new(2);
+        let mut q = InboundFrameQueue::new(2, 10_000);
         q.push(1, 0, chunk(1));
         // chunk 2 (20..40 ms) is lost
         q.push(3, 40, chunk(3));
@@ -190,7 +208,7 @@ mod tests {
 
     #[test]
     fn odd_sized_payloads_are_reframed() {
-        let mut q = InboundFrameQueue::new(3);
+        let mut q = InboundFrameQueue::new(3, 10_000);
         q.push(1, 0, Bytes::from(vec![1u8; 240]));
         q.push(2, 30, Bytes::from(vec![2u8; 80]));
         let frames: Vec<Bytes> = std::iter::from_fn(|| q.pop()).collect();
@@ -202,7 +220,7 @@ mod tests {
 
     #[test]
     fn drain_releases_held_chunks_and_the_partial_frame() {
-        let mut q = InboundFrameQueue::new(5);
+        let mut q = InboundFrameQueue::new(5, 10_000);
         q.push(1, 0, chunk(1));
         q.push(3, 40, Bytes::from(vec![3u8; 10]));
         q.drain();
@@ -211,5 +229,29 @@ mod tests {
         assert_eq!(frames[1][0], MULAW_SILENCE);
         assert_eq!(frames[2][0], 3);
         assert_eq!(frames[2][10], MULAW_SILENCE);
+    }
+
+    #[test]
+    fn a_timestamp_jump_between_consecutive_chunks_is_filled_with_silence() {
+        let mut q = InboundFrameQueue::new(3, 10_000);
+        q.push(1, 0, chunk(1));
+        q.push(2, 60, chunk(2)); // in sequence, 40 ms later than expected
+        assert_eq!(drain_values(&mut q), vec![1, MULAW_SILENCE, MULAW_SILENCE, 2]);
+        q.push(3, 85, chunk(3)); // 5 ms of clock jitter: no gap
+        assert_eq!(drain_values(&mut q), vec![3]);
+        assert_eq!(q.stats().silence_filled_ms, 40);
+    }
+
+    #[test]
+    fn gap_filling_is_capped_per_gap_and_per_call() {
+        let mut q = InboundFrameQueue::new(3, 2_500);
+        q.push(1, 0, chunk(1));
+        // Each message claims a minute passed since the last one.
+        for n in 2..=10u64 {
+            q.push(n, (n - 1) * 60_000, chunk(n as u8));
+        }
+        let frames = drain_values(&mut q);
+        assert_eq!(q.stats().silence_filled_ms, 2_500, "a second per gap, 2.5 s in all");
+        assert_eq!(frames.len(), 10 + 2_500 / 20);
     }
 }

@@ -41,7 +41,7 @@ impl Agent for EchoAgent {
             tokio::select! {
                 event = ctx.events.recv() => match event {
                     Some(CallEvent::Audio(frame)) => delayed.push_back((Instant::now() + self.delay, frame)),
-                    Some(CallEvent::Dtmf(digit)) => tracing::info!(%digit, "caller pressed a key"),
+                    Some(CallEvent::Dtmf(digit)) => tracing::info!(?digit, "caller pressed a key"),
                     // The caller is gone: nobody would hear the rest.
                     Some(CallEvent::Hangup) | None => break,
                 },

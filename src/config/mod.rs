@@ -82,6 +82,15 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Largest WebSocket text frame accepted from Twilio.
     pub max_frame_bytes: usize,
+    /// A request's headers must arrive within this (also between keep-alive requests), or the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Connections that have not finished a request or their WebSocket upgrade; beyond it new ones are closed.
+    pub max_pending_connections: usize,
+    /// A Media Stream that sends no `start` within this is closed.
+    pub start_timeout_ms: u64,
+    /// A started Media Stream with no inbound frame for this long is a dead peer (Twilio sends media every 20 ms):
+    /// it is closed (code 1008), its call slot freed and its recording sealed.
+    pub media_idle_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +101,10 @@ impl Default for ServerConfig {
             max_concurrent_calls: 100,
             shutdown_grace_secs: 30,
             max_frame_bytes: 64 * 1024,
+            header_read_timeout_ms: 10_000,
+            max_pending_connections: 512,
+            start_timeout_ms: 10_000,
+            media_idle_timeout_ms: 10_000,
         }
     }
 }
@@ -108,6 +121,8 @@ pub struct TwilioConfig {
     pub stream_parameters: BTreeMap<String, String>,
     /// Replace caller and callee numbers with a redacted form in logs and spans.
     pub redact_numbers: bool,
+    /// Lifetime of the one-use token the voice webhook puts in each call's Stream URL (signature validation on).
+    pub stream_token_ttl_secs: u64,
 }
 
 impl Default for TwilioConfig {
@@ -117,6 +132,7 @@ impl Default for TwilioConfig {
             status_callback: true,
             stream_parameters: BTreeMap::new(),
             redact_numbers: false,
+            stream_token_ttl_secs: 60,
         }
     }
 }
@@ -130,11 +146,21 @@ pub struct AudioConfig {
     /// Outbound: how far ahead of real time audio is sent to Twilio. Small keeps `clear` cheap; too small risks
     /// gaps under network jitter.
     pub playout_lead_ms: u64,
+    /// Inbound: how far the caller's audio may run ahead of the wall clock (counted from `start`); audio beyond it
+    /// is dropped, counted and logged once, so a burst cannot make Parley record or process minutes at once.
+    pub caller_ahead_margin_ms: u64,
+    /// Inbound: the most silence one call's gaps (lost chunks, timestamp jumps) are filled with, in total.
+    pub max_gap_fill_ms_per_call: u64,
 }
 
 impl Default for AudioConfig {
     fn default() -> Self {
-        AudioConfig { jitter_max_held_frames: 3, playout_lead_ms: 200 }
+        AudioConfig {
+            jitter_max_held_frames: 3,
+            playout_lead_ms: 200,
+            caller_ahead_margin_ms: 1_000,
+            max_gap_fill_ms_per_call: 10_000,
+        }
     }
 }
 
@@ -198,6 +224,17 @@ impl Config {
                 "server.public_url is not set; stream URLs are derived from the request's Host header",
             )),
             Some(url) => problems.extend(check_public_url(url)),
+        }
+        for (key, value) in [
+            ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("server.max_pending_connections", self.server.max_pending_connections as u64),
+            ("server.start_timeout_ms", self.server.start_timeout_ms),
+            ("server.media_idle_timeout_ms", self.server.media_idle_timeout_ms),
+            ("twilio.stream_token_ttl_secs", self.twilio.stream_token_ttl_secs),
+        ] {
+            if value == 0 {
+                problems.push(Problem::error(format!("{key} is 0: no connection or call could get through")));
+            }
         }
         if self.server.max_concurrent_calls == 0 {
             problems.push(Problem::error("server.max_concurrent_calls is 0: no call could ever be answered"));
@@ -408,5 +445,20 @@ mod tests {
         let problems = config.problems(&Secrets::default());
         assert!(problems.iter().any(|p| p.severity == Severity::Error && p.message.contains("llm.idle_timeout_ms")));
         assert!(!problems.iter().any(|p| p.message.contains("first_token_timeout_ms")));
+    }
+
+    #[test]
+    fn a_zero_timeout_or_limit_is_an_error() {
+        let secrets = Secrets { twilio_auth_token: Some(Secret::new("t".into())) };
+        let config = load_str(
+            "[server]\npublic_url = \"https://v.example\"\nmedia_idle_timeout_ms = 0\n[twilio]\nstream_token_ttl_secs = 0\n",
+            &[],
+        )
+        .unwrap();
+        let errors: Vec<String> = config.problems(&secrets).into_iter().map(|p| p.message).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("server.media_idle_timeout_ms") && errors[1].contains("twilio.stream_token_ttl_secs")
+        );
     }
 }

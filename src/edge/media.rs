@@ -1,20 +1,23 @@
-//! `GET /twilio/media`: the Media Stream WebSocket upgrade, signature-checked and admitted against the call cap.
+//! `GET /twilio/media[/{token}]`: the Media Stream WebSocket upgrade, signature-checked, its per-call token checked
+//! and taken once, and admitted against the call cap.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::signed::{public_base, signed_url, verify_form, websocket_base};
+use super::signed::{public_base, refuse, signed_url, verify_form, websocket_base};
 use super::{session, AppState};
+use crate::twilio::stream_token::unix_now;
 
 /// Hard ceiling of one WebSocket message; frames between `max_frame_bytes` and this are skipped with an error
 /// instead of tearing the call down.
 const HARD_MESSAGE_LIMIT: usize = 1024 * 1024;
 
+/// The upgrade without a token: only accepted while signatures (and so tokens) are off.
 pub(crate) async fn upgrade(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -22,10 +25,48 @@ pub(crate) async fn upgrade(
     uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let url = signed_url(&websocket_base(&public_base(&state, &headers)), &uri);
-    if let Err(status) = verify_form(&state, "media stream upgrade", &url, &[], &headers) {
+    accept(state, peer, &headers, &uri, None, ws)
+}
+
+/// The upgrade of a Stream URL that carries the call's token.
+pub(crate) async fn upgrade_with_token(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    accept(state, peer, &headers, &uri, Some(&token), ws)
+}
+
+fn accept(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+    token: Option<&str>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let url = signed_url(&websocket_base(&public_base(&state, headers)), uri);
+    if let Err(status) = verify_form(&state, "media stream upgrade", &url, &[], headers) {
         return status.into_response();
     }
+    // With tokens on, the token names the call `start` must name; it is checked here, before a slot is taken.
+    let expected_call_sid = match (&state.tokens, token) {
+        (None, _) => None,
+        (Some(_), None) => return refuse_token(&url, "the Stream URL has no token").into_response(),
+        (Some(tokens), Some(token)) => {
+            let now = unix_now();
+            match tokens.verify(token, now) {
+                Err(err) => return refuse_token(&url, &err.to_string()).into_response(),
+                Ok(verified) if !state.used_tokens.take(token, verified.expires_at, now) => {
+                    return refuse_token(&url, "the token was used before (a replayed upgrade)").into_response()
+                }
+                Ok(verified) => Some(verified.call_sid),
+            }
+        }
+    };
     let permit = match state.registry.admit() {
         Ok(permit) => permit,
         Err(refusal) => {
@@ -38,5 +79,9 @@ pub(crate) async fn upgrade(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_failed_upgrade(move |err| tracing::warn!(%peer, %err, "media stream upgrade failed"))
-        .on_upgrade(move |socket| session::run(socket, state, permit, peer))
+        .on_upgrade(move |socket| session::run(socket, state, permit, peer, expected_call_sid))
+}
+
+fn refuse_token(url: &str, reason: &str) -> StatusCode {
+    refuse("media stream upgrade", url, reason)
 }

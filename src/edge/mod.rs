@@ -2,6 +2,8 @@
 
 mod health;
 mod media;
+mod replay;
+mod serve;
 mod session;
 mod shutdown;
 mod signed;
@@ -22,12 +24,17 @@ use crate::call::registry::CallRegistry;
 use crate::call::tap::Taps;
 use crate::config::{Config, Secrets};
 use crate::twilio::signature::SignatureValidator;
+use crate::twilio::stream_token::StreamTokens;
 
+pub use serve::connections_refused_at_cap;
 pub use shutdown::wait_for_signal;
 
 /// Paths Parley serves; Twilio is pointed at the first.
 pub const VOICE_PATH: &str = "/twilio/voice";
 pub const MEDIA_PATH: &str = "/twilio/media";
+/// The Media Stream path with its per-call token (see [`crate::twilio::stream_token`]); the TwiML names this one
+/// whenever signatures are validated.
+pub const MEDIA_TOKEN_PATH: &str = "/twilio/media/{token}";
 pub const STREAM_STATUS_PATH: &str = "/twilio/stream-status";
 /// Prometheus scrapes this (when `telemetry.prometheus` is on).
 pub const METRICS_PATH: &str = "/metrics";
@@ -45,6 +52,9 @@ pub enum EdgeError {
 pub(crate) struct AppState {
     pub config: Config,
     pub validator: Option<SignatureValidator>,
+    /// Per-call Stream URL tokens: on whenever signatures are validated (keyed from the same auth token).
+    pub tokens: Option<StreamTokens>,
+    pub used_tokens: replay::UsedTokens,
     pub registry: Arc<CallRegistry>,
     pub agents: Arc<dyn AgentFactory>,
     pub taps: Taps,
@@ -84,12 +94,14 @@ pub async fn start(
     agents: Arc<dyn AgentFactory>,
     taps: Taps,
 ) -> Result<RunningServer, EdgeError> {
-    let validator = match (config.twilio.validate_signatures, &secrets.twilio_auth_token) {
-        (true, Some(token)) => Some(SignatureValidator::new(token.expose())),
+    let (validator, tokens) = match (config.twilio.validate_signatures, &secrets.twilio_auth_token) {
+        (true, Some(token)) => {
+            (Some(SignatureValidator::new(token.expose())), Some(StreamTokens::from_auth_token(token.expose())))
+        }
         (true, None) => {
             return Err(EdgeError::Config("signature validation is on but TWILIO_AUTH_TOKEN is not set".into()))
         }
-        (false, _) => None,
+        (false, _) => (None, None),
     };
     if validator.is_some() && config.server.public_url.is_none() {
         return Err(EdgeError::Config("signature validation needs server.public_url".into()));
@@ -100,15 +112,23 @@ pub async fn start(
     let registry = CallRegistry::new(config.server.max_concurrent_calls);
     crate::telemetry::metrics::global().watch_registry(&registry);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let state = Arc::new(AppState { config, validator, registry: Arc::clone(&registry), agents, taps });
+    let limits = serve::ServeLimits {
+        header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+        max_pending_connections: config.server.max_pending_connections,
+    };
+    let state = Arc::new(AppState {
+        config,
+        validator,
+        tokens,
+        used_tokens: replay::UsedTokens::default(),
+        registry: Arc::clone(&registry),
+        agents,
+        taps,
+    });
     let stop_http = CancellationToken::new();
     let stop = stop_http.clone();
     let app = router(state);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let task = tokio::spawn(serve::serve(listener, app, limits, stop));
     tracing::info!(%local_addr, "Parley is listening");
     Ok(RunningServer { local_addr, registry, stop_http, task, grace })
 }
@@ -118,6 +138,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route(VOICE_PATH, post(webhook::incoming_call))
         .route(STREAM_STATUS_PATH, post(webhook::stream_status))
         .route(MEDIA_PATH, get(media::upgrade))
+        .route(MEDIA_TOKEN_PATH, get(media::upgrade_with_token))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route(METRICS_PATH, get(metrics))

@@ -21,10 +21,14 @@ use crate::call::registry::CallPermit;
 use crate::call::tap::{CallTap, ConversationEvent, TapEvent};
 use crate::call::CallInfo;
 use crate::telemetry::redact;
-use crate::twilio::messages::{parse_inbound, InboundMessage, OutboundMessage, ProtocolError, Start};
+use crate::twilio::messages::{OutboundMessage, Start};
+use crate::twilio::stream_state::{Skip, Step, StreamRules, StreamState};
 
-/// A stream that sends no `start` within this time is closed, so idle sockets cannot hold call slots.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bad frames of one call logged as warnings; the rest go to debug (all are counted).
+const WARNED_BAD_FRAMES: u64 = 20;
+/// μ-law samples (bytes) per millisecond of audio.
+const SAMPLES_PER_MILLI: u64 = 8;
+
 /// Caller audio buffered for a slow agent: five seconds of frames.
 const AGENT_QUEUE_FRAMES: usize = 250;
 /// Outbound messages buffered for the socket writer.
@@ -49,6 +53,10 @@ enum Ending {
     ServerShutdown,
     /// No `start` arrived in time.
     NoStart,
+    /// The call had started, then no frame arrived for the idle timeout: a dead peer.
+    Idle,
+    /// `start` was invalid (malformed SIDs, parameters, or a call other than the token's).
+    BadStart,
 }
 
 /// Counters for the end-of-call log line.
@@ -59,6 +67,7 @@ struct Counters {
     bad_frames: u64,
     unknown_events: u64,
     dropped_for_slow_agent: u64,
+    dropped_ahead_ms: u64,
 }
 
 struct LiveCall {
@@ -75,6 +84,9 @@ struct LiveCall {
 
 struct Session {
     state: Arc<AppState>,
+    stream: StreamState,
+    /// When the socket was opened: the stream state's clock.
+    opened_at: Instant,
     permit: CallPermit,
     outbound: mpsc::Sender<OutboundMessage>,
     hang_up: CancellationToken,
@@ -84,11 +96,27 @@ struct Session {
 }
 
 /// Serves one Media Stream until it ends, whatever the other side does.
-pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, permit: CallPermit, peer: SocketAddr) {
+pub(crate) async fn run(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    permit: CallPermit,
+    peer: SocketAddr,
+    expected_call_sid: Option<String>,
+) {
     let (mut sink, mut stream) = socket.split();
     let (outbound, mut outbound_rx) = mpsc::channel::<OutboundMessage>(OUTBOUND_QUEUE);
     let close_requested = permit.close_requested();
+    let server = &state.config.server;
+    let start_timeout = Duration::from_millis(server.start_timeout_ms);
+    let idle_timeout = Duration::from_millis(server.media_idle_timeout_ms);
+    let rules = StreamRules {
+        max_frame_bytes: server.max_frame_bytes,
+        ahead_margin: Duration::from_millis(state.config.audio.caller_ahead_margin_ms),
+        expected_call_sid,
+    };
     let mut session = Session {
+        stream: StreamState::new(rules),
+        opened_at: Instant::now(),
         state,
         permit,
         outbound,
@@ -97,15 +125,25 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, permit: CallPer
         counters: Counters::default(),
         peer,
     };
-    let start_deadline = tokio::time::sleep(START_TIMEOUT);
+    let start_deadline = tokio::time::sleep(start_timeout);
     tokio::pin!(start_deadline);
+    // Re-armed by every text frame once the call has started. Twilio sends media every 20 ms, silence included, so
+    // a quiet socket is a dead peer (a half-open connection sends no FIN) or a hostile one. Pings would not help:
+    // a pong proves only that the peer's WebSocket library runs, and must not keep a call slot.
+    let mut last_message = Instant::now();
+    let idle_deadline = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle_deadline);
     let hang_up = session.hang_up.clone();
 
     let ending = loop {
+        if session.live.is_some() {
+            idle_deadline.as_mut().reset(last_message + idle_timeout);
+        }
         tokio::select! {
             () = close_requested.cancelled() => break Ending::ServerShutdown,
             () = hang_up.cancelled() => break Ending::HungUp,
             () = &mut start_deadline, if session.live.is_none() => break Ending::NoStart,
+            () = &mut idle_deadline, if session.live.is_some() => break Ending::Idle,
             Some(message) = outbound_rx.recv() => {
                 if let Err(err) = sink.send(Message::Text(message.to_json().into())).await {
                     tracing::info!(%err, "could not write to Twilio");
@@ -114,8 +152,11 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, permit: CallPer
             }
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    if session.on_text(text.as_str()) {
-                        break Ending::Stopped;
+                    last_message = Instant::now();
+                    match session.on_text(text.as_str()) {
+                        FrameOutcome::Continue => {}
+                        FrameOutcome::Stopped => break Ending::Stopped,
+                        FrameOutcome::Refused => break Ending::BadStart,
                     }
                 }
                 Some(Ok(Message::Binary(bytes))) => {
@@ -144,6 +185,8 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, permit: CallPer
         Ending::ServerShutdown => Some((CLOSE_GOING_AWAY, "Parley is shutting down")),
         Ending::HungUp => Some((CLOSE_NORMAL, "call ended")),
         Ending::NoStart => Some((CLOSE_POLICY, "no start message")),
+        Ending::Idle => Some((CLOSE_POLICY, "idle: no frame within the media idle timeout")),
+        Ending::BadStart => Some((CLOSE_POLICY, "invalid start message")),
         Ending::Stopped | Ending::ClosedByTwilio => Some((CLOSE_NORMAL, "")),
         Ending::Vanished => None,
     };
@@ -153,70 +196,76 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, permit: CallPer
     }
 }
 
+/// What a text frame did to the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameOutcome {
+    Continue,
+    /// Twilio sent `stop`.
+    Stopped,
+    /// `start` was refused: the stream closes.
+    Refused,
+}
+
 impl Session {
-    /// Handles one text frame. Returns true when the stream has stopped.
-    fn on_text(&mut self, text: &str) -> bool {
+    /// Handles one text frame. Caller-supplied strings are logged as escaped values only.
+    fn on_text(&mut self, text: &str) -> FrameOutcome {
         self.counters.frames += 1;
-        let message = match parse_inbound(text, self.state.config.server.max_frame_bytes) {
-            Ok(message) => message,
-            Err(ProtocolError::UnknownEvent(event)) => {
-                self.counters.unknown_events += 1;
-                tracing::debug!(%event, "ignoring an event Parley does not know");
-                return false;
-            }
-            Err(err) => {
+        match self.stream.on_frame(text, self.opened_at.elapsed()) {
+            Step::Connected => tracing::debug!("stream connected"),
+            Step::Start(start) => self.on_start(*start),
+            Step::Refuse(err) => {
                 self.counters.bad_frames += 1;
-                tracing::warn!(%err, "skipping a frame that could not be parsed");
-                return false;
+                tracing::warn!(peer = %self.peer, %err, "refused the stream's start message; closing it");
+                return FrameOutcome::Refused;
             }
-        };
-        match message {
-            InboundMessage::Connected(connected) => {
-                tracing::debug!(protocol = %connected.protocol, version = %connected.version, "stream connected");
-            }
-            InboundMessage::Start(start) => self.on_start(start),
-            InboundMessage::Media(media) => {
-                let Some(live) = self.live.as_mut() else {
-                    self.counters.bad_frames += 1;
-                    tracing::warn!("media before start; skipped");
-                    return false;
-                };
-                match media.media.decode_payload(self.state.config.server.max_frame_bytes) {
-                    Ok(payload) => {
-                        self.counters.media += 1;
-                        live.jitter.push(media.media.chunk, media.media.timestamp, payload);
-                        deliver_frames(live, &mut self.counters);
-                    }
-                    Err(err) => {
-                        self.counters.bad_frames += 1;
-                        tracing::warn!(%err, chunk = media.media.chunk, "skipping a media frame");
-                    }
+            Step::Audio { chunk, timestamp_ms, payload } => {
+                if let Some(live) = self.live.as_mut() {
+                    self.counters.media += 1;
+                    live.jitter.push(chunk, timestamp_ms, payload);
+                    deliver_frames(live, &mut self.counters);
                 }
             }
-            InboundMessage::Dtmf(dtmf) => {
+            Step::AudioAhead { dropped_samples, first } => {
+                self.counters.dropped_ahead_ms += dropped_samples / SAMPLES_PER_MILLI;
+                if first {
+                    tracing::warn!(
+                        margin_ms = self.state.config.audio.caller_ahead_margin_ms,
+                        "caller audio runs ahead of the clock; the excess is dropped (counted in the call's end line)"
+                    );
+                }
+            }
+            Step::Dtmf(digit) => {
                 if let Some(live) = &self.live {
-                    live.tap.conversation(ConversationEvent::Dtmf { digit: dtmf.dtmf.digit.clone() });
-                    if live.events.try_send(CallEvent::Dtmf(dtmf.dtmf.digit)).is_err() {
+                    live.tap.conversation(ConversationEvent::Dtmf { digit: digit.clone() });
+                    if live.events.try_send(CallEvent::Dtmf(digit)).is_err() {
                         tracing::warn!("agent is not keeping up; a key press was dropped");
                     }
                 }
             }
-            InboundMessage::Mark(echo) => {
+            Step::Mark(name) => {
                 if let Some(live) = &self.live {
-                    live.playout.mark_echoed(echo.mark.name);
+                    live.playout.mark_echoed(name);
                 }
             }
-            InboundMessage::Stop(_) => return true,
+            Step::Stop => return FrameOutcome::Stopped,
+            Step::Skipped(Skip::UnknownEvent) => {
+                self.counters.unknown_events += 1;
+                tracing::debug!("ignoring an event Parley does not know");
+            }
+            Step::Skipped(skip) => {
+                self.counters.bad_frames += 1;
+                // The first few are worth a warning each; a flood of them is counted in the end line instead.
+                if self.counters.bad_frames <= WARNED_BAD_FRAMES {
+                    tracing::warn!(?skip, "skipping a frame");
+                } else {
+                    tracing::debug!(?skip, "skipping a frame");
+                }
+            }
         }
-        false
+        FrameOutcome::Continue
     }
 
     fn on_start(&mut self, start: Start) {
-        if self.live.is_some() {
-            self.counters.bad_frames += 1;
-            tracing::warn!("a second start on the same stream; ignored");
-            return;
-        }
         let meta = start.start;
         if !meta.media_format.is_mulaw_8k_mono() {
             tracing::warn!(format = ?meta.media_format, "unexpected media format; treating the audio as μ-law 8 kHz mono");
@@ -231,11 +280,13 @@ impl Session {
         };
         self.permit.identify(&call.call_sid, &call.stream_sid);
         let redact_numbers = self.state.config.twilio.redact_numbers;
+        // The SIDs were checked against Twilio's format in `start` (letters and hex digits only), so they are logged
+        // plain; everything else the caller chose is logged as an escaped value.
         tracing::info!(
             call_sid = %call.call_sid,
             stream_sid = %call.stream_sid,
-            from = redact::phone_number(call.from.as_deref().unwrap_or("-"), redact_numbers),
-            to = redact::phone_number(call.to.as_deref().unwrap_or("-"), redact_numbers),
+            from = ?redact::phone_number(call.from.as_deref().unwrap_or("-"), redact_numbers),
+            to = ?redact::phone_number(call.to.as_deref().unwrap_or("-"), redact_numbers),
             peer = %self.peer,
             "call started"
         );
@@ -254,7 +305,8 @@ impl Session {
         let span = call_span(&call, redact_numbers);
         crate::telemetry::metrics::global().call_started();
         let agent = tokio::spawn(agent.run(ctx).instrument(span.clone()));
-        let jitter = InboundFrameQueue::new(self.state.config.audio.jitter_max_held_frames);
+        let audio = &self.state.config.audio;
+        let jitter = InboundFrameQueue::new(audio.jitter_max_held_frames, audio.max_gap_fill_ms_per_call);
         self.live = Some(LiveCall { call, tap, events, playout, jitter, agent, started_at: Instant::now(), span });
     }
 
@@ -283,6 +335,8 @@ impl Session {
             bad_frames = self.counters.bad_frames,
             unknown_events = self.counters.unknown_events,
             dropped_for_slow_agent = self.counters.dropped_for_slow_agent,
+            dropped_ahead_ms = self.counters.dropped_ahead_ms,
+            silence_filled_ms = jitter.silence_filled_ms,
             chunks_lost = jitter.chunks_lost,
             reordered = jitter.reordered,
             sent_ms = crate::audio::mulaw_millis(progress.sent_bytes as usize),

@@ -36,7 +36,7 @@ pub(crate) fn signed_url(base: &str, uri: &Uri) -> String {
 
 /// A request failed the signature check; logged without the signature or any secret.
 pub(crate) fn refuse(what: &str, url: &str, reason: &str) -> StatusCode {
-    tracing::warn!(request = what, %url, reason, "refused a request that failed Twilio signature validation");
+    tracing::warn!(request = what, ?url, reason, "refused a request that failed Twilio signature or token validation");
     StatusCode::FORBIDDEN
 }
 

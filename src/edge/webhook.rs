@@ -11,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 use super::signed::{public_base, signed_url, verify_form, verify_json, websocket_base};
 use super::{AppState, MEDIA_PATH, STREAM_STATUS_PATH};
 use crate::telemetry::redact;
+use crate::twilio::stream_token::{stream_url_with_token, unix_now};
 use crate::twilio::twiml::ConnectStream;
+use crate::twilio::validate::is_sid;
 
 /// Form parameters Twilio sends with the voice webhook, as a list (names may repeat).
 type Params = Vec<(String, String)>;
@@ -35,18 +37,25 @@ pub(crate) async fn incoming_call(
     let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let redact_numbers = state.config.twilio.redact_numbers;
     tracing::info!(
-        call_sid = get("CallSid").as_deref().unwrap_or("-"),
-        from = redact::phone_number(get("From").as_deref().unwrap_or("-"), redact_numbers),
-        to = redact::phone_number(get("To").as_deref().unwrap_or("-"), redact_numbers),
+        call_sid = ?get("CallSid").as_deref().unwrap_or("-"),
+        from = ?redact::phone_number(get("From").as_deref().unwrap_or("-"), redact_numbers),
+        to = ?redact::phone_number(get("To").as_deref().unwrap_or("-"), redact_numbers),
         "incoming call"
     );
+    let stream_path = match tokenized_stream_path(&state, get("CallSid").as_deref()) {
+        Ok(path) => path,
+        Err(reason) => {
+            tracing::warn!(reason, "refused an incoming call");
+            return (StatusCode::BAD_REQUEST, reason).into_response();
+        }
+    };
     let mut parameters: Vec<(String, String)> = [("callSid", "CallSid"), ("from", "From"), ("to", "To")]
         .into_iter()
         .filter_map(|(name, param)| get(param).map(|v| (name.to_owned(), v)))
         .collect();
     parameters.extend(state.config.twilio.stream_parameters.iter().map(|(k, v)| (k.clone(), v.clone())));
     let twiml = ConnectStream {
-        url: format!("{}{MEDIA_PATH}", websocket_base(&base)),
+        url: format!("{}{stream_path}", websocket_base(&base)),
         status_callback: state.config.twilio.status_callback.then(|| format!("{base}{STREAM_STATUS_PATH}")),
         parameters,
     };
@@ -68,13 +77,13 @@ pub(crate) async fn stream_status(
     let event = get("StreamEvent");
     if event == "stream-error" {
         tracing::error!(
-            call_sid = get("CallSid"),
-            stream_sid = get("StreamSid"),
-            error = get("StreamError"),
+            call_sid = ?get("CallSid"),
+            stream_sid = ?get("StreamSid"),
+            error = ?get("StreamError"),
             "Twilio reports a stream error"
         );
     } else {
-        tracing::info!(call_sid = get("CallSid"), stream_sid = get("StreamSid"), event, "Twilio stream status");
+        tracing::info!(call_sid = ?get("CallSid"), stream_sid = ?get("StreamSid"), ?event, "Twilio stream status");
     }
     StatusCode::NO_CONTENT
 }
@@ -105,6 +114,18 @@ fn json_params(body: &[u8]) -> Params {
     match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
         Ok(map) => map.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned()))).collect(),
         Err(_) => Vec::new(),
+    }
+}
+
+/// The Stream URL's path: with signatures validated, it carries a token for this call (which needs a valid CallSid).
+fn tokenized_stream_path(state: &AppState, call_sid: Option<&str>) -> Result<String, &'static str> {
+    let Some(tokens) = &state.tokens else { return Ok(MEDIA_PATH.to_owned()) };
+    match call_sid {
+        Some(call_sid) if is_sid("CA", call_sid) => {
+            let expires_at = unix_now() + state.config.twilio.stream_token_ttl_secs;
+            Ok(stream_url_with_token(MEDIA_PATH, &tokens.mint(call_sid, expires_at)))
+        }
+        _ => Err("the webhook carries no valid CallSid"),
     }
 }
 

@@ -88,6 +88,25 @@ impl Default for StartOptions {
     }
 }
 
+/// What Twilio presents at a Media Stream upgrade when Parley validates signatures: the per-call token the voice
+/// webhook puts in the Stream URL, and `X-Twilio-Signature` over the public form of that URL.
+#[derive(Clone)]
+pub struct TwilioAuth {
+    /// The account's auth token (signs the upgrade; Parley's stream tokens are keyed from it).
+    pub auth_token: String,
+    /// The public Stream URL Twilio would sign (`wss://voice.example.com/twilio/media`), without the token.
+    pub signed_url: String,
+}
+
+impl std::fmt::Debug for TwilioAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilioAuth").field("signed_url", &self.signed_url).finish_non_exhaustive()
+    }
+}
+
+/// How long the tokens the simulated Twilio mints stay valid.
+const SIMULATED_TOKEN_TTL_SECS: u64 = 60;
+
 /// One simulated call.
 pub struct SimCall {
     outgoing: mpsc::UnboundedSender<Message>,
@@ -111,6 +130,19 @@ impl SimCall {
         let config = crate::websocket::client_config();
         let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
         Ok(Self::from_socket(socket))
+    }
+
+    /// Opens the stream of `call_sid` as Twilio does after Parley's voice webhook answered: with `auth`, the URL
+    /// carries the call's stream token (minted here as the webhook would) and the upgrade is signed over its public
+    /// form; without it (Parley validates no signatures) the plain URL is used.
+    pub async fn connect_as_twilio(url: &str, auth: Option<&TwilioAuth>, call_sid: &str) -> Result<SimCall, SimError> {
+        use crate::twilio::stream_token::{stream_url_with_token, unix_now, StreamTokens};
+        let Some(auth) = auth else { return Self::connect(url, None).await };
+        let token =
+            StreamTokens::from_auth_token(&auth.auth_token).mint(call_sid, unix_now() + SIMULATED_TOKEN_TTL_SECS);
+        let validator = crate::twilio::signature::SignatureValidator::new(&auth.auth_token);
+        let signature = validator.sign(&stream_url_with_token(&auth.signed_url, &token), &[]);
+        Self::connect(&stream_url_with_token(url, &token), Some(&signature)).await
     }
 
     fn from_socket(socket: Socket) -> SimCall {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::caller::{SimCall, StartOptions};
+use super::caller::{SimCall, StartOptions, TwilioAuth};
 use super::dialogue;
 use super::report::EvalReport;
 use super::scenario::{Scenario, ScenarioError};
@@ -97,11 +97,10 @@ pub async fn run(
     let target = match &args.url {
         Some(url) => Target::Remote {
             url: url.clone(),
-            signature: secrets
-                .twilio_auth_token
-                .as_ref()
-                .map(|token| crate::twilio::signature::SignatureValidator::new(token.expose()))
-                .map(|validator| validator.sign(args.signed_url.as_deref().unwrap_or(url), &[])),
+            auth: secrets.twilio_auth_token.as_ref().map(|token| TwilioAuth {
+                auth_token: token.expose().to_owned(),
+                signed_url: args.signed_url.clone().unwrap_or_else(|| url.clone()),
+            }),
             archive: args.archive.clone(),
         },
         None => {
@@ -161,7 +160,7 @@ fn unique() -> u128 {
 
 /// The Parley the scenarios are played against.
 enum Target {
-    Remote { url: String, signature: Option<String>, archive: Option<PathBuf> },
+    Remote { url: String, auth: Option<TwilioAuth>, archive: Option<PathBuf> },
     Local(LocalParley),
 }
 
@@ -244,13 +243,14 @@ impl LocalParley {
 async fn play(scenario: &Scenario, target: &Target) -> Result<ScenarioScore, EvalError> {
     let failed = |detail: String| EvalError::Call { scenario: scenario.name.clone(), detail };
     let lines = scenario.spoken_lines().await?;
-    let signature = match target {
-        Target::Remote { signature, .. } => signature.clone(),
+    let auth = match target {
+        Target::Remote { auth, .. } => auth.as_ref(),
         Target::Local(_) => None,
     };
-    let mut call = SimCall::connect(&target.url(), signature.as_deref()).await.map_err(|e| failed(e.to_string()))?;
     let id = unique();
     let call_sid = format!("CA{id:032x}");
+    let mut call =
+        SimCall::connect_as_twilio(&target.url(), auth, &call_sid).await.map_err(|e| failed(e.to_string()))?;
     let options = StartOptions {
         call_sid: call_sid.clone(),
         stream_sid: format!("MZ{:032x}", id.wrapping_add(1)),

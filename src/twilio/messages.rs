@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Why an inbound frame could not be used. The call goes on; the frame is logged and skipped.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
     #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
     TooLarge { size: usize, limit: usize },
@@ -414,5 +414,111 @@ mod tests {
             chunk(&"A".repeat(4000)).decode_payload(1000),
             Err(ProtocolError::PayloadTooLarge { size: 3000, limit: 1000 })
         ));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            ".{0,40}"
+        }
+
+        fn counter_opt() -> impl Strategy<Value = Option<u64>> {
+            proptest::option::of(any::<u64>())
+        }
+
+        fn inbound() -> impl Strategy<Value = InboundMessage> {
+            prop_oneof![
+                (text(), text())
+                    .prop_map(|(protocol, version)| InboundMessage::Connected(Connected { protocol, version })),
+                (counter_opt(), text(), text(), any::<u64>(), any::<u64>(), "[A-Za-z0-9+/]{0,64}").prop_map(
+                    |(sequence_number, stream_sid, track, chunk, timestamp, payload)| {
+                        InboundMessage::Media(Media {
+                            sequence_number,
+                            media: MediaChunk { track, chunk, timestamp, payload },
+                            stream_sid,
+                        })
+                    }
+                ),
+                (counter_opt(), text(), text(), text()).prop_map(|(sequence_number, stream_sid, track, digit)| {
+                    InboundMessage::Dtmf(Dtmf { sequence_number, dtmf: DtmfDigit { track, digit }, stream_sid })
+                }),
+                (counter_opt(), text(), text()).prop_map(|(sequence_number, stream_sid, name)| {
+                    InboundMessage::Mark(MarkEcho { sequence_number, mark: MarkName { name }, stream_sid })
+                }),
+                (counter_opt(), text(), proptest::collection::btree_map(text(), text(), 0..4), text()).prop_map(
+                    |(sequence_number, stream_sid, custom_parameters, call_sid)| {
+                        InboundMessage::Start(Start {
+                            sequence_number,
+                            start: StartMetadata {
+                                account_sid: String::new(),
+                                stream_sid: stream_sid.clone(),
+                                call_sid,
+                                tracks: vec!["inbound".into()],
+                                custom_parameters,
+                                media_format: MediaFormat {
+                                    encoding: "audio/x-mulaw".into(),
+                                    sample_rate: 8000,
+                                    channels: 1,
+                                },
+                            },
+                            stream_sid,
+                        })
+                    }
+                ),
+                (counter_opt(), text()).prop_map(|(sequence_number, stream_sid)| {
+                    InboundMessage::Stop(Stop { sequence_number, stop: None, stream_sid })
+                }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn every_message_survives_a_round_trip(message in inbound()) {
+                let text = serde_json::to_string(&message).unwrap();
+                prop_assert_eq!(parse_inbound(&text, usize::MAX), Ok(message));
+            }
+
+            #[test]
+            fn any_text_parses_or_fails_cleanly(text in ".{0,300}") {
+                match parse_inbound(&text, LIMIT) {
+                    Ok(message) => {
+                        let again = serde_json::to_string(&message).unwrap();
+                        prop_assert_eq!(parse_inbound(&again, usize::MAX), Ok(message));
+                    }
+                    Err(ProtocolError::TooLarge { .. }) => prop_assert!(text.len() > LIMIT),
+                    Err(_) => {}
+                }
+            }
+
+            #[test]
+            fn mutated_frames_never_panic(index in 0usize..400, byte in any::<u8>(), cut in 0usize..400) {
+                let mut frame = fixture("media.json").into_bytes();
+                let at = index % frame.len();
+                frame[at] = byte;
+                frame.truncate(cut.max(at + 1));
+                let text = String::from_utf8_lossy(&frame);
+                if let Ok(InboundMessage::Media(media)) = parse_inbound(&text, LIMIT) {
+                    let _ = media.media.decode_payload(LIMIT);
+                }
+            }
+
+            #[test]
+            fn counters_read_as_strings_or_numbers(n in any::<u64>()) {
+                for chunk in [format!("\"{n}\""), n.to_string()] {
+                    let text = format!(
+                        r#"{{"event":"media","media":{{"chunk":{chunk},"timestamp":"0","payload":""}},"streamSid":"MZ1"}}"#
+                    );
+                    let Ok(InboundMessage::Media(media)) = parse_inbound(&text, LIMIT) else {
+                        return Err(TestCaseError::fail(format!("{text} did not parse")));
+                    };
+                    prop_assert_eq!(media.media.chunk, n);
+                }
+            }
+        }
     }
 }

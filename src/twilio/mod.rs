@@ -5,4 +5,7 @@
 pub mod messages;
 pub mod rest;
 pub mod signature;
+pub mod stream_state;
+pub mod stream_token;
 pub mod twiml;
+pub mod validate;

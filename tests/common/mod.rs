@@ -47,15 +47,59 @@ pub fn media_url(server: &RunningServer) -> String {
     format!("ws://{}/twilio/media", server.local_addr)
 }
 
-/// The signature Twilio would put on the media upgrade.
+/// The signature Twilio would put on an upgrade of the plain Stream URL (which has no token; refused while
+/// signatures are validated).
 pub fn media_signature() -> String {
     validator().sign(&format!("{}/twilio/media", PUBLIC_URL.replace("https://", "wss://")), &[])
 }
 
+/// The voice webhook's form for a call, signed as Twilio signs it.
+pub fn signed_voice_form(call_sid: &str) -> (String, String) {
+    let params: Vec<(String, String)> = [("CallSid", call_sid), ("From", "+15550001111"), ("To", "+15550002222")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+    (body, validator().sign(&format!("{PUBLIC_URL}/twilio/voice"), &params))
+}
+
+/// What Twilio does before opening a Media Stream: posts the voice webhook for `call_sid` and reads the Stream URL
+/// out of the TwiML. Returns the URL to reach Parley at (on `addr`, as through the ingress) and the signature
+/// Twilio puts on the upgrade (over the public URL, token included).
+pub async fn stream_request(addr: &str, call_sid: &str) -> (String, String) {
+    let (body, signature) = signed_voice_form(call_sid);
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/twilio/voice"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("webhook answers");
+    assert_eq!(response.status(), 200, "the webhook answers with TwiML");
+    let twiml = response.text().await.expect("TwiML");
+    let public = twiml
+        .split("<Stream url=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no Stream URL in {twiml}"))
+        .replace("&amp;", "&");
+    let public_ws_base = PUBLIC_URL.replace("https://", "wss://");
+    let path = public.strip_prefix(&public_ws_base).unwrap_or_else(|| panic!("{public} is not under {PUBLIC_URL}"));
+    (format!("ws://{addr}{path}"), validator().sign(&public, &[]))
+}
+
+/// Opens the Media Stream of `call_sid` the way Twilio does: webhook first, then the Stream URL from its TwiML.
+pub async fn connect_call(addr: &str, call_sid: &str) -> Result<SimCall, sim_caller::SimError> {
+    let (url, signature) = stream_request(addr, call_sid).await;
+    SimCall::connect(&url, Some(&signature)).await
+}
+
 /// Connects and starts a call the way Twilio would.
 pub async fn place_call(server: &RunningServer) -> SimCall {
-    let mut call = SimCall::connect(&media_url(server), Some(&media_signature())).await.expect("upgrade accepted");
-    call.start(&StartOptions::default()).expect("start sent");
+    let options = StartOptions::default();
+    let mut call = connect_call(&server.local_addr.to_string(), &options.call_sid).await.expect("upgrade accepted");
+    call.start(&options).expect("start sent");
     call
 }
 

@@ -5,9 +5,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use parley::twilio::messages::OutboundMessage;
-use parley::twilio::signature::SignatureValidator;
 use sim_caller::dialogue::{self, Dialogue};
-use sim_caller::{tone, SimCall, StartOptions};
+use sim_caller::{tone, SimCall, StartOptions, TwilioAuth};
 
 #[derive(Debug, Parser)]
 #[command(about = "Plays Twilio's side of a Media Stream call against Parley")]
@@ -15,7 +14,8 @@ struct Args {
     /// Parley's media stream URL.
     #[arg(long, default_value = "ws://127.0.0.1:8080/twilio/media")]
     url: String,
-    /// The URL Twilio would sign (Parley's public wss URL); defaults to --url.
+    /// The URL Twilio would sign (Parley's public wss Stream URL, without a token); defaults to --url. With
+    /// TWILIO_AUTH_TOKEN set, a stream token for the call is appended to both, as Parley's voice webhook does.
     #[arg(long)]
     signed_url: Option<String>,
     /// Seconds of caller audio (a 440 Hz tone) to send, when no dialogue is given.
@@ -32,11 +32,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let signature = std::env::var("TWILIO_AUTH_TOKEN")
-        .ok()
-        .map(|token| SignatureValidator::new(&token).sign(args.signed_url.as_deref().unwrap_or(&args.url), &[]));
-    let mut call = SimCall::connect(&args.url, signature.as_deref()).await.context("connecting to Parley")?;
-    call.start(&StartOptions::default())?;
+    // With TWILIO_AUTH_TOKEN the upgrade carries what Twilio's would: the call's stream token and the signature.
+    let auth = std::env::var("TWILIO_AUTH_TOKEN").ok().map(|auth_token| TwilioAuth {
+        auth_token,
+        signed_url: args.signed_url.clone().unwrap_or_else(|| args.url.clone()),
+    });
+    let start = StartOptions::default();
+    let mut call =
+        SimCall::connect_as_twilio(&args.url, auth.as_ref(), &start.call_sid).await.context("connecting to Parley")?;
+    call.start(&start)?;
     if let Some(dialogue) = &args.dialogue {
         return run_dialogue(call, dialogue, args.report.as_deref()).await;
     }
