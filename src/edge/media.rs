@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::signed::{public_base, signed_url, verify_form, websocket_base};
 use super::{session, AppState};
+use crate::telemetry::metrics::{self, RefusedCall};
 
 /// Hard ceiling of one WebSocket message; frames between `max_frame_bytes` and this are skipped with an error
 /// instead of tearing the call down.
@@ -24,11 +25,13 @@ pub(crate) async fn upgrade(
 ) -> Response {
     let url = signed_url(&websocket_base(&public_base(&state, &headers)), &uri);
     if let Err(status) = verify_form(&state, "media stream upgrade", &url, &[], &headers) {
+        metrics::global().call_refused(RefusedCall::BadSignature);
         return status.into_response();
     }
     let permit = match state.registry.admit() {
         Ok(permit) => permit,
         Err(refusal) => {
+            metrics::global().call_refused(RefusedCall::from(&refusal));
             tracing::warn!(%peer, %refusal, "refused a media stream");
             return (StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()).into_response();
         }

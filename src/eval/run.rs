@@ -19,7 +19,6 @@ use super::score::{score, ScenarioScore};
 use crate::archive::{list_calls, read_timeline, Archive, ArchiveStore, CallStatus, LocalStore, TimelineEntry};
 use crate::config::{AgentKind, Config, Secrets};
 use crate::edge::RunningServer;
-use crate::engine::tools::ToolExecutor;
 use crate::mcp::McpBridge;
 
 /// How long after hanging up the archive has to seal the call.
@@ -186,22 +185,8 @@ impl LocalParley {
         config.twilio.validate_signatures = false;
         config.archive.enabled = true;
         config.archive.root = archive_root.to_path_buf();
-        let errors: Vec<String> = config
-            .problems(&secrets)
-            .into_iter()
-            .filter(|p| p.severity == crate::config::Severity::Error)
-            .map(|p| p.message)
-            .collect();
-        if !errors.is_empty() {
-            return Err(EvalError::Start(format!("the configuration has errors: {}", errors.join("; "))));
-        }
-        let bridge = if config.mcp.servers.is_empty() {
-            None
-        } else {
-            Some(Arc::new(McpBridge::connect(config.mcp.clone()).await.map_err(|e| start_error(&e))?))
-        };
-        let tools = bridge.clone().map(|b| b as Arc<dyn ToolExecutor>);
-        let agents = crate::cli::agents::agent_factory(&config, tools).map_err(|e| start_error(&e))?;
+        let parts = crate::assembly::assemble(&config, &secrets).await.into_parts().map_err(|e| start_error(&e))?;
+        let (agents, bridge) = (parts.agents, parts.bridge);
         let archive = Archive::start(&config.archive, config.twilio.redact_numbers).map_err(|e| start_error(&e))?;
         let server =
             crate::edge::start(config, secrets, agents, Some(Arc::new(archive))).await.map_err(|e| start_error(&e))?;
@@ -210,7 +195,7 @@ impl LocalParley {
 
     async fn stop(self) {
         let _ = self.server.shutdown().await;
-        if let Some(bridge) = self.bridge.and_then(|b| Arc::try_unwrap(b).ok()) {
+        if let Some(bridge) = self.bridge {
             bridge.shutdown().await;
         }
         if let Some(scratch) = self.scratch {
