@@ -130,6 +130,8 @@ fn documented_keys(text: &str) -> BTreeSet<String> {
             let header = header.trim_start_matches('[');
             if let Some((name, _)) = header.split_once(']') {
                 if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                    // A header documents its table too (`[twilio.stream_parameters]`, a map of the user's names).
+                    keys.insert(name.to_owned());
                     section = name.to_owned();
                     continue;
                 }
@@ -209,7 +211,7 @@ mod tests {
         let keys = documented_keys(text);
         assert_eq!(
             keys.into_iter().collect::<Vec<_>>(),
-            ["mcp.servers.name", "stt.deepgram_flux.model", "stt.provider"]
+            ["mcp.servers", "mcp.servers.name", "stt", "stt.deepgram_flux", "stt.deepgram_flux.model", "stt.provider"]
         );
     }
 }
