@@ -3,7 +3,6 @@
 //! skipped) and on (the OpenTelemetry layer and SDK, exporting to an exporter that discards the spans).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use parley::audio::mulaw;
@@ -74,11 +73,10 @@ fn tracing_cost(c: &mut Criterion) {
     let none = opentelemetry::Context::new();
     c.bench_function("turn spans, tracing off", |b| b.iter(|| a_turn(&none)));
 
-    // On: the tracing-opentelemetry layer and an SDK provider whose batch processor discards the spans.
+    // On: Parley's tracing-opentelemetry layer and an SDK provider whose batch processor discards the spans.
     let provider = SdkTracerProvider::builder().with_batch_exporter(Discard).build();
     otel::activate(&provider);
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer(otel::SCOPE)));
+    let subscriber = tracing_subscriber::registry().with(parley::telemetry::span_layer(&provider));
     tracing::subscriber::with_default(subscriber, || {
         let span = tracing::info_span!("call", call_sid = "CA1");
         c.bench_function("frame in call span, tracing on", |b| {

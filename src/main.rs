@@ -21,9 +21,12 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = match cli::load_config(&cli) {
         Ok(mut config) => {
-            if matches!(cli.command, Command::Demo(_) | Command::Eval(_)) {
+            match cli.command {
                 // The demo and the evaluator print their own results; routine logs would bury them.
-                config.telemetry.log = "warn".into();
+                Command::Demo(_) | Command::Eval(_) => config.telemetry.log = "warn".into(),
+                // The check's report is the whole answer; its findings are not repeated as log lines.
+                Command::Check => config.telemetry.log = "error".into(),
+                _ => {}
             }
             config
         }
@@ -33,25 +36,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     // Logs, plus the OTLP exporters when `[telemetry]` asks for them.
-    let telemetry = match parley::telemetry::init(&config.telemetry) {
-        Ok(telemetry) => telemetry,
-        Err(err) => {
-            parley::telemetry::init_logging();
-            tracing::error!(%err, "telemetry export is off");
-            parley::telemetry::Telemetry::default()
-        }
-    };
+    let (telemetry, telemetry_problem) = parley::assembly::telemetry(&config.telemetry);
     let secrets = Secrets::from_env();
-    let result = run_command(cli, config, secrets).await;
+    let result = run_command(cli, config, secrets, telemetry_problem).await;
     // Exporting the last spans blocks; keep it off the runtime's threads.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     result
 }
 
-async fn run_command(cli: Cli, config: parley::config::Config, secrets: Secrets) -> anyhow::Result<ExitCode> {
+async fn run_command(
+    cli: Cli,
+    config: parley::config::Config,
+    secrets: Secrets,
+    telemetry_problem: Option<String>,
+) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => {
-            Ok(if cli::check(&config, &secrets).await == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let errors = cli::check(&config, &secrets, telemetry_problem).await;
+            Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Serve => {
             cli::serve(config, secrets).await?;

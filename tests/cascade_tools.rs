@@ -66,16 +66,7 @@ fn demo_stdio() -> Demo {
 }
 
 async fn bridge(demo: &Demo) -> Arc<McpBridge> {
-    let server = McpServerConfig {
-        name: "shop".into(),
-        transport: demo.transport.clone(),
-        allow: vec![],
-        deny: vec![],
-        timeout_ms: 10_000,
-        tool_timeouts_ms: Default::default(),
-        require_confirmation_for_destructive: true,
-        confirm: vec![],
-    };
+    let server = McpServerConfig::new("shop", demo.transport.clone());
     let bridge = McpBridge::connect(McpConfig { servers: vec![server], ..McpConfig::default() }).await.expect("bridge");
     assert!(bridge.tool_count() >= 5, "{}", bridge.report());
     Arc::new(bridge)

@@ -16,6 +16,16 @@ fn form(params: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
     (body, owned)
 }
 
+/// The value of `parley_calls_refused_total{reason}` on `/metrics` (0 before the first refusal).
+async fn refused(server: &parley::edge::RunningServer, reason: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", server.local_addr)).await.unwrap().text().await.unwrap();
+    let label = format!("reason=\"{reason}\"");
+    text.lines()
+        .find(|line| line.starts_with("parley_calls_refused_total{") && line.contains(&label))
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0, |value| value.parse().expect("a counter value"))
+}
+
 const CALL_PARAMS: [(&str, &str); 4] =
     [("CallSid", CALL_SID), ("From", "+12349013030"), ("To", "+18005551212"), ("AccountSid", "AC1")];
 const CALL_SID: &str = "CA0123456789abcdef0123456789abcdef";
@@ -58,6 +68,7 @@ async fn webhook_answers_a_signed_call_with_stream_twiml() {
 #[tokio::test]
 async fn webhook_refuses_bad_or_missing_signatures() {
     let server = start_server(test_config()).await;
+    let refused_before = refused(&server, "bad_signature").await;
     let (body, params) = form(&CALL_PARAMS);
     let client = reqwest::Client::new();
     let url = format!("http://{}/twilio/voice", server.local_addr);
@@ -78,6 +89,8 @@ async fn webhook_refuses_bad_or_missing_signatures() {
     let foreign = parley::twilio::signature::SignatureValidator::new("other")
         .sign(&format!("{PUBLIC_URL}/twilio/voice"), &params);
     assert_eq!(post(Some(foreign)).await.unwrap().status(), 403);
+    // Other tests refuse bad signatures in parallel, so at least these four.
+    assert!(refused(&server, "bad_signature").await >= refused_before + 4);
 }
 
 #[tokio::test]
@@ -251,6 +264,7 @@ async fn the_concurrent_call_cap_refuses_extra_calls() {
     let base = format!("http://{}", server.local_addr);
     assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);
     let addr = server.local_addr.to_string();
+    let refused_before = refused(&server, "capacity").await;
     let first = place_call(&server).await;
     // The third call's webhook was answered while there was room; its stream comes when there is none.
     let (third_url, third_signature) = stream_request(&addr, "CA00000000000000000000000000000003").await;
@@ -277,6 +291,8 @@ async fn the_concurrent_call_cap_refuses_extra_calls() {
         .await
         .unwrap();
     assert_eq!(webhook.status(), 503, "no TwiML for a call that cannot be taken");
+    // This is the only test that fills the cap: the media upgrade and the webhook, one each.
+    assert_eq!(refused(&server, "capacity").await, refused_before + 2);
     first.hang_up().await;
     wait_active(&server, 1).await;
     assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);

@@ -51,16 +51,7 @@ async fn call(bridge: &McpBridge, name: &str, arguments: Value) -> ToolOutcome {
 }
 
 fn server(name: &str, transport: McpTransportConfig) -> McpServerConfig {
-    McpServerConfig {
-        name: name.into(),
-        transport,
-        allow: vec![],
-        deny: vec![],
-        timeout_ms: 10_000,
-        tool_timeouts_ms: Default::default(),
-        require_confirmation_for_destructive: true,
-        confirm: vec![],
-    }
+    McpServerConfig::new(name, transport)
 }
 
 fn http(url: &str) -> McpTransportConfig {
@@ -282,11 +273,57 @@ async fn demo_over_http_lists_calls_and_passes_meta() {
     assert_eq!(journal.len(), 1, "{journal:#?}");
     let meta = &journal[0].meta;
     assert_eq!(meta["parley/callSid"], "CA0123456789abcdef");
-    assert_eq!(meta["parley/callerNumber"], "+15550100");
+    assert!(meta.get("parley/callerNumber").is_none(), "the caller's number is sent only when configured: {meta}");
     assert_eq!(meta["parley/turnIndex"], 2);
     assert_eq!(meta["traceparent"], TRACEPARENT);
     assert_eq!(journal[0].http_traceparent.as_deref(), Some(TRACEPARENT), "traceparent HTTP header");
     assert_eq!(journal[0].arguments, json!({"order_id": "456"}));
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_number_goes_to_the_backend_only_when_configured() {
+    let demo = demo_http(Duration::ZERO).await;
+    let config = McpConfig { send_caller_number: true, ..config(vec![server("demo", http(&demo.url))]) };
+    let bridge = McpBridge::connect(config).await.unwrap();
+    let outcome = call(&bridge, "lookup_order", json!({"order_id": "456"})).await;
+    assert!(!outcome.is_error, "{outcome:?}");
+    let journal = demo_backend::read_journal(&demo.db).unwrap();
+    assert_eq!(journal[0].meta["parley/callerNumber"], "+15550100");
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_with_distinct_tool_names_keep_their_names() {
+    let (orders, clinic) = (demo_http(Duration::ZERO).await, demo_http(Duration::ZERO).await);
+    let mut shop = server("shop", http(&orders.url));
+    shop.allow = vec!["lookup_order".into(), "cancel_order".into()];
+    let mut appointments = server("clinic", http(&clinic.url));
+    appointments.allow = vec!["book_appointment".into()];
+    let bridge = McpBridge::connect(config(vec![shop, appointments])).await.unwrap();
+    assert_eq!(names(&bridge), ["lookup_order", "cancel_order", "book_appointment"], "{}", bridge.report());
+    assert_eq!(bridge.resolve("book_appointment"), Some(("clinic".into(), "book_appointment".into())));
+    let outcome = call(&bridge, "lookup_order", json!({"order_id": "456"})).await;
+    assert!(!outcome.is_error, "{outcome:?}");
+    assert_eq!(demo_backend::read_journal(&orders.db).unwrap().len(), 1, "the call reached the shop's server");
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_names_prefix_only_the_later_server_and_a_configured_prefix_applies() {
+    let (first, second, third) =
+        (demo_http(Duration::ZERO).await, demo_http(Duration::ZERO).await, demo_http(Duration::ZERO).await);
+    let only_lookup = |name: &str, url: &str| {
+        let mut server = server(name, http(url));
+        server.allow = vec!["lookup_order".into()];
+        server
+    };
+    let mut prefixed = only_lookup("third", &third.url);
+    prefixed.prefix = Some("t".into());
+    let servers = vec![only_lookup("shop", &first.url), only_lookup("backup", &second.url), prefixed];
+    let bridge = McpBridge::connect(config(servers)).await.unwrap();
+    assert_eq!(names(&bridge), ["lookup_order", "backup__lookup_order", "t__lookup_order"], "{}", bridge.report());
+    assert_eq!(bridge.resolve("backup__lookup_order"), Some(("backup".into(), "lookup_order".into())));
     bridge.shutdown().await;
 }
 
@@ -462,6 +499,11 @@ async fn a_server_down_at_start_is_reported_and_picked_up_later() {
     let report = bridge.report();
     assert!(matches!(report.server("demo").unwrap().status, ServerStatus::Down { .. }), "{report}");
     assert!(report.to_string().contains("UNREACHABLE"), "{report}");
+    assert_eq!(
+        report.server("demo").unwrap().status,
+        ServerStatus::Down { error: format!("connection refused at {url}") },
+        "one plain sentence"
+    );
     assert_eq!(bridge.tool_count(), 0);
     let outcome = call(&bridge, "lookup_order", json!({"order_id": "456"})).await;
     assert!(outcome.is_error);
@@ -627,13 +669,13 @@ async fn python_peer_over_http_next_to_the_demo_backend() {
         McpBridge::connect(config(vec![server("demo", http(&demo.url)), server("py", http(&peer.url))])).await.unwrap();
     assert!(bridge.report().all_up(), "{}", bridge.report());
 
-    // Two servers: every name carries its server's prefix.
-    assert!(names(&bridge).iter().all(|n| n.starts_with("demo__") || n.starts_with("py__")), "{:?}", names(&bridge));
-    assert_eq!(bridge.resolve("demo__lookup_order"), Some(("demo".into(), "lookup_order".into())));
-    assert!(bridge.is_destructive("demo__cancel_order"));
-    check_python_peer(&bridge, "py__").await;
-    check_python_cancellation(&bridge, "py__slow", &journal).await;
-    let order = call(&bridge, "demo__lookup_order", json!({"order_id": "789"})).await;
+    // Two servers whose tool names differ: no name is prefixed.
+    assert!(names(&bridge).iter().all(|n| !n.contains("__")), "{:?}", names(&bridge));
+    assert_eq!(bridge.resolve("lookup_order"), Some(("demo".into(), "lookup_order".into())));
+    assert!(bridge.is_destructive("cancel_order"));
+    check_python_peer(&bridge, "").await;
+    check_python_cancellation(&bridge, "slow", &journal).await;
+    let order = call(&bridge, "lookup_order", json!({"order_id": "789"})).await;
     assert!(order.content.contains("processing"), "{order:?}");
     bridge.shutdown().await;
 }

@@ -178,6 +178,19 @@ async fn a_call_is_traced_as_call_turn_and_stage_spans() {
     assert_eq!(text(&root.resource, "service.instance.id"), Some("test-instance"));
     assert!(text(&root.resource, "service.version").is_some());
 
+    // Only attributes that mean something: no build-machine source paths, thread ids or poll counters (on spans and
+    // on the log events recorded in them), and no module name on spans.
+    const NOISE: [&str; 7] =
+        ["code.file.path", "code.line.number", "code.module.name", "thread.id", "thread.name", "busy_ns", "idle_ns"];
+    for exported in &spans {
+        let span = &exported.span;
+        let keys = span.attributes.iter().chain(span.events.iter().flat_map(|e| &e.attributes)).map(|kv| &kv.key);
+        for key in keys {
+            assert!(!NOISE.contains(&key.as_str()), "span {} carries {key}", span.name);
+        }
+        assert!(text(&span.attributes, "target").is_none(), "span {} carries target", span.name);
+    }
+
     let turns = children(&spans, &root.span);
     let turns: Vec<&Span> = turns.into_iter().filter(|s| s.name == "invoke_agent parley").collect();
     assert_eq!(turns.len(), 2, "{:#?}", spans.iter().map(|s| &s.span.name).collect::<Vec<_>>());
@@ -219,16 +232,10 @@ async fn demo_bridge(db: &Path) -> (Arc<McpBridge>, CancellationToken) {
         DemoBackend::new(Store::open(db).expect("store").into(), Hooks { delay: Duration::ZERO, crash_once: None });
     let stop = CancellationToken::new();
     tokio::spawn(demo_backend::serve_http(listener, backend, stop.clone()));
-    let server = McpServerConfig {
-        name: "shop".into(),
-        transport: McpTransportConfig::Http { url, bearer_token_env: None, headers_env: Default::default() },
-        allow: vec![],
-        deny: vec![],
-        timeout_ms: 10_000,
-        tool_timeouts_ms: Default::default(),
-        require_confirmation_for_destructive: true,
-        confirm: vec![],
-    };
+    let server = McpServerConfig::new(
+        "shop",
+        McpTransportConfig::Http { url, bearer_token_env: None, headers_env: Default::default() },
+    );
     let bridge = McpBridge::connect(McpConfig { servers: vec![server], ..McpConfig::default() }).await.expect("bridge");
     (Arc::new(bridge), stop)
 }

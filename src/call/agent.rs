@@ -1,4 +1,5 @@
-//! The interface between a call's Twilio session and whatever answers it (the echo agent now, the cascade later).
+//! The interface between a call's Twilio session and whatever answers it: the echo agent ([`super::echo`]) or the
+//! cascade agent ([`crate::engine::cascade`]).
 
 use async_trait::async_trait;
 use bytes::Bytes;

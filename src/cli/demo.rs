@@ -16,13 +16,12 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::agents;
 use super::CliError;
 use crate::archive::cli::render_call;
 use crate::archive::{read_metadata, read_timeline, Archive, SealedCalls, TimelineEntry, TimelineEvent};
 use crate::config::providers::{LlmProvider, SttProvider, TtsProvider};
 use crate::config::{read_secret, AgentKind, Config, Secrets};
-use crate::mcp::{McpBridge, McpServerConfig, McpTransportConfig};
+use crate::mcp::{McpServerConfig, McpTransportConfig};
 use crate::transcribe::after_call::outcome_dir;
 use crate::transcribe::{AfterCall, CallTranscript, JobOutcome, QUEUE_DIR, TRANSCRIPT_FILE};
 
@@ -47,7 +46,7 @@ pub struct DemoArgs {
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("{name} is not next to parley in {dir}: build the workspace's programs (`cargo build --release --bins`, as scripts/demo does)")]
+    #[error("{name} is not next to parley in {dir}: build the companion programs (`cargo build --release -p parley -p sim-caller -p demo-backend --bins`, as scripts/demo does)")]
     MissingProgram { name: &'static str, dir: PathBuf },
     #[error("cannot locate the parley executable: {0}")]
     NoExecutable(std::io::Error),
@@ -86,14 +85,13 @@ pub async fn run(mut config: Config, secrets: Secrets, args: &DemoArgs) -> Resul
         programs.backend.display()
     );
 
-    let bridge = Arc::new(McpBridge::connect(config.mcp.clone()).await?);
-    let agents = agents::agent_factory(&config, Some(bridge.clone() as Arc<dyn crate::engine::tools::ToolExecutor>))?;
+    let parts = crate::assembly::assemble(&config, &secrets).await.into_parts()?;
     let backend = crate::transcribe::cli::backend_from_config(&config).await?;
     let after_call = AfterCall::start(&config.archive.root.join(QUEUE_DIR), Some(backend), 1)?;
     let mut transcribed = after_call.outcomes();
     let hook = Arc::clone(&after_call) as Arc<dyn SealedCalls>;
     let archive = Archive::start_with(&config.archive, config.twilio.redact_numbers, Some(hook))?;
-    let server = crate::edge::start(config.clone(), secrets, agents, Some(Arc::new(archive))).await?;
+    let server = crate::edge::start(config.clone(), secrets, parts.agents, Some(Arc::new(archive))).await?;
     let url = format!("ws://{}/twilio/media", server.local_addr);
     println!("parley demo: answering on {url}; the simulated caller dials in\n");
 
@@ -101,7 +99,7 @@ pub async fn run(mut config: Config, secrets: Secrets, args: &DemoArgs) -> Resul
     let called = place_call(&programs, &url, args.dialogue.as_deref(), &report_file).await;
     // Whatever happened, stop serving (the call is over or abandoned) and let the archive seal it.
     let _ = server.shutdown().await;
-    if let Ok(bridge) = Arc::try_unwrap(bridge) {
+    if let Some(bridge) = parts.bridge {
         bridge.shutdown().await;
     }
     let _ = std::fs::remove_file(&backend_db);
@@ -168,22 +166,14 @@ fn configure(config: &mut Config, backend: &Path, backend_db: &Path) -> bool {
     config.twilio.validate_signatures = false;
     config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     config.archive.enabled = true;
-    config.mcp.servers = vec![McpServerConfig {
-        name: "demo-shop".into(),
-        transport: McpTransportConfig::Stdio {
-            command: backend.display().to_string(),
-            args: vec!["--stdio".into(), "--db".into(), backend_db.display().to_string()],
-            env: Default::default(),
-            inherit_env: Vec::new(),
-            cwd: None,
-        },
-        allow: Vec::new(),
-        deny: Vec::new(),
-        timeout_ms: 5_000,
-        tool_timeouts_ms: Default::default(),
-        require_confirmation_for_destructive: true,
-        confirm: Vec::new(),
-    }];
+    let transport = McpTransportConfig::Stdio {
+        command: backend.display().to_string(),
+        args: vec!["--stdio".into(), "--db".into(), backend_db.display().to_string()],
+        env: Default::default(),
+        inherit_env: Vec::new(),
+        cwd: None,
+    };
+    config.mcp.servers = vec![McpServerConfig { timeout_ms: 5_000, ..McpServerConfig::new("demo-shop", transport) }];
     scripted
 }
 

@@ -1,7 +1,6 @@
 //! The `parley` command line: `serve` runs the proxy, `check` validates the configuration, `demo` and `eval` place
-//! calls against it.
+//! calls against it. Every command that answers calls, and `check`, builds its parts through [`crate::assembly`].
 
-pub mod agents;
 pub mod demo;
 
 use std::path::PathBuf;
@@ -9,10 +8,10 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, Problem, Secrets, Severity};
+use crate::assembly::{self, Assembly, SetupError};
+use crate::config::{AgentKind, Config, ConfigError, Secrets};
 use crate::edge;
-use crate::mcp::{McpBridge, McpError, ServerStatus};
-use crate::tool_executor::ToolExecutor;
+use crate::mcp::{McpError, ServerStatus};
 use crate::transcribe::AfterCall;
 
 #[derive(Debug, Parser)]
@@ -29,7 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Answer Twilio calls.
     Serve,
-    /// Load and validate the configuration, print what is missing, exit non-zero on errors.
+    /// Assemble everything `serve` would (providers, MCP servers, telemetry) without taking calls; print what is
+    /// missing or unreachable; exit non-zero exactly when `serve` would not start.
     Check,
     /// Read the call archive.
     Archive {
@@ -47,20 +47,12 @@ pub enum Command {
     Transcribe(crate::transcribe::cli::TranscribeArgs),
 }
 
-/// The agent assembly `serve` and `demo` use, lent to the evaluator for the Parley it runs in-process.
+/// The offline set-up `parley demo` uses, lent to the evaluator for `parley eval --offline`.
 pub struct CliAssembly;
 
 impl crate::eval::Assembly for CliAssembly {
     fn configure_offline(&self, config: &mut Config) -> Result<PathBuf, crate::eval::AssemblyError> {
         Ok(demo::configure_offline(config)?)
-    }
-
-    fn agent_factory(
-        &self,
-        config: &Config,
-        tools: Option<Arc<dyn ToolExecutor>>,
-    ) -> Result<Arc<dyn crate::call::agent::AgentFactory>, crate::eval::AssemblyError> {
-        Ok(agents::agent_factory(config, tools)?)
     }
 }
 
@@ -69,12 +61,10 @@ impl crate::eval::Assembly for CliAssembly {
 pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("the configuration has {0} error(s); run `parley check` for the list")]
-    Invalid(usize),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     #[error(transparent)]
     Edge(#[from] edge::EdgeError),
-    #[error(transparent)]
-    Agent(#[from] agents::AgentSetupError),
     #[error("MCP bridge: {0}")]
     Mcp(#[from] McpError),
     #[error("archive: {0}")]
@@ -92,38 +82,68 @@ pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     Config::load(cli.config.as_deref(), std::env::vars())
 }
 
-/// `parley check`: prints every problem and which MCP servers and tools are reachable; returns how many errors.
-pub async fn check(config: &Config, secrets: &Secrets) -> usize {
-    let problems = config.problems(secrets);
-    for Problem { severity, message } in &problems {
-        match severity {
-            Severity::Error => println!("error: {message}"),
-            Severity::Warning => println!("warning: {message}"),
-        }
-    }
-    let mut errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
-    if !config.mcp.servers.is_empty() && config.mcp.validate().is_ok() {
-        match McpBridge::connect(config.mcp.clone()).await {
-            Ok(bridge) => {
-                let report = bridge.report();
-                print!("{report}");
-                let unreachable = report.servers.iter().filter(|s| s.status != ServerStatus::Up).count();
-                if unreachable > 0 {
-                    println!("error: {unreachable} MCP server(s) unreachable");
-                    errors += unreachable;
-                }
-                bridge.shutdown().await;
-            }
-            Err(err) => {
-                println!("error: mcp: {err}");
-                errors += 1;
-            }
-        }
-    }
-    if errors == 0 {
-        println!("configuration is valid: listening on {}, agent {:?}", config.server.listen, config.agent.kind);
-    }
+/// `parley check`: assembles what `serve` would, prints every error and warning, the MCP servers and their tools,
+/// and whether `serve` would start; returns how many errors (0 exactly when `serve` would start). Its report is the
+/// only thing it writes to stdout.
+pub async fn check(config: &Config, secrets: &Secrets, telemetry_problem: Option<String>) -> usize {
+    let assembly = assembly::assemble(config, secrets).await;
+    let mut warnings = assembly.warnings.clone();
+    warnings.extend(telemetry_problem);
+    warnings.extend(crate::telemetry::probe::unreachable_collectors(&config.telemetry).await);
+    print!("{}", check_report(config, &assembly, &warnings));
+    let errors = assembly.errors.len();
+    assembly.close().await;
     errors
+}
+
+/// The text `parley check` prints.
+fn check_report(config: &Config, assembly: &Assembly, warnings: &[String]) -> String {
+    let mut out = String::new();
+    for error in &assembly.errors {
+        out.push_str(&format!("error: {error}\n"));
+    }
+    for warning in warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    if let Some(report) = &assembly.mcp {
+        out.push_str(&report.to_string());
+    }
+    if !assembly.errors.is_empty() {
+        out.push_str(&format!("`parley serve` would not start: {} error(s)\n", assembly.errors.len()));
+        return out;
+    }
+    let mut summary = match config.agent.kind {
+        AgentKind::Echo => "the echo agent".to_owned(),
+        AgentKind::Cascade => format!(
+            "the cascade agent: stt {}, llm {}, tts {}",
+            chain(config.stt.provider, &config.stt.fallback),
+            chain(config.llm.provider, &config.llm.fallback),
+            chain(config.tts.provider, &config.tts.fallback)
+        ),
+    };
+    let down = assembly.mcp.iter().flat_map(|r| &r.servers).filter(|s| s.status != ServerStatus::Up).count();
+    if down > 0 {
+        summary.push_str(&format!(
+            "; {down} MCP server(s) unreachable: their tools are missing until they answer (retried in the background)"
+        ));
+    }
+    out.push_str(&format!("configuration is valid: `parley serve` would start with {summary}\n"));
+    out
+}
+
+/// `whisper`, or `deepgram then whisper` with fallbacks, in the configuration's spelling (`deepgram_flux`).
+fn chain<K: std::fmt::Debug>(provider: K, fallback: &[K]) -> String {
+    let name = |kind: &K| {
+        let mut name = String::new();
+        for (i, c) in format!("{kind:?}").chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                name.push('_');
+            }
+            name.push(c.to_ascii_lowercase());
+        }
+        name
+    };
+    std::iter::once(name(&provider)).chain(fallback.iter().map(name)).collect::<Vec<_>>().join(" then ")
 }
 
 /// The background transcription of ended calls, when `[local.transcribe] after_call` is on. Without a usable
@@ -145,25 +165,17 @@ pub async fn transcribe_after_call(config: &Config) -> Result<Option<Arc<AfterCa
 
 /// `parley serve`: answers calls until SIGTERM, then drains.
 pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
-    let problems = config.problems(&secrets);
-    for problem in &problems {
-        match problem.severity {
-            Severity::Error => tracing::error!("{}", problem.message),
-            Severity::Warning => tracing::warn!("{}", problem.message),
-        }
+    let assembly = assembly::assemble(&config, &secrets).await;
+    for warning in &assembly.warnings {
+        tracing::warn!("{warning}");
     }
-    let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
-    if errors > 0 {
-        return Err(CliError::Invalid(errors));
+    for error in &assembly.errors {
+        tracing::error!("{error}");
     }
-    let tools: Option<Arc<dyn ToolExecutor>> = if config.mcp.servers.is_empty() {
-        None
-    } else {
-        let bridge = McpBridge::connect(config.mcp.clone()).await?;
-        tracing::info!("MCP tools:\n{}", bridge.report());
-        Some(Arc::new(bridge))
-    };
-    let agents = agents::agent_factory(&config, tools)?;
+    if let Some(report) = &assembly.mcp {
+        tracing::info!("MCP tools:\n{report}");
+    }
+    let parts = assembly.into_parts()?;
     let taps: crate::call::tap::Taps = if config.archive.enabled {
         let after_call = transcribe_after_call(&config).await?;
         let hook = after_call.map(|a| a as Arc<dyn crate::archive::SealedCalls>);
@@ -172,12 +184,15 @@ pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
     } else {
         None
     };
-    let server = edge::start(config, secrets, agents, taps).await?;
+    let server = edge::start(config, secrets, parts.agents, taps).await?;
     // Scripts and tests read the bound address from this line.
     println!("parley listening on {}", server.local_addr);
     edge::wait_for_signal().await;
     tracing::info!("shutdown requested");
     server.shutdown().await?;
+    if let Some(bridge) = parts.bridge {
+        bridge.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,6 +3,8 @@
 //!
 //! Unknown keys are errors that name the key, so a typo never silently falls back to a default.
 
+#[cfg(test)]
+mod example;
 pub mod providers;
 mod secrets;
 
@@ -206,7 +208,9 @@ impl Config {
             .map_err(|err| ConfigError::Invalid { path: err.path().to_string(), message: err.inner().to_string() })
     }
 
-    /// Problems that stop Parley from taking calls (errors) or that an operator should know (warnings).
+    /// Problems of the settings themselves that stop Parley from taking calls (errors) or that an operator should know
+    /// (warnings). The providers' keys and settings are judged where the providers are built
+    /// ([`crate::assembly`]), so `parley check` and `parley serve` cannot disagree.
     pub fn problems(&self, secrets: &Secrets) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.twilio.validate_signatures && secrets.twilio_auth_token.is_none() {
@@ -239,11 +243,15 @@ impl Config {
         if self.server.max_concurrent_calls == 0 {
             problems.push(Problem::error("server.max_concurrent_calls is 0: no call could ever be answered"));
         }
+        for (name, value) in
+            [("first_token_timeout_ms", self.llm.first_token_timeout_ms), ("idle_timeout_ms", self.llm.idle_timeout_ms)]
+        {
+            if value == Some(0) {
+                problems.push(Problem::error(format!("llm.{name} is 0: every model request would time out")));
+            }
+        }
         if !self.twilio.validate_signatures {
             problems.push(Problem::warning("twilio.validate_signatures is off: anyone can place calls through Parley"));
-        }
-        if self.agent.kind == AgentKind::Cascade {
-            problems.extend(self.provider_problems());
         }
         if let Err(err) = self.mcp.validate() {
             problems.push(Problem::error(format!("mcp: {err}")));
@@ -254,52 +262,6 @@ impl Config {
                     "twilio.stream_parameters.{name}: name and value together must be under 500 characters"
                 )));
             }
-        }
-        problems
-    }
-}
-
-impl Config {
-    fn provider_problems(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        // Local providers need no key; the cloud ones do.
-        let mut key_env = Vec::new();
-        match self.stt.provider {
-            providers::SttProvider::Deepgram => key_env.push(&self.stt.deepgram.api_key_env),
-            providers::SttProvider::DeepgramFlux => key_env.push(&self.stt.deepgram_flux.api_key_env),
-            providers::SttProvider::Whisper => {
-                let model = self.local.whisper.model_dir();
-                if !model.join("model.bin").is_file() {
-                    problems.push(Problem::error(format!(
-                        "no Whisper model at {} (run scripts/fetch-whisper-model or set local.whisper.model)",
-                        model.display()
-                    )));
-                }
-            }
-        }
-        if self.tts.provider == providers::TtsProvider::Cartesia {
-            key_env.push(&self.tts.cartesia.api_key_env);
-        }
-        for env in key_env {
-            if read_secret(env).is_none() {
-                problems.push(Problem::error(format!("{env} is not set (an API key the cascade agent needs)")));
-            }
-        }
-        if self.tts.provider == providers::TtsProvider::Cartesia && self.tts.cartesia.voice_id.is_empty() {
-            problems.push(Problem::error("tts.cartesia.voice_id is not set"));
-        }
-        for (name, value) in
-            [("first_token_timeout_ms", self.llm.first_token_timeout_ms), ("idle_timeout_ms", self.llm.idle_timeout_ms)]
-        {
-            if value == Some(0) {
-                problems.push(Problem::error(format!("llm.{name} is 0: every model request would time out")));
-            }
-        }
-        if self.llm.provider == providers::LlmProvider::Openai && read_secret(&self.llm.openai.api_key_env).is_none() {
-            problems.push(Problem::warning(format!(
-                "{} is not set: LLM requests go without a key (fine for local OpenAI-compatible servers)",
-                self.llm.openai.api_key_env
-            )));
         }
         problems
     }

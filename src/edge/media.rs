@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::signed::{public_base, refuse, signed_url, verify_form, websocket_base};
 use super::{session, AppState};
+use crate::telemetry::metrics::{self, RefusedCall};
 use crate::twilio::stream_token::unix_now;
 
 /// Hard ceiling of one WebSocket message; frames between `max_frame_bytes` and this are skipped with an error
@@ -50,6 +51,7 @@ fn accept(
 ) -> Response {
     let url = signed_url(&websocket_base(&public_base(&state, headers)), uri);
     if let Err(status) = verify_form(&state, "media stream upgrade", &url, &[], headers) {
+        metrics::global().call_refused(RefusedCall::BadSignature);
         return status.into_response();
     }
     // With tokens on, the token names the call `start` must name; it is checked here, before a slot is taken.
@@ -70,6 +72,7 @@ fn accept(
     let permit = match state.registry.admit() {
         Ok(permit) => permit,
         Err(refusal) => {
+            metrics::global().call_refused(RefusedCall::from(&refusal));
             tracing::warn!(%peer, %refusal, "refused a media stream");
             return (StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()).into_response();
         }

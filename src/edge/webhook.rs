@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::signed::{public_base, signed_url, verify_form, verify_json, websocket_base};
 use super::{AppState, MEDIA_PATH, STREAM_STATUS_PATH};
+use crate::telemetry::metrics::{self, RefusedCall};
 use crate::telemetry::redact;
 use crate::twilio::stream_token::{stream_url_with_token, unix_now};
 use crate::twilio::twiml::ConnectStream;
@@ -28,9 +29,13 @@ pub(crate) async fn incoming_call(
     let url = signed_url(&base, &uri);
     let params = match verify_body(&state, "voice webhook", &url, &headers, &body) {
         Ok(params) => params,
-        Err(status) => return status.into_response(),
+        Err(status) => {
+            metrics::global().call_refused(RefusedCall::BadSignature);
+            return status.into_response();
+        }
     };
-    if let Err(refusal) = state.registry.has_capacity().then_some(()).ok_or_else(|| refusal_reason(&state)) {
+    if let Err((refusal, reason)) = state.registry.has_capacity().then_some(()).ok_or_else(|| refusal_reason(&state)) {
+        metrics::global().call_refused(reason);
         tracing::warn!(reason = refusal, "refused an incoming call");
         return (StatusCode::SERVICE_UNAVAILABLE, refusal).into_response();
     }
@@ -129,10 +134,10 @@ fn tokenized_stream_path(state: &AppState, call_sid: Option<&str>) -> Result<Str
     }
 }
 
-fn refusal_reason(state: &AppState) -> &'static str {
+fn refusal_reason(state: &AppState) -> (&'static str, RefusedCall) {
     if state.registry.is_draining() {
-        "draining"
+        ("draining", RefusedCall::Draining)
     } else {
-        "at capacity"
+        ("at capacity", RefusedCall::Capacity)
     }
 }

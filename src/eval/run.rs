@@ -17,27 +17,19 @@ use super::report::EvalReport;
 use super::scenario::{Scenario, ScenarioError};
 use super::score::{score, ScenarioScore};
 use crate::archive::{list_calls, read_timeline, Archive, ArchiveStore, CallStatus, LocalStore, TimelineEntry};
-use crate::call::agent::AgentFactory;
 use crate::config::{AgentKind, Config, Secrets};
 use crate::edge::RunningServer;
 use crate::mcp::McpBridge;
-use crate::tool_executor::ToolExecutor;
 
 /// An error of the composition root, passed through as text into [`EvalError::Start`].
 pub type AssemblyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What the evaluator needs from Parley's composition root to run Parley in this process: the same assembly
-/// `parley serve` and `parley demo` use. The binary passes it in (`cli` implements it), so the evaluator, which the
-/// CLI runs, does not reach back up into the CLI.
+/// What the evaluator needs from the command line to run Parley offline in this process: the set-up `parley demo`
+/// uses. The binary passes it in (`cli` implements it), so the evaluator, which the CLI runs, does not reach back up
+/// into the CLI; the providers themselves come from the composition root ([`crate::assembly`]).
 pub trait Assembly: Sync {
     /// Rewrites `config` for an offline run, as `parley demo` does; returns a scratch file to remove afterwards.
     fn configure_offline(&self, config: &mut Config) -> Result<PathBuf, AssemblyError>;
-    /// The agent factory `parley serve` would build from `config`, with `tools` for the model to call.
-    fn agent_factory(
-        &self,
-        config: &Config,
-        tools: Option<Arc<dyn ToolExecutor>>,
-    ) -> Result<Arc<dyn AgentFactory>, AssemblyError>;
 }
 
 /// How long after hanging up the archive has to seal the call.
@@ -206,22 +198,8 @@ impl LocalParley {
         config.twilio.validate_signatures = false;
         config.archive.enabled = true;
         config.archive.root = archive_root.to_path_buf();
-        let errors: Vec<String> = config
-            .problems(&secrets)
-            .into_iter()
-            .filter(|p| p.severity == crate::config::Severity::Error)
-            .map(|p| p.message)
-            .collect();
-        if !errors.is_empty() {
-            return Err(EvalError::Start(format!("the configuration has errors: {}", errors.join("; "))));
-        }
-        let bridge = if config.mcp.servers.is_empty() {
-            None
-        } else {
-            Some(Arc::new(McpBridge::connect(config.mcp.clone()).await.map_err(|e| start_error(&e))?))
-        };
-        let tools = bridge.clone().map(|b| b as Arc<dyn ToolExecutor>);
-        let agents = assembly.agent_factory(&config, tools).map_err(|e| start_error(&e))?;
+        let parts = crate::assembly::assemble(&config, &secrets).await.into_parts().map_err(|e| start_error(&e))?;
+        let (agents, bridge) = (parts.agents, parts.bridge);
         let archive = Archive::start(&config.archive, config.twilio.redact_numbers).map_err(|e| start_error(&e))?;
         let server =
             crate::edge::start(config, secrets, agents, Some(Arc::new(archive))).await.map_err(|e| start_error(&e))?;
@@ -230,7 +208,7 @@ impl LocalParley {
 
     async fn stop(self) {
         let _ = self.server.shutdown().await;
-        if let Some(bridge) = self.bridge.and_then(|b| Arc::try_unwrap(b).ok()) {
+        if let Some(bridge) = self.bridge {
             bridge.shutdown().await;
         }
         if let Some(scratch) = self.scratch {

@@ -21,6 +21,7 @@ use crate::tool_executor::{ToolCallContext, ToolExecutor, ToolOutcome};
 
 /// `_meta` keys Parley puts on every `tools/call`, so the backend can tie an action to the phone call.
 pub const META_CALL_SID: &str = "parley/callSid";
+/// Only with `mcp.send_caller_number = true` (and `twilio.redact_numbers` off).
 pub const META_CALLER_NUMBER: &str = "parley/callerNumber";
 pub const META_TURN_INDEX: &str = "parley/turnIndex";
 
@@ -203,22 +204,34 @@ impl Shared {
         Arc::clone(&self.catalog.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    /// Rebuilds the catalog from every connected server's tools: safe unique names, in configured server order.
+    /// Rebuilds the catalog from every connected server's tools: safe unique names, in configured server order,
+    /// prefixed only as [`names`] describes.
     fn rebuild(&self) {
-        let prefix = self.servers.len() > 1;
         let snapshots: Vec<_> = self.servers.iter().map(|s| s.snapshot()).collect();
-        let mut pairs = Vec::new();
+        let configured: Vec<names::ConfiguredServer> = self
+            .servers
+            .iter()
+            .zip(&snapshots)
+            .map(|(server, snapshot)| names::ConfiguredServer {
+                name: &server.config.name,
+                prefix: server.config.prefix.as_deref(),
+                listed: &snapshot.listed_names,
+            })
+            .collect();
+        let mut offered = Vec::new();
         let mut picked = Vec::new();
         for (index, snapshot) in snapshots.iter().enumerate() {
             if snapshot.status != ServerStatus::Up {
                 continue;
             }
             for listed in snapshot.tools.iter() {
-                pairs.push((self.servers[index].config.name.as_str(), listed.tool.name.as_ref()));
+                let tool: &str = listed.tool.name.as_ref();
+                let server = self.servers[index].config.name.as_str();
+                offered.push(names::Offered { server, prefix: names::prefix_for(&configured, index, tool), tool });
                 picked.push((index, listed));
             }
         }
-        let names = names::assign(prefix, &pairs);
+        let names = names::assign(&offered);
         let mut catalog = Catalog::default();
         for (name, (index, listed)) in names.into_iter().zip(picked) {
             let server = &self.servers[index].config;
@@ -243,12 +256,13 @@ impl Shared {
     }
 }
 
-/// The `_meta` of a `tools/call` for this context: call SID, caller number (when known), turn index, and the W3C
-/// `traceparent` (when tracing is on).
-pub fn call_meta(context: &ToolCallContext) -> RequestMetaObject {
+/// The `_meta` of a `tools/call` for this context: call SID, turn index, the W3C `traceparent` (when tracing is
+/// on), and the caller's number only when `send_caller_number` (the `mcp.send_caller_number` setting) allows it and
+/// the number is known.
+pub fn call_meta(context: &ToolCallContext, send_caller_number: bool) -> RequestMetaObject {
     let mut meta = RequestMetaObject::new();
     meta.insert(META_CALL_SID.to_string(), Value::String(context.call_sid.clone()));
-    if let Some(number) = &context.caller_number {
+    if let Some(number) = context.caller_number.as_ref().filter(|_| send_caller_number) {
         meta.insert(META_CALLER_NUMBER.to_string(), Value::String(number.clone()));
     }
     meta.insert(META_TURN_INDEX.to_string(), Value::from(context.turn_index));
@@ -311,7 +325,7 @@ impl ToolExecutor for McpBridge {
             .call(
                 &entry.mcp_name,
                 arguments,
-                call_meta(context),
+                call_meta(context, self.shared.config.send_caller_number),
                 entry.timeout,
                 cancel,
                 self.shared.config.result_max_chars,
@@ -326,15 +340,32 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn meta_carries_the_call_context() {
-        let context = ToolCallContext {
+    fn full_context() -> ToolCallContext {
+        ToolCallContext {
             call_sid: "CA123".into(),
             caller_number: Some("+15550100".into()),
             turn_index: 3,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01".into()),
-        };
-        let meta = serde_json::to_value(call_meta(&context)).unwrap();
+        }
+    }
+
+    #[test]
+    fn meta_carries_no_caller_number_by_default() {
+        assert!(!McpConfig::default().send_caller_number);
+        let meta = serde_json::to_value(call_meta(&full_context(), McpConfig::default().send_caller_number)).unwrap();
+        assert_eq!(
+            meta,
+            json!({
+                "parley/callSid": "CA123",
+                "parley/turnIndex": 3,
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+            })
+        );
+    }
+
+    #[test]
+    fn meta_carries_the_call_context() {
+        let meta = serde_json::to_value(call_meta(&full_context(), true)).unwrap();
         assert_eq!(
             meta,
             json!({
@@ -349,7 +380,7 @@ mod tests {
     #[test]
     fn meta_omits_what_is_unknown() {
         let context = ToolCallContext { call_sid: "CA1".into(), ..Default::default() };
-        let meta = serde_json::to_value(call_meta(&context)).unwrap();
+        let meta = serde_json::to_value(call_meta(&context, true)).unwrap();
         assert_eq!(meta, json!({"parley/callSid": "CA1", "parley/turnIndex": 0}));
     }
 

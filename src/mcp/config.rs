@@ -16,7 +16,10 @@
 //! [[mcp.servers]]
 //! name = "clinic"
 //! transport = { type = "stdio", command = "demo-backend", args = ["--stdio", "--db", "demo.db"] }
+//! prefix = "clinic"
 //! ```
+//!
+//! `parley.example.toml` documents every field.
 //!
 //! Secrets never appear in the file: HTTP tokens and header values are read from the environment variables the
 //! config names, at connect time.
@@ -50,6 +53,11 @@ pub struct McpConfig {
     /// 0 disables pings.
     #[serde(default = "default_ping_interval_ms")]
     pub ping_interval_ms: u64,
+    /// Send the caller's phone number to every MCP server in `_meta` (`parley/callerNumber`). Off by default: the
+    /// number is personal data and leaves Parley only when the configuration says so (and never while
+    /// `twilio.redact_numbers` is on).
+    #[serde(default)]
+    pub send_caller_number: bool,
 }
 
 impl Default for McpConfig {
@@ -61,6 +69,7 @@ impl Default for McpConfig {
             reconnect_initial_ms: default_reconnect_initial_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
             ping_interval_ms: default_ping_interval_ms(),
+            send_caller_number: false,
         }
     }
 }
@@ -70,8 +79,12 @@ impl Default for McpConfig {
 #[serde(deny_unknown_fields)]
 pub struct McpServerConfig {
     /// Short unique name (`[A-Za-z0-9_-]`, at most 32 characters). Used in logs, in `parley check`, and as the tool-name
-    /// prefix when more than one server is configured.
+    /// prefix of a tool whose name an earlier configured server already uses (see [`crate::mcp::names`]).
     pub name: String,
+    /// Prefix every tool of this server as `<prefix>__<tool>` (same characters as `name`). Unset: tools keep their
+    /// own names unless an earlier configured server has a tool of the same name.
+    #[serde(default)]
+    pub prefix: Option<String>,
     /// How to reach the server.
     pub transport: McpTransportConfig,
     /// Only these tools (real MCP names; `*` matches any run of characters). Empty means every tool.
@@ -96,6 +109,21 @@ pub struct McpServerConfig {
 }
 
 impl McpServerConfig {
+    /// A server with every optional setting at its default.
+    pub fn new(name: impl Into<String>, transport: McpTransportConfig) -> McpServerConfig {
+        McpServerConfig {
+            name: name.into(),
+            prefix: None,
+            transport,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            timeout_ms: default_timeout_ms(),
+            tool_timeouts_ms: BTreeMap::new(),
+            require_confirmation_for_destructive: true,
+            confirm: Vec::new(),
+        }
+    }
+
     /// The timeout for one call of `tool` (its real MCP name).
     pub fn timeout_for(&self, tool: &str) -> Duration {
         Duration::from_millis(self.tool_timeouts_ms.get(tool).copied().unwrap_or(self.timeout_ms))
@@ -153,6 +181,8 @@ pub enum McpTransportConfig {
 pub enum McpConfigError {
     #[error("mcp server name {0:?} must be 1-32 characters of A-Z, a-z, 0-9, _ or -")]
     BadName(String),
+    #[error("mcp server {server}: prefix {prefix:?} must be 1-32 characters of A-Z, a-z, 0-9, _ or -")]
+    BadPrefix { server: String, prefix: String },
     #[error("mcp server name {0:?} is used twice")]
     DuplicateName(String),
     #[error("mcp server {server}: {detail}")]
@@ -165,11 +195,11 @@ impl McpConfig {
         let mut seen = std::collections::BTreeSet::new();
         for server in &self.servers {
             let name = &server.name;
-            let safe = !name.is_empty()
-                && name.len() <= 32
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !safe {
+            if !is_safe_label(name) {
                 return Err(McpConfigError::BadName(name.clone()));
+            }
+            if let Some(prefix) = server.prefix.as_ref().filter(|p| !is_safe_label(p)) {
+                return Err(McpConfigError::BadPrefix { server: name.clone(), prefix: prefix.clone() });
             }
             if !seen.insert(name.as_str()) {
                 return Err(McpConfigError::DuplicateName(name.clone()));
@@ -196,6 +226,11 @@ impl McpConfig {
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms.max(1))
     }
+}
+
+/// A server name or prefix: 1-32 characters of `[A-Za-z0-9_-]`, safe in tool names and logs.
+fn is_safe_label(label: &str) -> bool {
+    !label.is_empty() && label.len() <= 32 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Matches `name` against a pattern where `*` stands for any run of characters (including none).
@@ -304,6 +339,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(dup.validate(), Err(McpConfigError::DuplicateName("a".into())));
+        let bad_prefix =
+            parse("[[mcp.servers]]\nname = \"a\"\nprefix = \"a.b\"\ntransport = { type = \"stdio\", command = \"x\" }")
+                .unwrap();
+        assert!(matches!(bad_prefix.validate(), Err(McpConfigError::BadPrefix { .. })));
         let bad_url =
             parse("[[mcp.servers]]\nname = \"a\"\ntransport = { type = \"http\", url = \"ws://x\" }").unwrap();
         assert!(matches!(bad_url.validate(), Err(McpConfigError::Invalid { .. })));

@@ -7,11 +7,12 @@
 //! barge-in or hang-up, and turns the result into text for the LLM.
 //!
 //! Modules: [`config`] (the `[mcp]` section), [`names`] and [`schema`] and [`result`] (pure mapping rules),
-//! [`http`] (the HTTP client), `server` (one connection and its reconnect loop), [`bridge`] (the executor),
-//! [`report`] (what `parley check` prints).
+//! [`http`] (the HTTP client), `server` (one connection and its reconnect loop), [`failure`] (connection failures
+//! in plain words), [`bridge`] (the executor), [`report`] (what `parley check` prints).
 
 pub mod bridge;
 pub mod config;
+pub mod failure;
 pub mod http;
 pub mod names;
 pub mod report;

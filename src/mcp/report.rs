@@ -74,7 +74,7 @@ impl fmt::Display for McpReport {
             let status = match &server.status {
                 ServerStatus::Connecting => "connecting".to_string(),
                 ServerStatus::Up => "reachable".to_string(),
-                ServerStatus::Down { error } => format!("UNREACHABLE ({error})"),
+                ServerStatus::Down { error } => format!("UNREACHABLE: {error}"),
             };
             write!(f, "mcp server {} [{}]: {status}", server.name, server.target)?;
             if let Some(info) = &server.server_info {
@@ -124,7 +124,7 @@ mod tests {
                 ServerReport {
                     name: "clinic".into(),
                     target: "stdio demo-backend".into(),
-                    status: ServerStatus::Down { error: "refused".into() },
+                    status: ServerStatus::Down { error: "connection refused at http://127.0.0.1:1/mcp".into() },
                     server_info: None,
                     tools: vec![],
                     dropped: vec![],
@@ -138,7 +138,9 @@ mod tests {
         );
         assert!(text.contains("tool orders_lookup_v2 (MCP name orders.lookup/v2, needs confirmation, timeout 500 ms)"));
         assert!(text.contains("dropped weird: bad schema"));
-        assert!(text.contains("mcp server clinic [stdio demo-backend]: UNREACHABLE (refused)"));
+        assert!(text.contains(
+            "mcp server clinic [stdio demo-backend]: UNREACHABLE: connection refused at http://127.0.0.1:1/mcp\n"
+        ));
         assert!(!report.all_up());
         assert!(McpReport::default().to_string().contains("no servers"));
     }

@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::mcp::config::{McpConfig, McpServerConfig, McpTransportConfig};
+use crate::mcp::failure;
 use crate::mcp::http::TracingHttpClient;
 use crate::mcp::report::{DroppedTool, ServerStatus};
 use crate::mcp::result;
@@ -46,6 +47,8 @@ pub(crate) struct Snapshot {
     pub status: ServerStatus,
     pub server_info: Option<String>,
     pub tools: Arc<Vec<ListedTool>>,
+    /// Real names of the tools listed last, kept while the server is down (they reserve their names).
+    pub listed_names: Arc<Vec<String>>,
     pub dropped: Arc<Vec<DroppedTool>>,
 }
 
@@ -53,6 +56,7 @@ struct State {
     status: ServerStatus,
     server_info: Option<String>,
     tools: Arc<Vec<ListedTool>>,
+    listed_names: Arc<Vec<String>>,
     dropped: Arc<Vec<DroppedTool>>,
     peer: Option<Peer<RoleClient>>,
     /// Bumped on every new connection, so a failure seen on an old connection doesn't tear down a newer one.
@@ -103,6 +107,7 @@ impl ServerConnection {
                 status: ServerStatus::Connecting,
                 server_info: None,
                 tools: Arc::new(Vec::new()),
+                listed_names: Arc::new(Vec::new()),
                 dropped: Arc::new(Vec::new()),
                 peer: None,
                 generation: 0,
@@ -127,25 +132,18 @@ impl ServerConnection {
             status: state.status.clone(),
             server_info: state.server_info.clone(),
             tools: Arc::clone(&state.tools),
+            listed_names: Arc::clone(&state.listed_names),
             dropped: Arc::clone(&state.dropped),
         }
     }
 
     /// `http <endpoint>` or `stdio <command>`, for reports; the URL loses any credentials and query.
     pub fn target(&self) -> String {
-        match &self.config.transport {
-            McpTransportConfig::Http { url, .. } => match url::Url::parse(url) {
-                Ok(mut parsed) => {
-                    let _ = parsed.set_username("");
-                    let _ = parsed.set_password(None);
-                    parsed.set_query(None);
-                    parsed.set_fragment(None);
-                    format!("http {parsed}")
-                }
-                Err(_) => "http (invalid URL)".to_string(),
-            },
-            McpTransportConfig::Stdio { command, .. } => format!("stdio {command}"),
-        }
+        let kind = match &self.config.transport {
+            McpTransportConfig::Http { .. } => "http",
+            McpTransportConfig::Stdio { .. } => "stdio",
+        };
+        format!("{kind} {}", failure::endpoint(&self.config.transport))
     }
 
     /// The supervisor loop; runs until `shutdown`. Sends on `first_attempt` once the first connection attempt has
@@ -207,6 +205,7 @@ impl ServerConnection {
             state.broken = broken.clone();
             state.status = ServerStatus::Up;
             state.server_info = info;
+            state.listed_names = Arc::new(names_of(&tools));
             state.tools = Arc::new(tools);
             state.dropped = Arc::new(dropped);
             state.peer = Some(peer);
@@ -218,6 +217,7 @@ impl ServerConnection {
     fn set_tools(&self, tools: Vec<ListedTool>, dropped: Vec<DroppedTool>) {
         {
             let mut state = self.write();
+            state.listed_names = Arc::new(names_of(&tools));
             state.tools = Arc::new(tools);
             state.dropped = Arc::new(dropped);
         }
@@ -278,30 +278,32 @@ impl ServerConnection {
         reason
     }
 
-    /// Connects, handshakes and lists tools, all within the connect timeout.
+    /// Connects, handshakes and lists tools, each step within the connect timeout. Failures are one plain
+    /// sentence naming the endpoint (see [`failure`]).
     async fn connect_once(&self) -> Result<(Running, Vec<ListedTool>, Vec<DroppedTool>, Option<String>), String> {
         let handler = BridgeClient { server: self.config.name.clone(), list_changed: Arc::clone(&self.list_changed) };
-        let connect = async {
-            let running = match &self.config.transport {
+        let endpoint = failure::endpoint(&self.config.transport);
+        let handshake = async {
+            match &self.config.transport {
                 McpTransportConfig::Stdio { command, args, env, inherit_env, cwd } => {
                     let transport = self.spawn_child(command, args, env, inherit_env, cwd.as_deref())?;
-                    handler.serve(transport).await.map_err(|e| format!("MCP handshake failed: {e}"))?
+                    handler.serve(transport).await.map_err(|e| failure::initialize(&e, &endpoint))
                 }
                 McpTransportConfig::Http { url, bearer_token_env, headers_env } => {
                     let transport = self.http_transport(url, bearer_token_env.as_deref(), headers_env)?;
-                    handler.serve(transport).await.map_err(|e| format!("MCP handshake failed: {e}"))?
+                    handler.serve(transport).await.map_err(|e| failure::initialize(&e, &endpoint))
                 }
-            };
-            let server_info = running.peer().peer_info().and_then(|info| {
-                info.server_info.as_ref().map(|i| format!("{} {}", i.name, i.version).trim().to_string())
-            });
-            let (tools, dropped) = self.list(running.peer()).await?;
-            Ok((running, tools, dropped, server_info))
+            }
         };
-        match tokio::time::timeout(self.timing.connect_timeout, connect).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {} ms", self.timing.connect_timeout.as_millis())),
-        }
+        let running = tokio::time::timeout(self.timing.connect_timeout, handshake)
+            .await
+            .map_err(|_| failure::no_answer("initialize", self.timing.connect_timeout, &endpoint))??;
+        let server_info = running
+            .peer()
+            .peer_info()
+            .and_then(|info| info.server_info.as_ref().map(|i| format!("{} {}", i.name, i.version).trim().to_string()));
+        let (tools, dropped) = self.list(running.peer()).await?;
+        Ok((running, tools, dropped, server_info))
     }
 
     fn spawn_child(
@@ -370,10 +372,11 @@ impl ServerConnection {
     /// Lists every tool (following pagination), applies allow/deny, and prepares schemas; tools whose schema can't
     /// be made acceptable are returned separately and logged.
     async fn list(&self, peer: &Peer<RoleClient>) -> Result<(Vec<ListedTool>, Vec<DroppedTool>), String> {
+        let endpoint = || failure::endpoint(&self.config.transport);
         let listed = tokio::time::timeout(self.timing.connect_timeout, peer.list_all_tools())
             .await
-            .map_err(|_| "tools/list did not answer in time".to_string())?
-            .map_err(|e| format!("tools/list failed: {e}"))?;
+            .map_err(|_| failure::no_answer("tools/list", self.timing.connect_timeout, &endpoint()))?
+            .map_err(|e| format!("tools/list failed at {}: {}", endpoint(), failure::service(&e)))?;
         let mut tools = Vec::new();
         let mut dropped = Vec::new();
         for tool in listed {
@@ -485,6 +488,10 @@ impl ServerConnection {
 }
 
 const DROPPED: &str = "abandoned by Parley";
+
+fn names_of(tools: &[ListedTool]) -> Vec<String> {
+    tools.iter().map(|t| t.tool.name.to_string()).collect()
+}
 
 /// A `tools/call` awaiting its answer. Dropping it while `id` is set sends `notifications/cancelled` (without making
 /// anyone wait), so the server stops working on a call nobody will read.

@@ -15,17 +15,48 @@ use super::config::{OtlpProtocol, TelemetryConfig};
 use super::latency::TurnLatency;
 use super::otel::signal_url;
 use super::TelemetryError;
-use crate::call::registry::CallRegistry;
+use crate::call::registry::{CallRegistry, Refusal};
 
 /// Histogram buckets in milliseconds, spanning a fast hand-off to a slow provider.
 const BUCKETS_MS: [f64; 16] =
     [1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0];
+
+/// Why a call was refused, the `reason` label of `parley_calls_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedCall {
+    /// `server.max_concurrent_calls` calls were live.
+    Capacity,
+    /// Parley is shutting down.
+    Draining,
+    /// `X-Twilio-Signature` was missing or did not match.
+    BadSignature,
+}
+
+impl RefusedCall {
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusedCall::Capacity => "capacity",
+            RefusedCall::Draining => "draining",
+            RefusedCall::BadSignature => "bad_signature",
+        }
+    }
+}
+
+impl From<&Refusal> for RefusedCall {
+    fn from(refusal: &Refusal) -> Self {
+        match refusal {
+            Refusal::Draining => RefusedCall::Draining,
+            Refusal::AtCapacity(_) => RefusedCall::Capacity,
+        }
+    }
+}
 
 /// Every instrument Parley records into.
 pub struct Metrics {
     provider: SdkMeterProvider,
     registry: prometheus::Registry,
     calls: Counter<u64>,
+    calls_refused: Counter<u64>,
     turns: Counter<u64>,
     barge_ins: Counter<u64>,
     provider_errors: Counter<u64>,
@@ -129,6 +160,10 @@ impl Metrics {
             .build();
         Metrics {
             calls: meter.u64_counter("parley.calls").with_description("Calls started").build(),
+            calls_refused: meter
+                .u64_counter("parley.calls.refused")
+                .with_description("Voice webhooks and media stream upgrades refused, by reason")
+                .build(),
             turns: meter.u64_counter("parley.turns").with_description("Caller turns answered").build(),
             barge_ins: meter
                 .u64_counter("parley.barge_ins")
@@ -166,6 +201,11 @@ impl Metrics {
 
     pub fn call_started(&self) {
         self.calls.add(1, &[]);
+    }
+
+    /// A voice webhook or media stream upgrade was refused (`parley_calls_refused_total{reason}`).
+    pub fn call_refused(&self, reason: RefusedCall) {
+        self.calls_refused.add(1, &[KeyValue::new("reason", reason.label())]);
     }
 
     /// Records a finished turn: the turn, its stages, and its barge-in if it had one.
@@ -235,6 +275,7 @@ mod tests {
         let t = Instant::now();
         let at = |ms: u64| Some(t + Duration::from_millis(ms));
         metrics.call_started();
+        metrics.call_refused(RefusedCall::Capacity);
         metrics.turn_finished(&TurnLatency {
             speech_ended: at(0),
             end_of_turn: at(300),
@@ -251,6 +292,8 @@ mod tests {
         let text = metrics.prometheus_text();
         for expected in [
             "parley_calls_total",
+            "parley_calls_refused_total",
+            "reason=\"capacity\"",
             "parley_turns_total",
             "parley_barge_ins_total",
             "parley_turn_first_audio_milliseconds_bucket",

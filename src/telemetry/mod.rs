@@ -5,6 +5,7 @@ pub mod config;
 pub mod latency;
 pub mod metrics;
 pub mod otel;
+pub mod probe;
 pub mod redact;
 pub mod spans;
 
@@ -78,12 +79,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let mut layers = vec![log_layer(&config.log)];
     if let Some(provider) = &tracer {
         // The call span is at INFO; the OTel layer keeps its own filter so `RUST_LOG=warn` does not drop traces.
-        layers.push(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer(otel::SCOPE))
-                .with_filter(LevelFilter::INFO)
-                .boxed(),
-        );
+        layers.push(span_layer(provider).with_filter(LevelFilter::INFO).boxed());
     }
     tracing_subscriber::registry()
         .with(layers)
@@ -92,9 +88,39 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     Ok(Telemetry { tracer })
 }
 
+/// The bridge from `tracing` spans to OpenTelemetry spans, keeping only attributes that mean something to whoever
+/// reads the trace: the fields Parley records. tracing-opentelemetry's defaults would add the source file and line
+/// (paths of the build machine), the module (`target`), the thread's name and id, and busy/idle nanoseconds (the
+/// time a span's future was polled, not anything the caller waited for).
+pub fn span_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span> + Send + Sync,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(otel::SCOPE))
+        .with_location(false)
+        .with_target(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+}
+
+/// rmcp, the MCP library, logs each connection's life (and a server's whole `instructions` text) at INFO and its
+/// failed attempts at ERROR, repeating what Parley reports itself in plain words. Its lines show only when the
+/// filter asks for debug (or names `rmcp`).
+fn library_logs_at_debug(directive: &str) -> String {
+    let verbose = EnvFilter::new(directive).max_level_hint().is_some_and(|level| level >= LevelFilter::DEBUG);
+    if verbose || directive.contains("rmcp") {
+        directive.to_owned()
+    } else {
+        format!("{directive},rmcp=off")
+    }
+}
+
 /// The stderr log layer: `RUST_LOG` filters (default `default_filter`), `PARLEY_LOG_FORMAT=json` for JSON lines.
 fn log_layer(default_filter: &str) -> Box<dyn Layer<Registry> + Send + Sync> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let directive = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_else(|_| default_filter.to_owned());
+    let filter = EnvFilter::try_new(library_logs_at_debug(&directive))
+        .unwrap_or_else(|_| EnvFilter::new(library_logs_at_debug(default_filter)));
     let json = std::env::var("PARLEY_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if json {
@@ -106,7 +132,25 @@ fn log_layer(default_filter: &str) -> Box<dyn Layer<Registry> + Send + Sync> {
 
 /// Installs the log subscriber only (tools and tests that do not export telemetry).
 pub fn init_logging() {
-    if let Err(err) = tracing_subscriber::registry().with(vec![log_layer("info")]).try_init() {
+    init_logging_with("info");
+}
+
+/// Installs the log subscriber only, showing `default_filter` when `RUST_LOG` is not set.
+pub fn init_logging_with(default_filter: &str) {
+    if let Err(err) = tracing_subscriber::registry().with(vec![log_layer(default_filter)]).try_init() {
         eprintln!("logging was already initialised: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mcp_library_logs_only_at_debug() {
+        assert_eq!(library_logs_at_debug("info"), "info,rmcp=off");
+        assert_eq!(library_logs_at_debug("warn,parley=info"), "warn,parley=info,rmcp=off");
+        assert_eq!(library_logs_at_debug("debug"), "debug");
+        assert_eq!(library_logs_at_debug("info,rmcp=info"), "info,rmcp=info");
     }
 }
