@@ -436,9 +436,19 @@ impl Engine {
                 TurnDecision::SpeechStarted { .. } => {}
                 TurnDecision::RequestFinalize => self.stt.finalize(),
                 TurnDecision::BargeIn { onset } => self.barge_in(onset).await,
+                TurnDecision::EndOfTurn(end) if self.is_noise_over_the_agent() => {
+                    tracing::info!(call_sid = %self.call.call_sid, text = ?end.text, "words over the agent's audio too short to interrupt it; not a turn");
+                }
                 TurnDecision::EndOfTurn(end) => self.on_end_of_turn(end).await,
             }
         }
+    }
+
+    /// Whether words the STT heard now can only be noise: the agent's audio is playing and the VAD never saw speech
+    /// long enough to interrupt it (real speech over the agent barges in first, which ends the reply). A cough the
+    /// recogniser turned into a word must not cut the agent off. Without a VAD, words are all there is to go by.
+    fn is_noise_over_the_agent(&self) -> bool {
+        !matches!(self.vad, Vad::Off) && self.reply.as_ref().is_some_and(InFlight::has_audio)
     }
 
     /// Keys the caller pressed become a caller turn, as if said.

@@ -285,3 +285,23 @@ async fn turns_go_on_while_the_voice_is_still_connecting() {
     let spoken = call.next_spoken().await;
     assert_eq!(spoken.text, "Yes, I'm here.", "the cancelled reply's text never reached the voice");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cough_the_recogniser_hears_as_a_word_does_not_cut_the_agent_off() {
+    let mut call = Call::start(Call::quiet(), |_, _| {});
+    let stt = call.next_session().await;
+    let turn = call.caller_turn(&stt, "Where is my order?").await;
+    turn.say(&"Your order is on its way and should arrive by Friday. ".repeat(3));
+    turn.finish();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(call.twilio().media_frames > 0, "the agent is speaking");
+    // 60 ms of noise, too short to barge in, which the recogniser still turns into a word.
+    call.speak(60).await;
+    call.silence(200).await;
+    stt.final_words("Visiting").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(call.twilio().clears.is_empty(), "the agent was cut off by noise");
+    assert!(call.llm.try_recv().is_err(), "the noise became a caller turn");
+    let report = call.next_report().await;
+    assert!(report.barge_in_onset.is_none(), "{report:?}");
+}
