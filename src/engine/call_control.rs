@@ -195,7 +195,7 @@ impl CallControl {
         let Some(number) = requested_number(call) else {
             return ToolOutcome::error("transfer_call needs a `number` argument");
         };
-        if !self.config.transfer_numbers.iter().any(|allowed| *allowed == number) {
+        if !self.config.transfer_numbers.contains(&number) {
             let allowed = self.config.transfer_numbers.join(", ");
             return ToolOutcome::error(format!("{number} is not a number calls may be transferred to ({allowed})"));
         }
