@@ -213,6 +213,9 @@ impl Drop for Parley {
     }
 }
 
+/// A short lease, so that a call a crash left open is sealed within seconds.
+const LEASE_SECS: u64 = 3;
+
 fn parley_command(root: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
     command
@@ -220,6 +223,8 @@ fn parley_command(root: &Path) -> Command {
         .env("PARLEY__SERVER__LISTEN", "127.0.0.1:0")
         .env("PARLEY__SERVER__PUBLIC_URL", PUBLIC_URL)
         .env("PARLEY__AGENT__ECHO_DELAY_MS", "200")
+        .env("PARLEY__ARCHIVE__LEASE_SECS", LEASE_SECS.to_string())
+        .env("PARLEY__LOCAL__TRANSCRIBE__AFTER_CALL", "false")
         .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
         .env("RUST_LOG", "warn");
     command
@@ -291,9 +296,9 @@ async fn a_crash_mid_call_leaves_a_recording_that_the_restart_seals() {
     call.vanish();
     assert_eq!(read_metadata(&dir).unwrap().status, CallStatus::Open, "the crash left the call open");
 
+    // The restart seals the call once the killed instance's lease on it has lapsed.
     let (restarted, _) = spawn_parley(root.path());
-    let metadata = read_metadata(&dir).unwrap();
-    assert_eq!(metadata.status, CallStatus::Sealed);
+    let (_, metadata) = wait_sealed(root.path(), "CAcrash").await;
     assert_eq!(metadata.ended_by.as_deref(), Some("recovered"));
     let (caller, agent) = read_legs(&dir).expect("the sealed recording decodes");
     assert!(leg_ms(&caller) >= before, "audio up to the kill is kept: {} < {before} ms", leg_ms(&caller));
@@ -313,4 +318,42 @@ async fn a_crash_mid_call_leaves_a_recording_that_the_restart_seals() {
     assert!(show.status.success());
     let show = String::from_utf8_lossy(&show.stdout);
     assert!(show.contains("key     7") && show.contains("call ended (recovered)"), "{show}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_restarting_beside_a_live_call_leaves_it_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let (_live, addr) = spawn_parley(root.path());
+    let mut call = SimCall::connect(&format!("ws://{addr}/twilio/media"), Some(&media_signature())).await.unwrap();
+    call.start(&StartOptions { call_sid: "CAshared".into(), ..StartOptions::default() }).unwrap();
+    call.send_dtmf("1").unwrap();
+    call.stream_audio(&tone(440.0, 1_000, 8_000)).await.unwrap();
+
+    // A second instance on the same archive starts mid-call, is killed, and starts again; then keeps running for
+    // more than two lease periods (its periodic pass over the archive sees the live call each time).
+    let (other, _) = spawn_parley(root.path());
+    call.stream_audio(&tone(440.0, 500, 8_000)).await.unwrap();
+    drop(other);
+    let (_restarted, _) = spawn_parley(root.path());
+    for _ in 0..(LEASE_SECS * 5 / 2) {
+        call.stream_audio(&tone(440.0, 1_000, 8_000)).await.unwrap();
+    }
+    call.send_dtmf("2").unwrap();
+    call.stream_audio(&tone(440.0, 500, 8_000)).await.unwrap();
+    call.send_stop().unwrap();
+    let streamed_ms = 1_000 + 500 + LEASE_SECS * 5 / 2 * 1_000 + 500;
+
+    let (dir, metadata) = wait_sealed(root.path(), "CAshared").await;
+    assert_ne!(metadata.ended_by.as_deref(), Some("recovered"), "the live call was sealed by another instance");
+    let timeline = read_timeline(&dir).unwrap();
+    let ends = timeline.iter().filter(|e| matches!(e.event, TimelineEvent::CallEnded { .. })).count();
+    assert_eq!(ends, 1, "{timeline:?}");
+    assert!(timeline.iter().any(|e| e.event == TimelineEvent::Dtmf { digit: "2".into() }), "{timeline:?}");
+    let (caller, _) = read_legs(&dir).unwrap();
+    assert!(leg_ms(&caller) >= streamed_ms, "the recording holds {} of {streamed_ms} ms", leg_ms(&caller));
+    assert_eq!(metadata.duration_ms, Some(leg_ms(&caller)));
+    // The tone runs to the end of the call: the recording was not cut when the other instance started.
+    assert!(loudest(&caller, streamed_ms - 400, streamed_ms - 100) > LOUD, "the end of the call is missing");
+    let owner = metadata.owner.expect("the call names its owner");
+    assert!(!owner.instance.is_empty());
 }
