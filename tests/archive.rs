@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -202,17 +201,6 @@ async fn a_barge_in_silences_the_agent_channel_at_the_clear() {
     assert!(after < LOUD / 4.0, "agent audio after the clear at {cleared} ms: rms {after}");
 }
 
-struct Parley {
-    child: Child,
-}
-
-impl Drop for Parley {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A short lease, so that a call a crash left open is sealed within seconds.
 const LEASE_SECS: u64 = 3;
 
@@ -231,26 +219,10 @@ fn parley_command(root: &Path) -> Command {
 }
 
 /// Starts `parley serve` archiving under `root`; returns once it listens (start-up housekeeping is done by then).
-fn spawn_parley(root: &Path) -> (Parley, String) {
-    // The child is owned by `Parley`, which kills and waits for it on drop.
-    let mut parley = Parley {
-        child: parley_command(root)
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("parley starts"),
-    };
-    let stdout = parley.child.stdout.take().expect("stdout");
-    let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(reader.read_line(&mut line).expect("reads") > 0, "parley exited before listening");
-        if let Some(addr) = line.trim().strip_prefix("parley listening on ") {
-            return (parley, addr.to_owned());
-        }
-    }
+fn spawn_parley(root: &Path) -> (ParleyProcess, String) {
+    let mut command = parley_command(root);
+    command.arg("serve");
+    spawn_listening(command)
 }
 
 /// An old, sealed call in the archive, as a previous month would have left it.

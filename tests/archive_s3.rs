@@ -6,8 +6,8 @@ mod common;
 mod scale_out;
 mod weed;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -21,44 +21,20 @@ use weed::Weed;
 
 const LEASE_SECS: u64 = 3;
 
-struct Parley {
-    child: Child,
-}
-
-impl Drop for Parley {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `parley serve` archiving on the bucket under `prefix`; returns once it listens.
-fn spawn_parley(weed: &Weed, prefix: &str) -> (Parley, String) {
-    let mut parley = Parley {
-        child: Command::new(env!("CARGO_BIN_EXE_parley"))
-            .arg("serve")
-            .envs(weed.parley_env(prefix))
-            .env("PARLEY__ARCHIVE__LEASE_SECS", LEASE_SECS.to_string())
-            .env("PARLEY__LOCAL__TRANSCRIBE__AFTER_CALL", "false")
-            .env("PARLEY__SERVER__LISTEN", "127.0.0.1:0")
-            .env("PARLEY__SERVER__PUBLIC_URL", PUBLIC_URL)
-            .env("PARLEY__AGENT__ECHO_DELAY_MS", "200")
-            .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("parley starts"),
-    };
-    let mut reader = BufReader::new(parley.child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(reader.read_line(&mut line).expect("reads") > 0, "parley exited before listening");
-        if let Some(addr) = line.trim().strip_prefix("parley listening on ") {
-            return (parley, addr.to_owned());
-        }
-    }
+fn spawn_parley(weed: &Weed, prefix: &str) -> (ParleyProcess, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
+    command
+        .arg("serve")
+        .envs(weed.parley_env(prefix))
+        .env("PARLEY__ARCHIVE__LEASE_SECS", LEASE_SECS.to_string())
+        .env("PARLEY__LOCAL__TRANSCRIBE__AFTER_CALL", "false")
+        .env("PARLEY__SERVER__LISTEN", "127.0.0.1:0")
+        .env("PARLEY__SERVER__PUBLIC_URL", PUBLIC_URL)
+        .env("PARLEY__AGENT__ECHO_DELAY_MS", "200")
+        .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+        .env("RUST_LOG", "warn");
+    spawn_listening(command)
 }
 
 fn find(store: &dyn ArchiveStore, call_sid: &str) -> Option<(CallKey, CallMetadata)> {
