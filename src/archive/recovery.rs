@@ -131,7 +131,10 @@ mod tests {
             .unwrap();
         let now = SystemTime::now();
         assert_eq!(seal_abandoned_calls(&store, store.list().unwrap(), now).unwrap().len(), 1);
-        assert!(seal_abandoned_calls(&store, store.list().unwrap(), now).unwrap().is_empty(), "sealed calls stay sealed");
+        assert!(
+            seal_abandoned_calls(&store, store.list().unwrap(), now).unwrap().is_empty(),
+            "sealed calls stay sealed"
+        );
         let call_dir = store.local_dir(&key).unwrap();
         let metadata = meta::read(&store, &key).unwrap();
         assert_eq!(metadata.status, CallStatus::Sealed);

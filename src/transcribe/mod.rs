@@ -54,13 +54,6 @@ pub enum TranscribeError {
     NotACall(PathBuf),
 }
 
-impl TranscribeError {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TranscribeError {
-        let path = path.into();
-        move |source| TranscribeError::Io { path, source }
-    }
-}
-
 /// Which engine transcribes archived calls.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -189,7 +182,9 @@ pub enum JobOutcome {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, TranscribeError> + Send + 'static,
 ) -> Result<T, TranscribeError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| TranscribeError::Backend(format!("store thread failed: {e}")))?
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| TranscribeError::Backend(format!("store thread failed: {e}")))?
 }
 
 /// Transcribes calls from the queue.
