@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -202,16 +201,8 @@ async fn a_barge_in_silences_the_agent_channel_at_the_clear() {
     assert!(after < LOUD / 4.0, "agent audio after the clear at {cleared} ms: rms {after}");
 }
 
-struct Parley {
-    child: Child,
-}
-
-impl Drop for Parley {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A short lease, so that a call a crash left open is sealed within seconds.
+const LEASE_SECS: u64 = 3;
 
 fn parley_command(root: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
@@ -220,32 +211,18 @@ fn parley_command(root: &Path) -> Command {
         .env("PARLEY__SERVER__LISTEN", "127.0.0.1:0")
         .env("PARLEY__SERVER__PUBLIC_URL", PUBLIC_URL)
         .env("PARLEY__AGENT__ECHO_DELAY_MS", "200")
+        .env("PARLEY__ARCHIVE__LEASE_SECS", LEASE_SECS.to_string())
+        .env("PARLEY__LOCAL__TRANSCRIBE__AFTER_CALL", "false")
         .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
         .env("RUST_LOG", "warn");
     command
 }
 
 /// Starts `parley serve` archiving under `root`; returns once it listens (start-up housekeeping is done by then).
-fn spawn_parley(root: &Path) -> (Parley, String) {
-    // The child is owned by `Parley`, which kills and waits for it on drop.
-    let mut parley = Parley {
-        child: parley_command(root)
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("parley starts"),
-    };
-    let stdout = parley.child.stdout.take().expect("stdout");
-    let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(reader.read_line(&mut line).expect("reads") > 0, "parley exited before listening");
-        if let Some(addr) = line.trim().strip_prefix("parley listening on ") {
-            return (parley, addr.to_owned());
-        }
-    }
+fn spawn_parley(root: &Path) -> (ParleyProcess, String) {
+    let mut command = parley_command(root);
+    command.arg("serve");
+    spawn_listening(command)
 }
 
 /// An old, sealed call in the archive, as a previous month would have left it.
@@ -294,9 +271,9 @@ async fn a_crash_mid_call_leaves_a_recording_that_the_restart_seals() {
     call.vanish();
     assert_eq!(read_metadata(&dir).unwrap().status, CallStatus::Open, "the crash left the call open");
 
+    // The restart seals the call once the killed instance's lease on it has lapsed.
     let (restarted, _) = spawn_parley(root.path());
-    let metadata = read_metadata(&dir).unwrap();
-    assert_eq!(metadata.status, CallStatus::Sealed);
+    let (_, metadata) = wait_sealed(root.path(), "CAcrash").await;
     assert_eq!(metadata.ended_by.as_deref(), Some("recovered"));
     let (caller, agent) = read_legs(&dir).expect("the sealed recording decodes");
     assert!(leg_ms(&caller) >= before, "audio up to the kill is kept: {} < {before} ms", leg_ms(&caller));
@@ -385,4 +362,42 @@ async fn thirty_minutes_of_audio_at_once_is_bounded_and_another_call_keeps_recor
     assert_eq!(heard.len(), 1, "the steady tone is whole: {heard:?}");
     assert!((heard[0].1 - heard[0].0).abs_diff(8_000) <= 100, "8 s of tone recorded as {heard:?}");
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_restarting_beside_a_live_call_leaves_it_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let (_live, addr) = spawn_parley(root.path());
+    let mut call = connect_call(&addr, "CAshared").await.unwrap();
+    call.start(&StartOptions { call_sid: "CAshared".into(), ..StartOptions::default() }).unwrap();
+    call.send_dtmf("1").unwrap();
+    call.stream_audio(&tone(440.0, 1_000, 8_000)).await.unwrap();
+
+    // A second instance on the same archive starts mid-call, is killed, and starts again; then keeps running for
+    // more than two lease periods (its periodic pass over the archive sees the live call each time).
+    let (other, _) = spawn_parley(root.path());
+    call.stream_audio(&tone(440.0, 500, 8_000)).await.unwrap();
+    drop(other);
+    let (_restarted, _) = spawn_parley(root.path());
+    for _ in 0..(LEASE_SECS * 5 / 2) {
+        call.stream_audio(&tone(440.0, 1_000, 8_000)).await.unwrap();
+    }
+    call.send_dtmf("2").unwrap();
+    call.stream_audio(&tone(440.0, 500, 8_000)).await.unwrap();
+    call.send_stop().unwrap();
+    let streamed_ms = 1_000 + 500 + LEASE_SECS * 5 / 2 * 1_000 + 500;
+
+    let (dir, metadata) = wait_sealed(root.path(), "CAshared").await;
+    assert_ne!(metadata.ended_by.as_deref(), Some("recovered"), "the live call was sealed by another instance");
+    let timeline = read_timeline(&dir).unwrap();
+    let ends = timeline.iter().filter(|e| matches!(e.event, TimelineEvent::CallEnded { .. })).count();
+    assert_eq!(ends, 1, "{timeline:?}");
+    assert!(timeline.iter().any(|e| e.event == TimelineEvent::Dtmf { digit: "2".into() }), "{timeline:?}");
+    let (caller, _) = read_legs(&dir).unwrap();
+    assert!(leg_ms(&caller) >= streamed_ms, "the recording holds {} of {streamed_ms} ms", leg_ms(&caller));
+    assert_eq!(metadata.duration_ms, Some(leg_ms(&caller)));
+    // The tone runs to the end of the call: the recording was not cut when the other instance started.
+    assert!(loudest(&caller, streamed_ms - 400, streamed_ms - 100) > LOUD, "the end of the call is missing");
+    let owner = metadata.owner.expect("the call names its owner");
+    assert!(!owner.instance.is_empty());
 }

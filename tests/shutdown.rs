@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use parley::archive::{list_calls, CallStatus, LocalStore};
 use sim_caller::{tone, SimCall, StartOptions};
 
 struct Parley {
@@ -22,8 +23,13 @@ impl Drop for Parley {
 
 /// Starts `parley serve` on an ephemeral port and reads the bound address from its first line.
 fn spawn_parley(grace_secs: u64) -> Parley {
+    spawn_parley_with(grace_secs, &[])
+}
+
+fn spawn_parley_with(grace_secs: u64, env: &[(&str, &std::ffi::OsStr)]) -> Parley {
     let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
         .arg("serve")
+        .envs(env.iter().copied())
         .env("PARLEY__SERVER__LISTEN", "127.0.0.1:0")
         .env("PARLEY__SERVER__PUBLIC_URL", PUBLIC_URL)
         .env("PARLEY__SERVER__SHUTDOWN_GRACE_SECS", grace_secs.to_string())
@@ -132,4 +138,41 @@ async fn check_reports_what_is_missing() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Calls in flight when SIGTERM comes — some hang up during the drain, the others outlast the grace period and are
+/// closed — are all sealed in the archive when Parley exits 0. Repeated, since the seal used to race the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_exit_leaves_every_drained_call_sealed() {
+    const RUNS: usize = 20;
+    const CALLS: usize = 3;
+    let mut unsealed = 0;
+    for run in 0..RUNS {
+        let root = tempfile::tempdir().unwrap();
+        let mut parley = spawn_parley_with(
+            1,
+            &[
+                ("PARLEY__ARCHIVE__ROOT", root.path().as_os_str()),
+                ("PARLEY__LOCAL__TRANSCRIBE__AFTER_CALL", std::ffi::OsStr::new("false")),
+            ],
+        );
+        let mut calls = Vec::new();
+        for _ in 0..CALLS {
+            let mut call = connect(&parley).await;
+            call.stream_audio(&tone(440.0, 100, 8_000)).await.unwrap();
+            calls.push(call);
+        }
+        sigterm(&parley);
+        // The first call hangs up during the drain; the others are closed when the grace period ends.
+        calls[0].stream_audio(&tone(440.0, 200, 8_000)).await.unwrap();
+        calls[0].send_stop().unwrap();
+        let status = wait_exit(&mut parley, Duration::from_secs(30)).await;
+        assert!(status.success(), "run {run}: {status}");
+        let store = LocalStore::new(root.path()).unwrap();
+        let archived = list_calls(&store).unwrap();
+        assert_eq!(archived.len(), CALLS, "run {run}");
+        unsealed += archived.iter().filter(|(_, m)| m.status != CallStatus::Sealed).count();
+        drop(calls);
+    }
+    assert_eq!(unsealed, 0, "calls left unsealed by a clean exit over {RUNS} runs");
 }

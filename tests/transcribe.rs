@@ -1,17 +1,21 @@
-//! The offline transcription worker: durable queue, per-call transcript and hot-path comparison, and the
-//! OpenAI-compatible backend against a fake server on 127.0.0.1. The Whisper test needs `espeak-ng` and the model
+//! The offline transcription worker: durable queue shared by workers, per-call transcript and hot-path comparison,
+//! and the OpenAI-compatible backend against a fake server on 127.0.0.1. The Whisper test needs `espeak-ng` and the model
 //! that `scripts/fetch-whisper-model` installs.
 // Without the `whisper` feature, only the tests that need no Whisper model are built.
 #![cfg_attr(not(feature = "whisper"), allow(unused_imports, dead_code))]
 
-use std::path::{Path, PathBuf};
+mod scale_out;
+
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
+use parley::archive::{ArchiveStore, CallKey, LocalStore};
 use parley::audio::mulaw;
 use parley::local::{EspeakSettings, WhisperEngine, WhisperSettings};
 use parley::transcribe::wer::wer;
@@ -39,11 +43,11 @@ struct FakeCalls {
 }
 
 impl CallReader for FakeCalls {
-    fn legs(&self, _dir: &Path) -> Result<(Vec<i16>, Vec<i16>), TranscribeError> {
+    fn legs(&self, _call: &CallKey) -> Result<(Vec<i16>, Vec<i16>), TranscribeError> {
         Ok((self.legs.clone(), vec![0; self.legs.len()]))
     }
 
-    fn hot_turns(&self, _dir: &Path) -> Result<Vec<HotTurn>, TranscribeError> {
+    fn hot_turns(&self, _call: &CallKey) -> Result<Vec<HotTurn>, TranscribeError> {
         Ok(self.turns.clone())
     }
 }
@@ -79,42 +83,47 @@ impl TranscriptionBackend for Canned {
     }
 }
 
-fn call_dir(root: &Path) -> PathBuf {
-    let dir = root.join("2026/11/25/CA0001");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A local archive with one call folder in it.
+fn archive_with_a_call(root: &Path) -> (Arc<dyn ArchiveStore>, CallKey) {
+    let store: Arc<dyn ArchiveStore> = Arc::new(LocalStore::new(root).unwrap());
+    let key = CallKey::from_relative(Path::new("2026/11/25/CA0001")).unwrap();
+    std::fs::create_dir_all(store.local_dir(&key).unwrap()).unwrap();
+    (store, key)
 }
 
-fn read_transcript(dir: &Path) -> CallTranscript {
-    serde_json::from_slice(&std::fs::read(dir.join(TRANSCRIPT_FILE)).unwrap()).unwrap()
+fn read_transcript(store: &dyn ArchiveStore, key: &CallKey) -> CallTranscript {
+    serde_json::from_slice(&store.get(key, TRANSCRIPT_FILE).unwrap()).unwrap()
 }
 
 #[tokio::test]
 async fn a_queued_call_survives_a_worker_that_died() {
     let root = tempfile::tempdir().unwrap();
-    let dir = call_dir(root.path());
+    let (store, key) = archive_with_a_call(root.path());
     let calls = Arc::new(FakeCalls {
         legs: vec![1000; 8000],
         turns: vec![HotTurn { turn: 1, ms: Some(2500), text: "yes please".into() }],
     });
-    let queue_dir = root.path().join(".transcribe-queue");
-    Queue::open(&queue_dir).unwrap().enqueue(&dir).unwrap();
+    let claim_for = Duration::from_millis(500);
+    let queue = |worker: &str| Queue::new(Arc::clone(&store), worker, claim_for);
+    queue("parley").enqueue(&key).unwrap();
 
     // The first worker dies in the middle of the job.
     let started = Arc::new(tokio::sync::Notify::new());
-    let first = Worker::new(Queue::open(&queue_dir).unwrap(), Arc::new(Stuck(started.clone())), calls.clone(), 1);
+    let first = Worker::new(queue("first"), Arc::new(Stuck(started.clone())), calls.clone(), 1);
     let running = tokio::spawn(async move { first.drain(|_| {}).await.map(|o| o.len()) });
     started.notified().await;
     running.abort();
     assert!(running.await.is_err(), "the stuck worker cannot have finished");
-    assert!(!dir.join(TRANSCRIPT_FILE).exists());
+    assert!(store.get(&key, TRANSCRIPT_FILE).is_err());
 
-    // A new worker, as after a restart, finds the job and finishes it.
-    let second = Worker::new(Queue::open(&queue_dir).unwrap(), Arc::new(Canned), calls, 1);
+    // Another worker leaves the job alone while the dead worker's claim holds, then takes it over.
+    let second = Worker::new(queue("second"), Arc::new(Canned), calls, 1);
+    assert!(second.drain(|_| {}).await.unwrap().is_empty(), "the claim still holds");
+    tokio::time::sleep(claim_for + Duration::from_millis(100)).await;
     let mut outcomes = Vec::new();
     second.drain(|o| outcomes.push(format!("{o:?}"))).await.unwrap();
     assert_eq!(outcomes.len(), 1, "{outcomes:?}");
-    let transcript = read_transcript(&dir);
+    let transcript = read_transcript(store.as_ref(), &key);
     assert_eq!(transcript.caller[0].text, "yes please");
     assert!(transcript.agent.is_empty());
     assert_eq!(transcript.comparison.turns[0].wer, 0.0);
@@ -134,9 +143,9 @@ async fn a_failing_call_is_retried_then_set_aside() {
         }
     }
     let root = tempfile::tempdir().unwrap();
-    let dir = call_dir(root.path());
-    let queue = Queue::open(&root.path().join("q")).unwrap();
-    queue.enqueue(&dir).unwrap();
+    let (store, key) = archive_with_a_call(root.path());
+    let queue = Queue::new(store, "worker", Duration::from_secs(30));
+    queue.enqueue(&key).unwrap();
     let worker = Worker::new(queue, Arc::new(Broken), Arc::new(FakeCalls::default()), 2);
     let mut gave_up = false;
     for _ in 0..parley::transcribe::queue::MAX_ATTEMPTS {
@@ -147,6 +156,13 @@ async fn a_failing_call_is_retried_then_set_aside() {
     }
     assert!(gave_up);
     assert!(worker.queue().pending().unwrap().is_empty());
+    assert_eq!(worker.queue().failed().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_twenty_calls_and_take_over_a_dead_workers_job() {
+    let root = tempfile::tempdir().unwrap();
+    scale_out::two_workers_share_the_queue(Arc::new(LocalStore::new(root.path()).unwrap())).await;
 }
 
 #[cfg(feature = "whisper")]
@@ -172,11 +188,9 @@ async fn whisper_transcribes_an_espeak_call_and_scores_the_hot_path() {
         }],
     });
     let root = tempfile::tempdir().unwrap();
-    let dir = call_dir(root.path());
+    let (_, key) = archive_with_a_call(root.path());
     let backend = LocalWhisper::new(engine, Default::default());
-    let transcript = transcribe_call(&dir, &backend, calls).await.unwrap();
-    // The file on disk holds what was returned.
-    assert_eq!(read_transcript(&dir).caller.len(), transcript.caller.len());
+    let transcript = transcribe_call(&key, &backend, calls).await.unwrap();
     assert_eq!(transcript.caller.len(), 1, "{:?}", transcript.caller);
     let segment = &transcript.caller[0];
     assert!(segment.start > 0.5 && segment.start < 1.0 && segment.end > segment.start, "{segment:?}");

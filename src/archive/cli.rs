@@ -1,13 +1,13 @@
 //! `parley archive list` and `parley archive show`: the archive, readable in a terminal.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::Subcommand;
 
 use super::store::civil_from_days;
-use super::{list_calls, read_metadata, read_timeline, ArchiveConfig, ArchiveError, CallMetadata, LocalStore};
-use super::{CallStatus, TimelineEntry, TimelineEvent};
+use super::{list_calls, read_metadata, read_timeline, ArchiveConfig, ArchiveError, ArchiveStore, CallMetadata};
+use super::{CallKey, CallStatus, StoreKind, TimelineEntry, TimelineEvent};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ArchiveCommand {
@@ -24,33 +24,50 @@ pub enum ArchiveCommand {
     },
 }
 
-/// Runs an archive subcommand against the configured archive, printing to stdout.
+/// Runs an archive subcommand against the configured archive (local folder or bucket), printing to stdout.
 pub fn run(config: &ArchiveConfig, command: &ArchiveCommand) -> Result<(), ArchiveError> {
+    if config.store == StoreKind::Local && !config.root.exists() {
+        return match command {
+            ArchiveCommand::List { .. } => {
+                println!("no archive at {}", config.root.display());
+                Ok(())
+            }
+            ArchiveCommand::Show { call } => show_folder(Path::new(call)),
+        };
+    }
+    let store = config.open_store()?;
     match command {
         ArchiveCommand::List { limit } => {
-            print!("{}", list(&config.root, *limit)?);
+            print!("{}", list(store.as_ref(), *limit)?);
             Ok(())
         }
         ArchiveCommand::Show { call } => {
-            let dir = find_call(&config.root, call)?;
-            let metadata = read_metadata(&dir)?;
-            let entries = read_timeline(&dir)?;
+            if Path::new(call).join(super::METADATA_FILE).is_file() {
+                return show_folder(Path::new(call));
+            }
+            let key = find_call(store.as_ref(), call)?;
+            let metadata = super::meta::read(store.as_ref(), &key)?;
+            let entries = super::timeline::read_from(store.as_ref(), &key)?;
             print!("{}", render_call(&metadata, &entries));
             Ok(())
         }
     }
 }
 
-/// The table `parley archive list` prints.
-pub fn list(root: &Path, limit: usize) -> Result<String, ArchiveError> {
-    let mut out = String::new();
-    if !root.exists() {
-        let _ = writeln!(out, "no archive at {}", root.display());
-        return Ok(out);
+/// `parley archive show <folder>`: a call's folder on disk, wherever it is.
+fn show_folder(dir: &Path) -> Result<(), ArchiveError> {
+    if !dir.join(super::METADATA_FILE).is_file() {
+        return Err(ArchiveError::NotFound(dir.display().to_string()));
     }
-    let store = LocalStore::new(root)?;
+    print!("{}", render_call(&read_metadata(dir)?, &read_timeline(dir)?));
+    Ok(())
+}
+
+/// The table `parley archive list` prints.
+pub fn list(store: &dyn ArchiveStore, limit: usize) -> Result<String, ArchiveError> {
+    let mut out = String::new();
     let _ = writeln!(out, "{:<20}  {:<36}  {:>9}  {:>5}  STATUS", "STARTED (UTC)", "CALL SID", "DURATION", "TURNS");
-    for (_, call) in list_calls(&store)?.into_iter().take(limit) {
+    for (_, call) in list_calls(store)?.into_iter().take(limit) {
         let _ = writeln!(
             out,
             "{:<20}  {:<36}  {:>9}  {:>5}  {}",
@@ -64,20 +81,12 @@ pub fn list(root: &Path, limit: usize) -> Result<String, ArchiveError> {
     Ok(out)
 }
 
-/// A call's folder from a folder path or a call SID (the newest call with it).
-pub fn find_call(root: &Path, call: &str) -> Result<PathBuf, ArchiveError> {
-    let as_path = Path::new(call);
-    if as_path.join(super::METADATA_FILE).is_file() {
-        return Ok(as_path.to_owned());
-    }
-    if !root.exists() {
-        return Err(ArchiveError::NotFound(call.to_owned()));
-    }
-    let store = LocalStore::new(root)?;
-    list_calls(&store)?
+/// A call from its SID (the newest call with it), folder name or key (`2026/11/25/CA…`).
+pub fn find_call(store: &dyn ArchiveStore, call: &str) -> Result<CallKey, ArchiveError> {
+    list_calls(store)?
         .into_iter()
-        .find(|(key, metadata)| metadata.call_sid == call || key.name == call)
-        .map(|(key, _)| root.join(key.relative_path()))
+        .find(|(key, metadata)| metadata.call_sid == call || key.name == call || key.to_string() == call)
+        .map(|(key, _)| key)
         .ok_or_else(|| ArchiveError::NotFound(call.to_owned()))
 }
 
@@ -167,6 +176,7 @@ mod tests {
             status: CallStatus::Sealed,
             ended_by: Some("Stopped".into()),
             turns: 1,
+            owner: None,
         };
         let entry = |ms, event: ConversationEvent| TimelineEntry { ms, event: event.into() };
         let entries = vec![

@@ -33,6 +33,26 @@ pub struct CallMetadata {
     pub ended_by: Option<String>,
     /// Caller turns the agent answered.
     pub turns: u64,
+    /// The instance recording the call and how long its claim lasts; absent in archives written before calls had
+    /// owners (such an open call counts as abandoned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// Which Parley instance records an open call, and until when its lease holds. The recorder renews the lease while
+/// the call lives; once it has lapsed the instance is taken to be gone and any instance may seal the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub instance: String,
+    /// Wall clock, milliseconds since the Unix epoch.
+    pub lease_until_ms: u64,
+}
+
+impl CallMetadata {
+    /// Open, and nobody holds it at `now_ms`: the instance that recorded it stopped without sealing it.
+    pub fn abandoned(&self, now_ms: u64) -> bool {
+        self.status == CallStatus::Open && self.owner.as_ref().is_none_or(|owner| owner.lease_until_ms < now_ms)
+    }
 }
 
 impl CallMetadata {

@@ -26,6 +26,17 @@
 //! line and the metadata says `"ended_by": "recovered"`). Calls older than `archive.retention_days` are deleted at
 //! start-up and once a day.
 //!
+//! # Several instances on one archive
+//!
+//! An open call's metadata names its owner: the instance recording it and a lease (`archive.lease_secs`) that the
+//! recorder renews every third of it. Only a call whose lease has lapsed — its instance is gone — is sealed by anyone
+//! else: at start-up (every call) and every lease period while serving (the calls of the last two days), so an
+//! instance starting or restarting never touches a call live on another, and a call cut by a crash is sealed within
+//! about two lease periods wherever Parley still runs. See [`lease`].
+//!
+//! A clean shutdown seals every call before Parley exits: the edge stops taking calls and drains them, then
+//! [`Archive::wait_sealed`] waits (bounded) for the recorders to seal what was live.
+//!
 //! # Reading it back
 //!
 //! [`list_calls`] lists the archived calls, [`read_legs`] decodes a recording into its two 8 kHz PCM legs,
@@ -33,10 +44,12 @@
 //! metadata. `parley archive list` and `parley archive show` print them.
 
 pub mod cli;
+pub mod lease;
 mod meta;
 mod opus;
 mod recorder;
 mod recovery;
+pub mod s3;
 mod store;
 mod timeline;
 mod workers;
@@ -50,10 +63,11 @@ use serde::Deserialize;
 use crate::call::tap::{CallTap, TapFactory};
 use crate::call::CallInfo;
 
-pub use meta::{CallMetadata, CallStatus};
+pub use lease::Ownership;
+pub use meta::{CallMetadata, CallStatus, Owner};
 pub use opus::{read_legs, LEG_SAMPLE_RATE};
-pub use recovery::{seal_open_calls, sweep_expired, RECOVERED};
-pub use store::{ArchiveStore, CallKey, LocalStore};
+pub use recovery::{seal_abandoned_calls, sweep_expired, RECOVERED};
+pub use store::{ArchiveStore, CallKey, CallWriter, LocalStore};
 pub use timeline::{caller_turns, read_timeline, CallerTurn, TimelineEntry, TimelineEvent};
 
 /// File names inside a call's folder.
@@ -61,21 +75,60 @@ pub const RECORDING_FILE: &str = "recording.opus";
 pub const TIMELINE_FILE: &str = "timeline.jsonl";
 pub const METADATA_FILE: &str = "metadata.json";
 
+/// Where the archive is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Folders under `archive.root` on the local filesystem.
+    #[default]
+    Local,
+    /// An S3-compatible bucket, `[archive.s3]`.
+    S3,
+}
+
 /// The `[archive]` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
     /// Keep a record of every call.
     pub enabled: bool,
-    /// Folder the calls are kept under.
+    /// Where: the local filesystem (`root`) or an S3-compatible bucket (`s3`).
+    pub store: StoreKind,
+    /// Folder the calls are kept under, with the local store (and the transcription queue's folder).
     pub root: PathBuf,
     /// Calls older than this many days are deleted; 0 keeps them forever.
     pub retention_days: u32,
+    /// How long an instance's claim on a call it records lasts without renewal; once it lapses, any instance sharing
+    /// the archive may seal the call. Must exceed the clocks' skew between instances.
+    pub lease_secs: u64,
+    /// The bucket, with `store = "s3"`.
+    pub s3: s3::S3Config,
 }
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
-        ArchiveConfig { enabled: true, root: PathBuf::from("./parley-archive"), retention_days: 30 }
+        ArchiveConfig {
+            enabled: true,
+            store: StoreKind::Local,
+            root: PathBuf::from("./parley-archive"),
+            retention_days: 30,
+            lease_secs: 15,
+            s3: s3::S3Config::default(),
+        }
+    }
+}
+
+impl ArchiveConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs.max(1))
+    }
+
+    /// The configured store (the local folder is created when missing).
+    pub fn open_store(&self) -> Result<Arc<dyn ArchiveStore>, ArchiveError> {
+        Ok(match self.store {
+            StoreKind::Local => Arc::new(LocalStore::new(&self.root)?),
+            StoreKind::S3 => Arc::new(s3::S3Store::new(&self.s3)?),
+        })
     }
 }
 
@@ -106,8 +159,8 @@ impl ArchiveError {
 /// Told about each call once its files are complete, so work that needs the whole call (offline transcription)
 /// can start without polling the archive.
 pub trait SealedCalls: Send + Sync {
-    /// `call_dir` is the call's folder on local disk.
-    fn sealed(&self, call_dir: &Path);
+    /// `key` is the call's place in `store`.
+    fn sealed(&self, store: &dyn ArchiveStore, key: &CallKey);
 }
 
 /// The archive: opens a recorder for each call (as the edge's [`TapFactory`]).
@@ -115,6 +168,7 @@ pub trait SealedCalls: Send + Sync {
 pub struct Archive {
     store: Arc<dyn ArchiveStore>,
     redact_numbers: bool,
+    ownership: Ownership,
     on_sealed: Option<Arc<dyn SealedCalls>>,
     recorders: Arc<workers::RecorderPool>,
 }
@@ -131,7 +185,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 impl Archive {
     /// An archive over any store; nothing is recovered or swept.
     pub fn new(store: Arc<dyn ArchiveStore>, redact_numbers: bool) -> Archive {
-        Archive { store, redact_numbers, on_sealed: None, recorders: recorder_pool() }
+        let ownership = Ownership::for_this_process(ArchiveConfig::default().lease());
+        Archive { store, redact_numbers, ownership, on_sealed: None, recorders: recorder_pool() }
     }
 
     /// Tells `hook` about every call sealed from now on, including calls a crash left open that [`Archive::start`]
@@ -141,8 +196,9 @@ impl Archive {
         self
     }
 
-    /// The archive `serve` runs: the local store at `config.root`, with calls a crash left open sealed and expired
-    /// calls deleted now, and retention run again daily (needs a Tokio runtime).
+    /// The archive `serve` runs: the configured store, with abandoned calls (see [`lease`]) sealed and
+    /// expired calls deleted now, abandoned calls sealed again every lease period and retention run again daily
+    /// (needs a Tokio runtime).
     pub fn start(config: &ArchiveConfig, redact_numbers: bool) -> Result<Archive, ArchiveError> {
         Self::start_with(config, redact_numbers, None)
     }
@@ -153,18 +209,29 @@ impl Archive {
         redact_numbers: bool,
         on_sealed: Option<Arc<dyn SealedCalls>>,
     ) -> Result<Archive, ArchiveError> {
-        let store: Arc<dyn ArchiveStore> = Arc::new(LocalStore::new(&config.root)?);
-        let sealed = seal_open_calls(store.as_ref())?;
-        if !sealed.is_empty() {
-            tracing::warn!(sealed = sealed.len(), root = %config.root.display(), "sealed calls a previous run left open");
-        }
-        if let Some(hook) = &on_sealed {
-            for key in &sealed {
-                if let Some(dir) = store.local_dir(key) {
-                    hook.sealed(&dir);
-                }
+        let store = config.open_store()?;
+        let ownership = Ownership::for_this_process(config.lease());
+        tracing::info!(instance = ownership.instance(), "archive: recording calls as this instance");
+        let every_call = store.list()?;
+        seal_abandoned_logged(store.as_ref(), every_call, on_sealed.as_deref());
+        let lease = ownership.lease();
+        let (watched, hook) = (Arc::clone(&store), on_sealed.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(lease);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let (store, hook) = (Arc::clone(&watched), hook.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    let yesterday = (lease::millis_since_epoch(SystemTime::now()) / 86_400_000) as i64 - 1;
+                    match store.list_since(yesterday) {
+                        Ok(recent) => seal_abandoned_logged(store.as_ref(), recent, hook.as_deref()),
+                        Err(err) => tracing::warn!(%err, "cannot list the archive's recent calls"),
+                    }
+                })
+                .await;
             }
-        }
+        });
         if config.retention_days > 0 {
             let days = config.retention_days;
             sweep_logged(store.as_ref(), days);
@@ -179,11 +246,51 @@ impl Archive {
                 }
             });
         }
-        Ok(Archive { store, redact_numbers, on_sealed, recorders: recorder_pool() })
+        Ok(Archive { store, redact_numbers, ownership, on_sealed, recorders: recorder_pool() })
     }
 
     pub fn store(&self) -> &Arc<dyn ArchiveStore> {
         &self.store
+    }
+
+    /// This instance's name in the calls it records.
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
+    /// Calls handed to the recorders whose files are not sealed yet.
+    pub fn unsealed(&self) -> usize {
+        self.recorders.unsealed()
+    }
+
+    /// Waits until every call handed to the recorders is sealed, at most `within`, and returns how many are not.
+    /// Shutdown calls this once the edge has drained, so exiting cleanly means every call's files are complete.
+    pub async fn wait_sealed(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let unsealed = self.recorders.unsealed();
+            if unsealed == 0 || tokio::time::Instant::now() >= deadline {
+                return unsealed;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Seals the abandoned calls among `keys`, logging what it did and telling `hook` about each.
+fn seal_abandoned_logged(store: &dyn ArchiveStore, keys: Vec<CallKey>, hook: Option<&dyn SealedCalls>) {
+    match seal_abandoned_calls(store, keys, SystemTime::now()) {
+        Ok(sealed) => {
+            if !sealed.is_empty() {
+                tracing::warn!(sealed = sealed.len(), "sealed calls whose instance stopped without sealing them");
+            }
+            for key in &sealed {
+                if let Some(hook) = hook {
+                    hook.sealed(store, key);
+                }
+            }
+        }
+        Err(err) => tracing::warn!(%err, "cannot look for abandoned calls"),
     }
 }
 
@@ -208,6 +315,7 @@ impl TapFactory for Archive {
             store: Arc::clone(&self.store),
             call: call.clone(),
             redact_numbers: self.redact_numbers,
+            ownership: self.ownership.clone(),
             on_sealed: self.on_sealed.clone(),
             started: tokio::time::Instant::now(),
             started_wall: SystemTime::now(),
@@ -228,6 +336,22 @@ pub fn list_calls(store: &dyn ArchiveStore) -> Result<Vec<(CallKey, CallMetadata
     }
     calls.sort_by(|a, b| b.1.started_at_ms.cmp(&a.1.started_at_ms).then_with(|| b.0.cmp(&a.0)));
     Ok(calls)
+}
+
+/// A call's metadata, from any store.
+pub fn read_call_metadata(store: &dyn ArchiveStore, key: &CallKey) -> Result<CallMetadata, ArchiveError> {
+    meta::read(store, key)
+}
+
+/// A call's timeline, from any store.
+pub fn read_call_timeline(store: &dyn ArchiveStore, key: &CallKey) -> Result<Vec<TimelineEntry>, ArchiveError> {
+    timeline::read_from(store, key)
+}
+
+/// A call's two legs (caller, agent) as 8 kHz PCM, from any store; see [`read_legs`].
+pub fn read_call_legs(store: &dyn ArchiveStore, key: &CallKey) -> Result<(Vec<i16>, Vec<i16>), ArchiveError> {
+    let bytes = store.get(key, RECORDING_FILE)?;
+    opus::decode_legs(&bytes, &key.relative_path().join(RECORDING_FILE))
 }
 
 /// A call's metadata, from its folder.

@@ -5,13 +5,15 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::lease::{millis_since_epoch, Ownership};
 use super::meta::{CallMetadata, CallStatus};
 use super::opus::{OggOpusWriter, FRAME_SAMPLES};
+use super::store::CallWriter;
 use super::timeline::{TimelineEntry, TimelineEvent};
 use super::{ArchiveError, ArchiveStore, CallKey, SealedCalls, METADATA_FILE, RECORDING_FILE, TIMELINE_FILE};
 use crate::audio::mulaw;
@@ -29,6 +31,7 @@ pub(crate) struct RecordingJob {
     pub store: Arc<dyn ArchiveStore>,
     pub call: CallInfo,
     pub redact_numbers: bool,
+    pub ownership: Ownership,
     pub on_sealed: Option<Arc<dyn SealedCalls>>,
     pub started: Instant,
     pub started_wall: SystemTime,
@@ -47,8 +50,8 @@ pub(crate) struct LiveRecording {
 impl LiveRecording {
     /// Opens the call's files; `None` (logged) when the archive cannot take the call.
     pub(crate) fn open(job: RecordingJob) -> Option<LiveRecording> {
-        let RecordingJob { store, call, redact_numbers, on_sealed, started, started_wall, events } = job;
-        match Recorder::open(store, &call, redact_numbers, started, started_wall) {
+        let RecordingJob { store, call, redact_numbers, ownership, on_sealed, started, started_wall, events } = job;
+        match Recorder::open(store, &call, redact_numbers, ownership, started, started_wall) {
             Ok(recorder) => {
                 Some(LiveRecording { recorder: Some(recorder), events, on_sealed, call_sid: call.call_sid })
             }
@@ -76,18 +79,19 @@ impl LiveRecording {
             }
         };
         let Some((at, reason)) = ended else {
-            return match recorder.write_audio(now) {
+            return match recorder.write_audio(now).and_then(|()| recorder.keep(now)) {
                 Ok(()) => true,
                 Err(err) => self.failed(err),
             };
         };
         let Some(recorder) = self.recorder.take() else { return false };
-        let dir = recorder.store.local_dir(&recorder.key);
+        let store = Arc::clone(&recorder.store);
+        let key = recorder.key.clone();
         if let Err(err) = recorder.seal(at, &reason) {
             return self.failed(err);
         }
-        if let (Some(hook), Some(dir)) = (&self.on_sealed, dir) {
-            hook.sealed(&dir);
+        if let Some(hook) = &self.on_sealed {
+            hook.sealed(store.as_ref(), &key);
         }
         false
     }
@@ -178,8 +182,11 @@ struct Recorder {
     started: Instant,
     metadata: CallMetadata,
     audio: Aligner,
-    recording: OggOpusWriter<Box<dyn Write + Send>>,
-    timeline: Box<dyn Write + Send>,
+    recording: OggOpusWriter<Box<dyn CallWriter>>,
+    timeline: Box<dyn CallWriter>,
+    ownership: Ownership,
+    /// When the lease in the metadata was last written.
+    lease_written: Instant,
 }
 
 impl Recorder {
@@ -187,6 +194,7 @@ impl Recorder {
         store: Arc<dyn ArchiveStore>,
         call: &CallInfo,
         redact_numbers: bool,
+        ownership: Ownership,
         started: Instant,
         started_wall: SystemTime,
     ) -> Result<Recorder, ArchiveError> {
@@ -203,11 +211,15 @@ impl Recorder {
             status: CallStatus::Open,
             ended_by: None,
             turns: 0,
+            owner: Some(ownership.claim(SystemTime::now())),
         };
         store.put(&key, METADATA_FILE, &metadata.to_json())?;
         let recording = OggOpusWriter::new(store.create(&key, RECORDING_FILE)?)?;
         let timeline = store.append(&key, TIMELINE_FILE)?;
-        let mut recorder = Recorder { store, key, started, metadata, audio: Aligner::default(), recording, timeline };
+        let audio = Aligner::default();
+        let lease_written = Instant::now();
+        let mut recorder =
+            Recorder { store, key, started, metadata, audio, recording, timeline, ownership, lease_written };
         let event = TimelineEvent::CallStarted { call_sid: call.call_sid.clone(), stream_sid: call.stream_sid.clone() };
         recorder.log(started, event)?;
         tracing::debug!(call = %recorder.key, "archiving the call");
@@ -241,6 +253,18 @@ impl Recorder {
         self.encode_until(upto)
     }
 
+    /// Keeps the call's files current in the store (a store that uploads in parts decides when) and renews this
+    /// instance's lease on the call before it can lapse.
+    fn keep(&mut self, now: Instant) -> Result<(), ArchiveError> {
+        self.timeline.flush().map_err(ArchiveError::io(TIMELINE_FILE))?;
+        if now.saturating_duration_since(self.lease_written) >= self.ownership.renew_every() {
+            self.metadata.owner = Some(self.ownership.claim(SystemTime::now()));
+            self.store.put(&self.key, METADATA_FILE, &self.metadata.to_json())?;
+            self.lease_written = now;
+        }
+        Ok(())
+    }
+
     fn encode_until(&mut self, upto: u64) -> Result<(), ArchiveError> {
         for (caller, agent) in self.audio.take_until(upto) {
             self.recording.push_frame(&caller, &agent)?;
@@ -257,7 +281,9 @@ impl Recorder {
         self.encode_until(upto)?;
         self.log(at, TimelineEvent::CallEnded { reason: reason.to_owned() })?;
         let frames = self.recording.frames();
-        self.recording.finish()?;
+        // Everything is in the store before the metadata says the call is sealed.
+        self.recording.finish()?.sync()?;
+        self.timeline.sync()?;
         let duration_ms = frames * 20;
         self.metadata.duration_ms = Some(duration_ms);
         self.metadata.ended_at_ms = Some(self.metadata.started_at_ms + duration_ms);
@@ -276,10 +302,6 @@ impl Recorder {
     fn samples(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.started).as_millis() as u64 * SAMPLES_PER_MS
     }
-}
-
-pub(crate) fn millis_since_epoch(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -4,23 +4,28 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::SystemTime;
 
+use super::lease::millis_since_epoch;
 use super::meta::{self, CallStatus};
 use super::opus;
-use super::recorder::millis_since_epoch;
 use super::timeline::{self, TimelineEntry, TimelineEvent};
 use super::{ArchiveError, ArchiveStore, CallKey, RECORDING_FILE, TIMELINE_FILE};
 
-/// The `ended_by` of a call sealed at start-up.
+/// The `ended_by` of a call sealed because the instance recording it stopped without sealing it.
 pub const RECOVERED: &str = "recovered";
 
-/// Seals every call whose metadata still says "open": Parley stopped without closing it. Only call this before the
-/// archive records anything, since live calls are open too. Returns how many were sealed; a call that cannot be
-/// sealed is logged and left as it is.
-pub fn seal_open_calls(store: &dyn ArchiveStore) -> Result<Vec<CallKey>, ArchiveError> {
+/// Seals every call among `keys` that is abandoned at `now`: still open, and its owner's lease has lapsed (the
+/// instance recording it is gone). Calls live on any instance, this one or another sharing the store, are left
+/// alone. Returns the calls sealed; a call that cannot be sealed is logged and left as it is.
+pub fn seal_abandoned_calls(
+    store: &dyn ArchiveStore,
+    keys: Vec<CallKey>,
+    now: SystemTime,
+) -> Result<Vec<CallKey>, ArchiveError> {
+    let now_ms = millis_since_epoch(now);
     let mut sealed = Vec::new();
-    for key in store.list()? {
+    for key in keys {
         let Ok(metadata) = meta::read(store, &key) else { continue };
-        if metadata.status != CallStatus::Open {
+        if !metadata.abandoned(now_ms) {
             continue;
         }
         match seal(store, &key) {
@@ -46,14 +51,21 @@ fn seal(store: &dyn ArchiveStore, key: &CallKey) -> Result<(), ArchiveError> {
     };
     let entries = store.get(key, TIMELINE_FILE).map(|bytes| timeline::parse(&bytes)).unwrap_or_default();
     let last_ms = entries.last().map(|entry| entry.ms).unwrap_or(0);
-    let ended =
-        TimelineEntry { ms: last_ms.max(duration_ms), event: TimelineEvent::CallEnded { reason: RECOVERED.into() } };
-    let mut timeline = store.append(key, TIMELINE_FILE)?;
-    // A line torn by the crash is ended first, so the new line stands on its own.
-    timeline
-        .write_all(b"\n")
-        .and_then(|()| timeline.write_all(&ended.to_line()))
-        .map_err(ArchiveError::io(TIMELINE_FILE))?;
+    // Sealing is redone after an interruption (or by two instances at once): the timeline ends only once.
+    let ended_already = entries.last().is_some_and(|entry| matches!(entry.event, TimelineEvent::CallEnded { .. }));
+    if !ended_already {
+        let ended = TimelineEntry {
+            ms: last_ms.max(duration_ms),
+            event: TimelineEvent::CallEnded { reason: RECOVERED.into() },
+        };
+        let mut timeline = store.append(key, TIMELINE_FILE)?;
+        // A line torn by the crash is ended first, so the new line stands on its own.
+        timeline
+            .write_all(b"\n")
+            .and_then(|()| timeline.write_all(&ended.to_line()))
+            .map_err(ArchiveError::io(TIMELINE_FILE))?;
+        timeline.sync()?;
+    }
     metadata.duration_ms = Some(duration_ms);
     metadata.ended_at_ms = Some(metadata.started_at_ms + duration_ms);
     metadata.status = CallStatus::Sealed;
@@ -98,6 +110,7 @@ mod tests {
             status: CallStatus::Open,
             ended_by: None,
             turns: 0,
+            owner: None,
         };
         store.put(&key, METADATA_FILE, &metadata.to_json()).unwrap();
         key
@@ -116,8 +129,12 @@ mod tests {
         store
             .put(&key, TIMELINE_FILE, b"{\"ms\":0,\"type\":\"call_started\",\"call_sid\":\"CA1\",\"stream_sid\":\"MZ1\"}\n{\"ms\":40,\"type\":\"caller_turn\",\"turn\":1,\"text\":\"hi\"}\n{\"ms\":9")
             .unwrap();
-        assert_eq!(seal_open_calls(&store).unwrap().len(), 1);
-        assert!(seal_open_calls(&store).unwrap().is_empty(), "sealed calls stay sealed");
+        let now = SystemTime::now();
+        assert_eq!(seal_abandoned_calls(&store, store.list().unwrap(), now).unwrap().len(), 1);
+        assert!(
+            seal_abandoned_calls(&store, store.list().unwrap(), now).unwrap().is_empty(),
+            "sealed calls stay sealed"
+        );
         let call_dir = store.local_dir(&key).unwrap();
         let metadata = meta::read(&store, &key).unwrap();
         assert_eq!(metadata.status, CallStatus::Sealed);
@@ -129,6 +146,23 @@ mod tests {
         assert_eq!(entries[2].event, TimelineEvent::CallEnded { reason: RECOVERED.into() });
         let (caller, agent) = opus::read_legs(&call_dir).unwrap();
         assert_eq!((caller.len(), agent.len()), (50 * FRAME_SAMPLES, 50 * FRAME_SAMPLES));
+    }
+
+    #[test]
+    fn a_call_another_instance_holds_is_left_alone_until_its_lease_lapses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        let now = SystemTime::now();
+        let key = open_call(&store, "CAlive", now);
+        let mut metadata = meta::read(&store, &key).unwrap();
+        let other = crate::archive::Ownership::new("other", Duration::from_secs(10));
+        metadata.owner = Some(other.claim(now));
+        store.put(&key, METADATA_FILE, &metadata.to_json()).unwrap();
+        assert!(seal_abandoned_calls(&store, store.list().unwrap(), now + Duration::from_secs(9)).unwrap().is_empty());
+        assert_eq!(meta::read(&store, &key).unwrap().status, CallStatus::Open);
+        let later = now + Duration::from_secs(11);
+        assert_eq!(seal_abandoned_calls(&store, store.list().unwrap(), later).unwrap(), vec![key.clone()]);
+        assert_eq!(meta::read(&store, &key).unwrap().ended_by.as_deref(), Some(RECOVERED));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Where archived calls are kept. [`ArchiveStore`] is the seam for other backends (an object store can follow);
-//! [`LocalStore`], a folder on the local filesystem, is the one Parley embeds.
+//! Where archived calls are kept. [`ArchiveStore`] is the seam between the archive and its storage: [`LocalStore`], a
+//! folder on the local filesystem (the default), and [`super::s3::S3Store`], an S3-compatible object store for a fleet
+//! of instances.
 
 use std::fmt;
 use std::fs;
@@ -68,25 +69,57 @@ impl fmt::Display for CallKey {
     }
 }
 
+/// A file of a call written as the call goes on. `flush` hands what was written to the store when the store is ready
+/// for it (an object store uploads a part at its own cadence); `sync` makes it durable now.
+pub trait CallWriter: Write + Send {
+    /// Everything written so far is in the store when this returns.
+    fn sync(&mut self) -> Result<(), ArchiveError>;
+}
+
+impl CallWriter for fs::File {
+    fn sync(&mut self) -> Result<(), ArchiveError> {
+        // Writes go straight to the file; the page cache survives a crash of Parley.
+        self.flush().map_err(ArchiveError::io("archive file"))
+    }
+}
+
 /// Storage for archived calls. Calls are folders of named files; the recorder appends to the recording and the
 /// timeline as the call goes on and replaces the metadata whole.
 pub trait ArchiveStore: Send + Sync {
     /// Creates the call's folder; when `key` is taken (the same SID twice in a day) a free `-2`, `-3`… is used.
     fn create_call(&self, key: CallKey) -> Result<CallKey, ArchiveError>;
     /// Opens a file of the call for writing from its start (truncating it).
-    fn create(&self, key: &CallKey, name: &str) -> Result<Box<dyn Write + Send>, ArchiveError>;
+    fn create(&self, key: &CallKey, name: &str) -> Result<Box<dyn CallWriter>, ArchiveError>;
     /// Opens a file of the call for appending.
-    fn append(&self, key: &CallKey, name: &str) -> Result<Box<dyn Write + Send>, ArchiveError>;
+    fn append(&self, key: &CallKey, name: &str) -> Result<Box<dyn CallWriter>, ArchiveError>;
     /// Replaces a file of the call whole, atomically: readers see the old or the new content, never half of it.
     fn put(&self, key: &CallKey, name: &str, bytes: &[u8]) -> Result<(), ArchiveError>;
     /// Reads a file of the call.
     fn get(&self, key: &CallKey, name: &str) -> Result<Vec<u8>, ArchiveError>;
     /// Every call in the archive.
     fn list(&self) -> Result<Vec<CallKey>, ArchiveError>;
+    /// The calls in day folders from `since_day` (days since 1970-01-01) on; stores with many calls can answer it
+    /// without listing them all.
+    fn list_since(&self, since_day: i64) -> Result<Vec<CallKey>, ArchiveError> {
+        Ok(self.list()?.into_iter().filter(|key| key.days_since_epoch() >= since_day).collect())
+    }
     /// Deletes a call and everything in it.
     fn remove(&self, key: &CallKey) -> Result<(), ArchiveError>;
     /// The call's folder on the local filesystem, for stores that have one.
     fn local_dir(&self, key: &CallKey) -> Option<PathBuf>;
+
+    /// Creates a small record beside the calls (the after-call queue's jobs and claims; `path` is relative to the
+    /// archive, under a folder starting with a dot) only if there is none yet: of several instances racing, exactly
+    /// one gets `true`. Readers see the whole record or none.
+    fn create_record(&self, path: &str, bytes: &[u8]) -> Result<bool, ArchiveError>;
+    /// Writes a record whole, replacing it atomically.
+    fn put_record(&self, path: &str, bytes: &[u8]) -> Result<(), ArchiveError>;
+    /// A record's content; `None` when there is none.
+    fn get_record(&self, path: &str) -> Result<Option<Vec<u8>>, ArchiveError>;
+    /// The names of the records directly in a folder, sorted; none when the folder does not exist.
+    fn list_records(&self, folder: &str) -> Result<Vec<String>, ArchiveError>;
+    /// Deletes a record; one already gone is not an error.
+    fn delete_record(&self, path: &str) -> Result<(), ArchiveError>;
 }
 
 /// The archive as folders on the local filesystem.
@@ -127,13 +160,13 @@ impl ArchiveStore for LocalStore {
         unreachable!("the attempts never run out")
     }
 
-    fn create(&self, key: &CallKey, name: &str) -> Result<Box<dyn Write + Send>, ArchiveError> {
+    fn create(&self, key: &CallKey, name: &str) -> Result<Box<dyn CallWriter>, ArchiveError> {
         let path = self.path(key, name);
         let file = fs::File::create(&path).map_err(ArchiveError::io(&path))?;
         Ok(Box::new(file))
     }
 
-    fn append(&self, key: &CallKey, name: &str) -> Result<Box<dyn Write + Send>, ArchiveError> {
+    fn append(&self, key: &CallKey, name: &str) -> Result<Box<dyn CallWriter>, ArchiveError> {
         let path = self.path(key, name);
         let file = fs::OpenOptions::new().create(true).append(true).open(&path).map_err(ArchiveError::io(&path))?;
         Ok(Box::new(file))
@@ -168,6 +201,21 @@ impl ArchiveStore for LocalStore {
         Ok(keys)
     }
 
+    fn list_since(&self, since_day: i64) -> Result<Vec<CallKey>, ArchiveError> {
+        let mut keys = Vec::new();
+        for day in days_until_today(since_day) {
+            let folder = self.root.join(day);
+            if !folder.is_dir() {
+                continue;
+            }
+            for call in subdirs(&folder)? {
+                keys.extend(call.strip_prefix(&self.root).ok().and_then(CallKey::from_relative));
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     fn remove(&self, key: &CallKey) -> Result<(), ArchiveError> {
         let dir = self.root.join(key.relative_path());
         fs::remove_dir_all(&dir).map_err(ArchiveError::io(&dir))?;
@@ -185,6 +233,82 @@ impl ArchiveStore for LocalStore {
     fn local_dir(&self, key: &CallKey) -> Option<PathBuf> {
         Some(self.root.join(key.relative_path()))
     }
+
+    fn create_record(&self, path: &str, bytes: &[u8]) -> Result<bool, ArchiveError> {
+        let path = self.record_path(path)?;
+        let temporary = unique_temporary(&path);
+        fs::write(&temporary, bytes).map_err(ArchiveError::io(&temporary))?;
+        // A hard link is made whole or not at all, and fails when the name is taken: an atomic create.
+        let linked = fs::hard_link(&temporary, &path);
+        let _ = fs::remove_file(&temporary);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(source) => Err(ArchiveError::Io { path, source }),
+        }
+    }
+
+    fn put_record(&self, path: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+        let path = self.record_path(path)?;
+        let temporary = unique_temporary(&path);
+        fs::write(&temporary, bytes).map_err(ArchiveError::io(&temporary))?;
+        fs::rename(&temporary, &path).map_err(ArchiveError::io(&path))
+    }
+
+    fn get_record(&self, path: &str) -> Result<Option<Vec<u8>>, ArchiveError> {
+        let path = self.root.join(path);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ArchiveError::Io { path, source }),
+        }
+    }
+
+    fn list_records(&self, folder: &str) -> Result<Vec<String>, ArchiveError> {
+        let dir = self.root.join(folder);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(ArchiveError::Io { path: dir, source }),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(ArchiveError::io(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && entry.file_type().is_ok_and(|t| t.is_file()) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete_record(&self, path: &str) -> Result<(), ArchiveError> {
+        let path = self.root.join(path);
+        match fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(ArchiveError::Io { path, source: err }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl LocalStore {
+    /// A record's path, its folder created.
+    fn record_path(&self, path: &str) -> Result<PathBuf, ArchiveError> {
+        let path = self.root.join(path);
+        if let Some(folder) = path.parent() {
+            fs::create_dir_all(folder).map_err(ArchiveError::io(folder))?;
+        }
+        Ok(path)
+    }
+}
+
+/// A hidden temporary name beside `path`, unique to this process and write.
+fn unique_temporary(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
 fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
@@ -199,6 +323,15 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
     }
     dirs.sort();
     Ok(dirs)
+}
+
+/// The day folders (`YYYY/MM/DD`) from `since_day` (days since 1970-01-01) to today.
+pub(crate) fn days_until_today(since_day: i64) -> impl Iterator<Item = String> {
+    let today = (super::lease::millis_since_epoch(SystemTime::now()) / 86_400_000) as i64;
+    (since_day..=today.max(since_day)).map(|day| {
+        let (year, month, day) = civil_from_days(day);
+        format!("{year:04}/{month:02}/{day:02}")
+    })
 }
 
 /// The UTC calendar date of an instant.
@@ -265,5 +398,32 @@ mod tests {
         assert_eq!(store.list().unwrap(), vec![first.clone(), second]);
         store.remove(&first).unwrap();
         assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn records_are_created_once_and_are_not_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        assert!(store.create_record(".queue/jobs/a.json", b"1").unwrap());
+        assert!(!store.create_record(".queue/jobs/a.json", b"2").unwrap(), "the second create loses");
+        assert_eq!(store.get_record(".queue/jobs/a.json").unwrap().as_deref(), Some(&b"1"[..]));
+        store.put_record(".queue/jobs/b.json", b"3").unwrap();
+        assert_eq!(store.list_records(".queue/jobs").unwrap(), vec!["a.json", "b.json"]);
+        assert!(store.list().unwrap().is_empty());
+        store.delete_record(".queue/jobs/a.json").unwrap();
+        store.delete_record(".queue/jobs/a.json").unwrap();
+        assert_eq!(store.get_record(".queue/jobs/a.json").unwrap(), None);
+        assert!(store.list_records(".queue/none").unwrap().is_empty());
+    }
+
+    #[test]
+    fn recent_calls_are_listed_from_their_day_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        let now = SystemTime::now();
+        let today = store.create_call(CallKey::new("CAnow", now)).unwrap();
+        let old = store.create_call(CallKey::new("CAold", now - Duration::from_secs(3 * 86_400))).unwrap();
+        assert_eq!(store.list_since(today.days_since_epoch() - 1).unwrap(), vec![today.clone()]);
+        assert_eq!(store.list_since(old.days_since_epoch()).unwrap().len(), 2);
     }
 }

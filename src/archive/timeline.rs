@@ -118,6 +118,11 @@ pub fn read_timeline(dir: &Path) -> Result<Vec<TimelineEntry>, ArchiveError> {
     Ok(parse(&bytes))
 }
 
+/// A call's timeline, from any store.
+pub fn read_from(store: &dyn super::ArchiveStore, key: &super::CallKey) -> Result<Vec<TimelineEntry>, ArchiveError> {
+    Ok(parse(&store.get(key, TIMELINE_FILE)?))
+}
+
 /// What the hot-path STT heard the caller say in one turn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallerTurn {

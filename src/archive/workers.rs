@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::recorder::{LiveRecording, RecordingJob};
@@ -15,16 +16,21 @@ pub(crate) const TICK: Duration = Duration::from_millis(100);
 pub(crate) struct RecorderPool {
     threads: Vec<mpsc::Sender<RecordingJob>>,
     next: AtomicUsize,
+    /// Calls handed to a thread and not yet sealed (or given up on).
+    unsealed: Arc<AtomicUsize>,
 }
 
 impl RecorderPool {
     /// Starts `threads` recorder threads (at least one). They end once the pool is dropped and their calls sealed.
     pub(crate) fn start(threads: usize) -> RecorderPool {
+        let unsealed = Arc::new(AtomicUsize::new(0));
         let threads = (0..threads.max(1))
             .filter_map(|n| {
                 let (jobs, queue) = mpsc::channel();
-                let spawned =
-                    std::thread::Builder::new().name(format!("parley-recorder-{n}")).spawn(move || run(queue));
+                let unsealed = Arc::clone(&unsealed);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("parley-recorder-{n}"))
+                    .spawn(move || run(queue, &unsealed));
                 match spawned {
                     Ok(_) => Some(jobs),
                     Err(err) => {
@@ -34,7 +40,12 @@ impl RecorderPool {
                 }
             })
             .collect();
-        RecorderPool { threads, next: AtomicUsize::new(0) }
+        RecorderPool { threads, next: AtomicUsize::new(0), unsealed }
+    }
+
+    /// Calls being recorded whose files are not sealed yet.
+    pub(crate) fn unsealed(&self) -> usize {
+        self.unsealed.load(Ordering::Acquire)
     }
 
     /// Records a call on the next thread in turn.
@@ -44,14 +55,16 @@ impl RecorderPool {
             return;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
+        self.unsealed.fetch_add(1, Ordering::AcqRel);
         if self.threads[n].send(job).is_err() {
+            self.unsealed.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!("a recorder thread has stopped; the call is not archived");
         }
     }
 }
 
 /// One recorder thread: opens new calls as they come and steps every live call each tick.
-fn run(jobs: mpsc::Receiver<RecordingJob>) {
+fn run(jobs: mpsc::Receiver<RecordingJob>, unsealed: &AtomicUsize) {
     let mut live: Vec<LiveRecording> = Vec::new();
     let mut open = true;
     let mut next_tick = std::time::Instant::now() + TICK;
@@ -60,7 +73,12 @@ fn run(jobs: mpsc::Receiver<RecordingJob>) {
         if open {
             match jobs.recv_timeout(wait) {
                 Ok(job) => {
-                    live.extend(LiveRecording::open(job));
+                    match LiveRecording::open(job) {
+                        Some(call) => live.push(call),
+                        None => {
+                            unsealed.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -72,7 +90,13 @@ fn run(jobs: mpsc::Receiver<RecordingJob>) {
             std::thread::sleep(wait);
         }
         let now = tokio::time::Instant::now();
-        live.retain_mut(|call| call.step(now));
+        live.retain_mut(|call| {
+            let recording = call.step(now);
+            if !recording {
+                unsealed.fetch_sub(1, Ordering::AcqRel);
+            }
+            recording
+        });
         // A thread that fell behind catches up from now rather than stepping in a burst.
         next_tick = (next_tick + TICK).max(std::time::Instant::now());
     }
@@ -83,7 +107,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::archive::{read_metadata, read_timeline, ArchiveStore, CallStatus, LocalStore, SealedCalls};
+    use crate::archive::{read_metadata, read_timeline, ArchiveStore, CallKey, CallStatus, LocalStore};
+    use crate::archive::{Ownership, SealedCalls};
     use crate::call::tap::{CallTap, TapEvent};
     use crate::call::CallInfo;
 
@@ -91,8 +116,8 @@ mod tests {
     struct Sealed(Mutex<Vec<std::path::PathBuf>>);
 
     impl SealedCalls for Sealed {
-        fn sealed(&self, call_dir: &std::path::Path) {
-            self.0.lock().unwrap().push(call_dir.to_owned());
+        fn sealed(&self, store: &dyn ArchiveStore, key: &CallKey) {
+            self.0.lock().unwrap().push(store.local_dir(key).unwrap());
         }
     }
 
@@ -111,6 +136,7 @@ mod tests {
                     store: Arc::clone(&store),
                     call,
                     redact_numbers: false,
+                    ownership: Ownership::new("test", Duration::from_secs(15)),
                     on_sealed: Some(sealed.clone() as Arc<dyn SealedCalls>),
                     started,
                     started_wall: std::time::SystemTime::now(),
@@ -131,14 +157,18 @@ mod tests {
             tap.send(TapEvent::Ended { at: end, reason: "stopped".into() });
         }
         drop(taps);
+        assert_eq!(pool.unsealed(), 5);
+        let unsealed = Arc::clone(&pool.unsealed);
         drop(pool);
 
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while sealed.0.lock().unwrap().len() < 5 && std::time::Instant::now() < deadline {
+        let pending = || sealed.0.lock().unwrap().len() < 5 || unsealed.load(Ordering::Acquire) > 0;
+        while pending() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let dirs = sealed.0.lock().unwrap().clone();
         assert_eq!(dirs.len(), 5, "{dirs:?}");
+        assert_eq!(unsealed.load(Ordering::Acquire), 0);
         for dir in &dirs {
             let metadata = read_metadata(dir).unwrap();
             assert_eq!(metadata.status, CallStatus::Sealed);

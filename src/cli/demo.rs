@@ -22,8 +22,8 @@ use crate::archive::{read_metadata, read_timeline, Archive, SealedCalls, Timelin
 use crate::config::providers::{LlmProvider, SttProvider, TtsProvider};
 use crate::config::{read_secret, AgentKind, Config, Secrets};
 use crate::mcp::{McpServerConfig, McpTransportConfig};
-use crate::transcribe::after_call::outcome_dir;
-use crate::transcribe::{AfterCall, CallTranscript, JobOutcome, QUEUE_DIR, TRANSCRIPT_FILE};
+use crate::transcribe::after_call::outcome_call;
+use crate::transcribe::{AfterCall, CallTranscript, JobOutcome, TRANSCRIPT_FILE};
 
 /// The dialogue `sim-caller` runs when none is given.
 const BUILT_IN_DIALOGUE: &str = "order-status";
@@ -72,6 +72,8 @@ pub async fn run(mut config: Config, secrets: Secrets, args: &DemoArgs) -> Resul
     if let Some(root) = &args.archive {
         config.archive.root = root.clone();
     }
+    // The demo's call is kept on this machine, to be printed and listened to.
+    config.archive.store = crate::archive::StoreKind::Local;
     let backend_db = tempfile_path("parley-demo-shop", "sqlite");
     let scripted = configure(&mut config, &programs.backend, &backend_db);
     println!(
@@ -87,7 +89,7 @@ pub async fn run(mut config: Config, secrets: Secrets, args: &DemoArgs) -> Resul
 
     let parts = crate::assembly::assemble(&config, &secrets).await.into_parts()?;
     let backend = crate::transcribe::cli::backend_from_config(&config).await?;
-    let after_call = AfterCall::start(&config.archive.root.join(QUEUE_DIR), Some(backend), 1)?;
+    let after_call = AfterCall::start(crate::transcribe::cli::queue_from_config(&config)?, Some(backend), 1)?;
     let mut transcribed = after_call.outcomes();
     let hook = Arc::clone(&after_call) as Arc<dyn SealedCalls>;
     let archive = Archive::start_with(&config.archive, config.twilio.redact_numbers, Some(hook))?;
@@ -112,7 +114,7 @@ pub async fn run(mut config: Config, secrets: Secrets, args: &DemoArgs) -> Resul
     if let JobOutcome::Failed { error, .. } = outcome.as_ref() {
         return Err(DemoError::Transcription(error.clone()).into());
     }
-    let call_dir = outcome_dir(&outcome).clone();
+    let call_dir = config.archive.root.join(outcome_call(&outcome));
     let caller_report = std::fs::read_to_string(&report_file).unwrap_or_default();
     let _ = std::fs::remove_file(&report_file);
     print_and_check(&call_dir, &caller_report)

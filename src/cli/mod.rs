@@ -75,6 +75,8 @@ pub enum CliError {
     Transcribe(#[from] crate::transcribe::TranscribeError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0} call(s) not sealed in the archive before exiting; the next start seals them once their lease lapses")]
+    Unsealed(usize),
 }
 
 /// Loads the configuration named on the command line with the process environment applied.
@@ -159,8 +161,8 @@ pub async fn transcribe_after_call(config: &Config) -> Result<Option<Arc<AfterCa
             None
         }
     };
-    let queue = config.archive.root.join(crate::transcribe::QUEUE_DIR);
-    Ok(Some(AfterCall::start(&queue, backend, config.local.transcribe.concurrency)?))
+    let queue = crate::transcribe::cli::queue_from_config(config)?;
+    Ok(Some(AfterCall::start(queue, backend, config.local.transcribe.concurrency)?))
 }
 
 /// `parley serve`: answers calls until SIGTERM, then drains.
@@ -176,14 +178,14 @@ pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
         tracing::info!("MCP tools:\n{report}");
     }
     let parts = assembly.into_parts()?;
-    let taps: crate::call::tap::Taps = if config.archive.enabled {
+    let archive = if config.archive.enabled {
         let after_call = transcribe_after_call(&config).await?;
         let hook = after_call.map(|a| a as Arc<dyn crate::archive::SealedCalls>);
-        let archive = crate::archive::Archive::start_with(&config.archive, config.twilio.redact_numbers, hook)?;
-        Some(Arc::new(archive))
+        Some(Arc::new(crate::archive::Archive::start_with(&config.archive, config.twilio.redact_numbers, hook)?))
     } else {
         None
     };
+    let taps: crate::call::tap::Taps = archive.clone().map(|a| a as _);
     let server = edge::start(config, secrets, parts.agents, taps).await?;
     // Scripts and tests read the bound address from this line.
     println!("parley listening on {}", server.local_addr);
@@ -193,6 +195,17 @@ pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
     if let Some(bridge) = parts.bridge {
         bridge.shutdown().await;
     }
+    if let Some(archive) = archive {
+        // Every call has ended; exit only once the recorders have sealed them all.
+        let unsealed = archive.wait_sealed(SEAL_TIMEOUT).await;
+        if unsealed > 0 {
+            return Err(CliError::Unsealed(unsealed));
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long shutdown waits for the archive to seal the drained calls (a seal is a final Ogg page, a timeline line
+/// and the metadata: milliseconds on a local disk, a few uploads on an object store).
+const SEAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);

@@ -16,7 +16,7 @@ use super::dialogue;
 use super::report::EvalReport;
 use super::scenario::{Scenario, ScenarioError};
 use super::score::{score, ScenarioScore};
-use crate::archive::{list_calls, read_timeline, Archive, ArchiveStore, CallStatus, LocalStore, TimelineEntry};
+use crate::archive::{list_calls, read_call_timeline, Archive, ArchiveStore, CallStatus, LocalStore, TimelineEntry};
 use crate::config::{AgentKind, Config, Secrets};
 use crate::edge::RunningServer;
 use crate::mcp::McpBridge;
@@ -49,7 +49,8 @@ pub struct EvalArgs {
     #[arg(long, requires = "url")]
     pub signed_url: Option<String>,
     /// The archive folder Parley writes calls to: the running Parley's with `--url`, otherwise where this run's
-    /// calls are kept (a temporary folder by default).
+    /// calls are kept (a temporary folder by default). With `--url` and no folder, an S3 archive configured in
+    /// `[archive]` (`store = "s3"`) is read instead.
     #[arg(long)]
     pub archive: Option<PathBuf>,
     /// Run Parley offline, as `parley demo` does: local Whisper, eSpeak NG, the demo shop's MCP backend and, when no
@@ -93,7 +94,13 @@ pub async fn run(
                 auth_token: token.expose().to_owned(),
                 signed_url: args.signed_url.clone().unwrap_or_else(|| url.clone()),
             }),
-            archive: args.archive.clone(),
+            archive: match (&args.archive, config.archive.store) {
+                (Some(root), _) => Some(local_store(root)?),
+                (None, crate::archive::StoreKind::S3) => {
+                    Some(config.archive.open_store().map_err(|e| EvalError::Start(format!("the archive: {e}")))?)
+                }
+                (None, crate::archive::StoreKind::Local) => None,
+            },
         },
         None => {
             let archive_root = match &args.archive {
@@ -152,7 +159,7 @@ fn unique() -> u128 {
 
 /// The Parley the scenarios are played against.
 enum Target {
-    Remote { url: String, auth: Option<TwilioAuth>, archive: Option<PathBuf> },
+    Remote { url: String, auth: Option<TwilioAuth>, archive: Option<Arc<dyn ArchiveStore>> },
     Local(LocalParley),
 }
 
@@ -164,10 +171,10 @@ impl Target {
         }
     }
 
-    fn archive(&self) -> Option<&Path> {
+    fn archive(&self) -> Result<Option<Arc<dyn ArchiveStore>>, String> {
         match self {
-            Target::Remote { archive, .. } => archive.as_deref(),
-            Target::Local(local) => Some(&local.archive_root),
+            Target::Remote { archive, .. } => Ok(archive.clone()),
+            Target::Local(local) => local_store(&local.archive_root).map(Some).map_err(|e| e.to_string()),
         }
     }
 }
@@ -198,6 +205,7 @@ impl LocalParley {
         config.twilio.validate_signatures = false;
         config.archive.enabled = true;
         config.archive.root = archive_root.to_path_buf();
+        config.archive.store = crate::archive::StoreKind::Local;
         let parts = crate::assembly::assemble(&config, &secrets).await.into_parts().map_err(|e| start_error(&e))?;
         let (agents, bridge) = (parts.agents, parts.bridge);
         let archive = Archive::start(&config.archive, config.twilio.redact_numbers).map_err(|e| start_error(&e))?;
@@ -238,26 +246,31 @@ async fn play(scenario: &Scenario, target: &Target) -> Result<ScenarioScore, Eva
     let report = dialogue::speak(call, &scenario.pacing(), lines, |line| eprintln!("  {line}"))
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let timeline = match target.archive() {
-        Some(root) => Some(archived_timeline(root, &call_sid).await.map_err(failed)?),
+    let timeline = match target.archive().map_err(failed)? {
+        Some(store) => Some(archived_timeline(store.as_ref(), &call_sid).await.map_err(failed)?),
         None => None,
     };
     Ok(score(scenario, &call_sid, &report, timeline.as_deref()))
 }
 
 /// The call's timeline, once the archive has sealed it.
-async fn archived_timeline(root: &Path, call_sid: &str) -> Result<Vec<TimelineEntry>, String> {
-    let store = LocalStore::new(root).map_err(|e| format!("opening the archive {}: {e}", root.display()))?;
+async fn archived_timeline(store: &dyn ArchiveStore, call_sid: &str) -> Result<Vec<TimelineEntry>, String> {
     let deadline = tokio::time::Instant::now() + SEAL_TIMEOUT;
     loop {
-        let calls = list_calls(&store).map_err(|e| e.to_string())?;
+        let calls = list_calls(store).map_err(|e| e.to_string())?;
         if let Some((key, _)) = calls.iter().find(|(_, m)| m.call_sid == call_sid && m.status == CallStatus::Sealed) {
-            let dir = store.local_dir(key).ok_or("the archive is not on local disk")?;
-            return read_timeline(&dir).map_err(|e| e.to_string());
+            return read_call_timeline(store, key).map_err(|e| e.to_string());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("the call {call_sid} was not sealed in {} within {SEAL_TIMEOUT:?}", root.display()));
+            return Err(format!("the call {call_sid} was not sealed in the archive within {SEAL_TIMEOUT:?}"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The archive folder as a store.
+fn local_store(root: &Path) -> Result<Arc<dyn ArchiveStore>, EvalError> {
+    LocalStore::new(root)
+        .map(|store| Arc::new(store) as Arc<dyn ArchiveStore>)
+        .map_err(|e| EvalError::Start(format!("opening the archive {}: {e}", root.display())))
 }

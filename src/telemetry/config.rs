@@ -76,13 +76,17 @@ impl TelemetryConfig {
         if let Some(id) = &self.instance_id {
             return id.clone();
         }
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "parley".to_owned());
-        format!("{host}-{}", std::process::id())
+        format!("{}-{}", host_name(), std::process::id())
     }
+}
+
+/// This machine's (or pod's) name: `HOSTNAME`, else `/etc/hostname`, else "parley".
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "parley".to_owned())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
@@ -66,6 +66,7 @@ pub struct Metrics {
     stage: Histogram<f64>,
     barge_in_reaction: Histogram<f64>,
     tool_duration: Histogram<f64>,
+    transcribe_queue: Gauge<u64>,
     /// The servers whose live calls the active-calls gauge counts.
     registries: Arc<Mutex<Vec<Weak<CallRegistry>>>>,
 }
@@ -185,10 +186,19 @@ impl Metrics {
             stage: histogram("parley.stage.duration", "Each stage of a turn, by stage name"),
             barge_in_reaction: histogram("parley.barge_in.reaction", "Barge-in speech onset to Twilio clear sent"),
             tool_duration: histogram("parley.tool.duration", "Tool calls, by tool and outcome"),
+            transcribe_queue: meter
+                .u64_gauge("parley.transcribe.queue_depth")
+                .with_description("Calls waiting for (or in) offline transcription in the archive's shared queue")
+                .build(),
             provider,
             registry,
             registries,
         }
+    }
+
+    /// The shared after-call queue's depth, as last seen: what archive workers are scaled on.
+    pub fn transcribe_queue_depth(&self, depth: usize) {
+        self.transcribe_queue.record(depth as u64, &[]);
     }
 
     /// Counts the live calls of this server in the active-calls gauge.

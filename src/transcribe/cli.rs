@@ -1,27 +1,54 @@
-//! `parley transcribe <call-dir>` and `parley transcribe --pending`: offline transcription from the terminal, with a
-//! progress bar.
+//! `parley transcribe <call>`, `parley transcribe --pending` and `parley transcribe --watch`: offline transcription
+//! from the terminal (with a progress bar) or as a standing archive worker, on the configured archive store.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::queue::CLAIM_FOR;
 use super::{
     untranscribed_calls, ArchiveReader, JobOutcome, LocalWhisper, OpenAiTranscriber, Queue, TranscribeBackendKind,
-    TranscribeError, TranscriptionBackend, Worker, QUEUE_DIR,
+    TranscribeError, TranscriptionBackend, Worker,
 };
+use crate::archive::{ArchiveStore, CallKey, Ownership};
 use crate::config::{read_secret, Config};
 use crate::local::WhisperEngine;
 
 #[derive(Debug, Clone, Args)]
 pub struct TranscribeArgs {
-    /// A call's archive folder to transcribe now.
-    #[arg(conflicts_with = "pending", required_unless_present = "pending")]
-    pub call_dir: Option<PathBuf>,
+    /// A call to transcribe now: its SID, its key (`2026/11/25/CA…`) or its folder in a local archive.
+    #[arg(conflicts_with = "pending", required_unless_present_any = ["pending", "watch"])]
+    pub call: Option<String>,
     /// Queue every archived call without a transcript and work through the queue.
     #[arg(long)]
     pub pending: bool,
+    /// Keep working as calls are queued, until SIGTERM: a standing archive worker. Any number of workers (and
+    /// `parley serve` instances) share the queue in the archive's store.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// The queue in the configured archive store, worked by this process.
+pub fn queue_from_config(config: &Config) -> Result<Queue, TranscribeError> {
+    let store = config.archive.open_store()?;
+    let worker = Ownership::for_this_process(CLAIM_FOR);
+    Ok(Queue::new(store, worker.instance(), CLAIM_FOR))
+}
+
+/// A call named on the command line: a local call folder, else a SID or key in the store.
+fn find_call(store: &dyn ArchiveStore, call: &str) -> Result<CallKey, TranscribeError> {
+    let path = Path::new(call);
+    if path.join(crate::archive::METADATA_FILE).is_file() {
+        // The last four parts of a call folder are its key.
+        let parts: Vec<_> = path.components().collect();
+        let key = parts.len().checked_sub(4).map(|start| parts[start..].iter().collect::<std::path::PathBuf>());
+        if let Some(key) = key.as_deref().and_then(CallKey::from_relative) {
+            return Ok(key);
+        }
+    }
+    Ok(crate::archive::cli::find_call(store, call)?)
 }
 
 /// The backend `[local.transcribe]` names (loads the Whisper model when that is the one).
@@ -45,14 +72,28 @@ pub async fn backend_from_config(config: &Config) -> Result<Arc<dyn Transcriptio
 
 /// Runs the command; returns how many calls failed.
 pub async fn run(config: &Config, args: &TranscribeArgs) -> Result<usize, TranscribeError> {
-    let root = &config.archive.root;
-    let queue = Queue::open(&root.join(QUEUE_DIR))?;
+    let queue = queue_from_config(config)?;
+    let store = Arc::clone(queue.store());
     if args.pending {
-        for dir in untranscribed_calls(root)? {
-            queue.enqueue(&dir)?;
+        for key in untranscribed_calls(store.as_ref())? {
+            queue.enqueue(&key)?;
         }
-    } else if let Some(dir) = &args.call_dir {
-        queue.enqueue(dir)?;
+    } else if let Some(call) = &args.call {
+        queue.enqueue(&find_call(store.as_ref(), call)?)?;
+    }
+    let reader = Arc::new(ArchiveReader::new(Arc::clone(&store)));
+    let concurrency = config.local.transcribe.concurrency;
+    if args.watch {
+        let backend = backend_from_config(config).await?;
+        tracing::info!(worker = queue.worker(), backend = %backend.describe(), "archive worker: watching the queue");
+        let worker = Worker::new(queue, backend, reader, concurrency);
+        let (outcomes, _) = tokio::sync::broadcast::channel(1);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        tokio::select! {
+            () = super::after_call::work(worker, wake, outcomes, super::after_call::POLL_EVERY) => {}
+            () = crate::edge::wait_for_signal() => tracing::info!("archive worker stopping"),
+        }
+        return Ok(0);
     }
     let total = queue.pending()?.len();
     if total == 0 {
@@ -61,7 +102,7 @@ pub async fn run(config: &Config, args: &TranscribeArgs) -> Result<usize, Transc
     }
     let backend = backend_from_config(config).await?;
     println!("transcribing {total} call(s) with {}", backend.describe());
-    let worker = Worker::new(queue, backend, Arc::new(ArchiveReader), config.local.transcribe.concurrency);
+    let worker = Worker::new(queue, backend, reader, concurrency);
     let bar = ProgressBar::new(total as u64);
     if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} calls, {elapsed} {msg}") {
         bar.set_style(style);
@@ -70,13 +111,13 @@ pub async fn run(config: &Config, args: &TranscribeArgs) -> Result<usize, Transc
     worker
         .drain(|outcome| {
             match outcome {
-                JobOutcome::Done { call_dir, overall_wer } => {
-                    bar.println(format!("{}: hot-path WER {:.1}%", call_dir.display(), overall_wer * 100.0));
+                JobOutcome::Done { call, overall_wer } => {
+                    bar.println(format!("{call}: hot-path WER {:.1}%", overall_wer * 100.0));
                 }
-                JobOutcome::Failed { call_dir, error, gave_up } => {
+                JobOutcome::Failed { call, error, gave_up } => {
                     failed += 1;
                     let note = if *gave_up { " (giving up on it)" } else { " (will retry)" };
-                    bar.println(format!("{}: failed{note}: {error}", call_dir.display()));
+                    bar.println(format!("{call}: failed{note}: {error}"));
                 }
             }
             bar.inc(1);

@@ -1,8 +1,9 @@
 //! Offline transcription of archived calls: a worker that transcribes each call's recording after the call, writes
 //! `transcript.json` beside it, and scores the hot path's live transcript against it.
 //!
-//! Nothing here runs on a live call's path: calls are queued in a durable folder ([`queue`]) and transcribed later
-//! (`parley transcribe --pending`), a bounded number at a time, so a backlog costs time, never call quality. Both legs
+//! Nothing here runs on a live call's path: calls are queued in the archive's store ([`queue`], shared by any number
+//! of workers with expiring claims) and transcribed later (`parley transcribe --pending`, `--watch` for a standing
+//! worker), a bounded number at a time, so a backlog costs time, never call quality. Both legs
 //! are transcribed (caller left, agent right), each into timed segments. The caller leg is then compared with the
 //! `caller_turn` events of the timeline ([`compare`]) to give the word error rate of the hot path per turn and per call.
 //!
@@ -17,7 +18,7 @@ pub mod openai;
 pub mod queue;
 pub mod wer;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,15 +29,13 @@ pub use after_call::AfterCall;
 pub use backend::{LocalWhisper, TranscriptionBackend};
 pub use compare::{compare, Comparison, TurnComparison};
 pub use openai::{OpenAiTranscribeSettings, OpenAiTranscriber};
-pub use queue::{Queue, QueuedJob};
+pub use queue::{Claim, Queue, QueuedJob};
 
-use crate::archive::{ArchiveError, RECORDING_FILE};
+use crate::archive::{ArchiveError, ArchiveStore, CallKey, CallStatus, RECORDING_FILE};
 use crate::local::WhisperError;
 
 /// The transcript file written into each call's folder.
 pub const TRANSCRIPT_FILE: &str = "transcript.json";
-/// The queue's folder under the archive root (hidden, so it is not mistaken for a year folder).
-pub const QUEUE_DIR: &str = ".transcribe-queue";
 
 /// Why a call could not be transcribed.
 #[derive(Debug, thiserror::Error)]
@@ -53,13 +52,6 @@ pub enum TranscribeError {
     Backend(String),
     #[error("{0} is not an archived call folder (no {RECORDING_FILE})")]
     NotACall(PathBuf),
-}
-
-impl TranscribeError {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TranscribeError {
-        let path = path.into();
-        move |source| TranscribeError::Io { path, source }
-    }
 }
 
 /// Which engine transcribes archived calls.
@@ -127,72 +119,72 @@ pub struct CallTranscript {
 /// Where the worker reads a call from; the archive in production, fakes in tests.
 pub trait CallReader: Send + Sync {
     /// The caller and agent legs, 8 kHz PCM.
-    fn legs(&self, dir: &Path) -> Result<(Vec<i16>, Vec<i16>), TranscribeError>;
+    fn legs(&self, call: &CallKey) -> Result<(Vec<i16>, Vec<i16>), TranscribeError>;
     /// The hot path's caller turns.
-    fn hot_turns(&self, dir: &Path) -> Result<Vec<HotTurn>, TranscribeError>;
+    fn hot_turns(&self, call: &CallKey) -> Result<Vec<HotTurn>, TranscribeError>;
 }
 
-/// Reads calls from the archive's folders.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ArchiveReader;
+/// Reads calls from the archive's store.
+#[derive(Clone)]
+pub struct ArchiveReader {
+    store: Arc<dyn ArchiveStore>,
+}
+
+impl ArchiveReader {
+    pub fn new(store: Arc<dyn ArchiveStore>) -> ArchiveReader {
+        ArchiveReader { store }
+    }
+}
 
 impl CallReader for ArchiveReader {
-    fn legs(&self, dir: &Path) -> Result<(Vec<i16>, Vec<i16>), TranscribeError> {
-        if !dir.join(RECORDING_FILE).is_file() {
-            return Err(TranscribeError::NotACall(dir.to_owned()));
+    fn legs(&self, call: &CallKey) -> Result<(Vec<i16>, Vec<i16>), TranscribeError> {
+        match crate::archive::read_call_legs(self.store.as_ref(), call) {
+            Err(ArchiveError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(TranscribeError::NotACall(call.relative_path()))
+            }
+            other => Ok(other?),
         }
-        Ok(crate::archive::read_legs(dir)?)
     }
 
-    fn hot_turns(&self, dir: &Path) -> Result<Vec<HotTurn>, TranscribeError> {
-        Ok(crate::archive::caller_turns(dir)?
+    fn hot_turns(&self, call: &CallKey) -> Result<Vec<HotTurn>, TranscribeError> {
+        Ok(crate::archive::read_call_timeline(self.store.as_ref(), call)?
             .into_iter()
-            .map(|t| HotTurn { turn: t.turn, ms: Some(t.ms), text: t.text })
+            .filter_map(|entry| match entry.event {
+                crate::archive::TimelineEvent::CallerTurn { turn, text } => {
+                    Some(HotTurn { turn, ms: Some(entry.ms), text })
+                }
+                _ => None,
+            })
             .collect())
     }
 }
 
-/// Call folders under an archive root (`<YYYY>/<MM>/<DD>/<CallSid>`) that have a recording and no transcript yet.
-pub fn untranscribed_calls(root: &Path) -> Result<Vec<PathBuf>, TranscribeError> {
+/// Sealed calls in the archive that have no transcript yet (a call still being recorded is left for a later run).
+pub fn untranscribed_calls(store: &dyn ArchiveStore) -> Result<Vec<CallKey>, TranscribeError> {
     let mut found = Vec::new();
-    let mut level = vec![root.to_owned()];
-    for _ in 0..4 {
-        let mut next = Vec::new();
-        for dir in level {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(TranscribeError::Io { path: dir, source: e }),
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let hidden = entry.file_name().to_string_lossy().starts_with('.');
-                if path.is_dir() && !hidden {
-                    next.push(path);
-                }
-            }
-        }
-        level = next;
-    }
-    for dir in level {
-        if dir.join(RECORDING_FILE).is_file() && !dir.join(TRANSCRIPT_FILE).exists() && !still_open(&dir) {
-            found.push(dir);
+    for (key, metadata) in crate::archive::list_calls(store)? {
+        if metadata.status == CallStatus::Sealed && store.get(&key, TRANSCRIPT_FILE).is_err() {
+            found.push(key);
         }
     }
     found.sort();
     Ok(found)
 }
 
-/// A call still being recorded is left for a later run.
-fn still_open(dir: &Path) -> bool {
-    crate::archive::read_metadata(dir).is_ok_and(|m| m.status == crate::archive::CallStatus::Open)
-}
-
-/// How one job went, for progress reporting.
+/// How one job went, for progress reporting; `call` is the call's key in the archive.
 #[derive(Debug, Clone)]
 pub enum JobOutcome {
-    Done { call_dir: PathBuf, overall_wer: f64 },
-    Failed { call_dir: PathBuf, error: String, gave_up: bool },
+    Done { call: String, overall_wer: f64 },
+    Failed { call: String, error: String, gave_up: bool },
+}
+
+/// Runs blocking store work off the runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, TranscribeError> + Send + 'static,
+) -> Result<T, TranscribeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| TranscribeError::Backend(format!("store thread failed: {e}")))?
 }
 
 /// Transcribes calls from the queue.
@@ -217,50 +209,126 @@ impl Worker {
         &self.queue
     }
 
-    /// Works through every job queued now, `concurrency` at a time, reporting each outcome to `progress`.
+    /// Works through every job queued now that no other worker holds, `concurrency` at a time, reporting each
+    /// outcome to `progress`. Jobs other workers hold are left to them (or taken over once their claims expire, at a
+    /// later drain).
     pub async fn drain(&self, mut progress: impl FnMut(&JobOutcome)) -> Result<Vec<JobOutcome>, TranscribeError> {
-        let jobs = self.queue.pending()?;
+        let queue = self.queue.clone();
+        let jobs = blocking(move || queue.pending()).await?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut running = futures_util::stream::iter(jobs).map(|job| self.run(job)).buffer_unordered(self.concurrency);
         while let Some(outcome) = running.next().await {
-            progress(&outcome);
-            outcomes.push(outcome);
+            if let Some(outcome) = outcome {
+                progress(&outcome);
+                outcomes.push(outcome);
+            }
         }
         Ok(outcomes)
     }
 
-    async fn run(&self, job: QueuedJob) -> JobOutcome {
-        let call_dir = job.job.call_dir.clone();
-        match transcribe_call(&call_dir, self.backend.as_ref(), Arc::clone(&self.reader)).await {
-            Ok(transcript) => {
-                if let Err(err) = self.queue.complete(&job) {
+    /// One job, if this worker can claim it: transcribed while the claim is renewed, the result written only while
+    /// the claim still holds.
+    async fn run(&self, job: QueuedJob) -> Option<JobOutcome> {
+        let queue = self.queue.clone();
+        let candidate = job.clone();
+        let claim = match blocking(move || queue.claim(&candidate)).await {
+            Ok(Some(claim)) => claim,
+            Ok(None) => return None,
+            Err(err) => {
+                tracing::warn!(%err, job = %job.name, "cannot claim a transcription job");
+                return None;
+            }
+        };
+        let call = job.job.call.clone();
+        // Stops renewing when the job ends, and when this future is dropped (the worker is stopping).
+        let renewer = AbortOnDrop(tokio::spawn(keep_claimed(self.queue.clone(), claim.clone())));
+        let result = match job.job.key() {
+            Some(key) => self.transcribe_and_write(&key, &claim).await,
+            None => Err(TranscribeError::Backend(format!("`{call}` is not a call's key"))),
+        };
+        drop(renewer);
+        let queue = self.queue.clone();
+        match result {
+            Ok(Some(transcript)) => {
+                if let Err(err) = blocking(move || queue.complete(&claim)).await {
                     tracing::warn!(%err, "transcribed, but could not remove the job (it will be redone)");
                 }
-                JobOutcome::Done { call_dir, overall_wer: transcript.comparison.overall_wer }
+                Some(JobOutcome::Done { call, overall_wer: transcript.comparison.overall_wer })
+            }
+            Ok(None) => {
+                tracing::warn!(%call, "another worker took the job over; this result is dropped");
+                None
             }
             Err(err) => {
                 let error = err.to_string();
-                tracing::warn!(call = %call_dir.display(), %error, "transcription failed");
-                let gave_up = self.queue.fail(&job, &error).unwrap_or(false);
-                JobOutcome::Failed { call_dir, error, gave_up }
+                tracing::warn!(%call, %error, "transcription failed");
+                let failed = error.clone();
+                let gave_up = blocking(move || queue.fail(&claim, &job, &failed)).await.unwrap_or(false);
+                Some(JobOutcome::Failed { call, error, gave_up })
             }
+        }
+    }
+
+    /// The transcript, written beside the call while this worker still holds the claim; `None` when it does not.
+    async fn transcribe_and_write(
+        &self,
+        key: &CallKey,
+        claim: &Claim,
+    ) -> Result<Option<CallTranscript>, TranscribeError> {
+        let transcript = transcribe_call(key, self.backend.as_ref(), Arc::clone(&self.reader)).await?;
+        let (queue, claim, key, json) = (self.queue.clone(), claim.clone(), key.clone(), to_json(&transcript)?);
+        blocking(move || {
+            if !queue.holds(&claim)? {
+                return Ok(None);
+            }
+            queue.store().put(&key, TRANSCRIPT_FILE, &json)?;
+            Ok(Some(()))
+        })
+        .await
+        .map(|written| written.map(|()| transcript))
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews a claim until aborted.
+async fn keep_claimed(queue: Queue, claim: Claim) {
+    let mut every = tokio::time::interval(queue.renew_every());
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let (queue, claim) = (queue.clone(), claim.clone());
+        if let Err(err) = blocking(move || queue.renew(&claim)).await {
+            tracing::warn!(%err, "cannot renew the claim on a transcription job");
         }
     }
 }
 
-/// Transcribes one call folder and writes its `transcript.json`.
+fn to_json(transcript: &CallTranscript) -> Result<Vec<u8>, TranscribeError> {
+    serde_json::to_vec_pretty(transcript)
+        .map_err(|source| TranscribeError::Json { path: PathBuf::from(TRANSCRIPT_FILE), source })
+}
+
+/// Transcribes one archived call (the transcript is not written; the worker writes it while it holds the job).
 pub async fn transcribe_call(
-    dir: &Path,
+    key: &CallKey,
     backend: &dyn TranscriptionBackend,
     reader: Arc<dyn CallReader>,
 ) -> Result<CallTranscript, TranscribeError> {
-    let owned = dir.to_owned();
+    let owned = key.clone();
     let blocking_reader = Arc::clone(&reader);
     // Decoding Opus is CPU work: off the runtime.
     let (caller_pcm, agent_pcm) = tokio::task::spawn_blocking(move || blocking_reader.legs(&owned))
         .await
         .map_err(|e| TranscribeError::Backend(format!("decoding thread failed: {e}")))??;
-    let turns = reader.hot_turns(dir)?;
+    let turns = reader.hot_turns(key)?;
     let caller = backend.transcribe_leg(caller_pcm).await?;
     let agent = backend.transcribe_leg(agent_pcm).await?;
     let comparison = compare(&turns, &caller);
@@ -271,6 +339,5 @@ pub async fn transcribe_call(
         agent,
         comparison,
     };
-    queue::write_json(&dir.join(TRANSCRIPT_FILE), &transcript)?;
     Ok(transcript)
 }

@@ -173,5 +173,36 @@ async fn relay(mut client: tokio::net::TcpStream, state: Arc<GateState>) {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
         // Both sockets close without a WebSocket close frame: the peer sees the connection fail.
         _ = cut.changed() => {}
+
+/// A `parley` child process, killed and reaped on drop.
+pub struct ParleyProcess {
+    pub child: std::process::Child,
+}
+
+impl Drop for ParleyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` (`parley serve` with its environment) and returns once it listens, with the address it bound
+/// (start-up housekeeping is done by then).
+pub fn spawn_listening(mut command: std::process::Command) -> (ParleyProcess, String) {
+    use std::io::{BufRead, BufReader};
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("parley starts");
+    let mut parley = ParleyProcess { child };
+    let mut reader = BufReader::new(parley.child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).expect("reads") > 0, "parley exited before listening");
+        if let Some(addr) = line.trim().strip_prefix("parley listening on ") {
+            return (parley, addr.to_owned());
+        }
     }
 }
