@@ -178,7 +178,7 @@ mod tests {
             turns: 1,
             owner: None,
         };
-        let entry = |ms, event: ConversationEvent| TimelineEntry { ms, event: event.into() };
+        let entry = |ms, event: ConversationEvent| TimelineEntry { ms, event };
         let entries = vec![
             entry(1_200, ConversationEvent::CallerTurn { turn: 1, text: "where is my order".into() }),
             entry(

@@ -236,7 +236,7 @@ impl Recorder {
             }
             TapEvent::Conversation { at, event } => {
                 let turn = matches!(event, ConversationEvent::CallerTurn { .. });
-                self.log(at, event.into())?;
+                self.log(at, event)?;
                 if turn {
                     self.metadata.turns += 1;
                     self.store.put(&self.key, METADATA_FILE, &self.metadata.to_json())?;

@@ -17,81 +17,8 @@ pub struct TimelineEntry {
     pub event: TimelineEvent,
 }
 
-/// What happened: the conversation's events (mirroring [`ConversationEvent`]) plus the call's own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum TimelineEvent {
-    CallStarted {
-        call_sid: String,
-        stream_sid: String,
-    },
-    CallerTurn {
-        turn: u64,
-        text: String,
-    },
-    AgentSaid {
-        turn: u64,
-        text: String,
-        interrupted: bool,
-    },
-    ToolCall {
-        turn: u64,
-        id: String,
-        name: String,
-        arguments: String,
-    },
-    ToolResult {
-        turn: u64,
-        id: String,
-        content: String,
-        is_error: bool,
-    },
-    BargeIn {
-        turn: u64,
-        reaction_ms: f64,
-    },
-    Latency {
-        turn: u64,
-        stages: Vec<(String, f64)>,
-    },
-    ProviderError {
-        stage: String,
-        provider: String,
-        error: String,
-    },
-    Dtmf {
-        digit: String,
-    },
-    /// Twilio was told to drop the agent's unplayed audio; the agent leg is cut here.
-    AgentAudioCleared,
-    /// `reason` is the edge's ending, or `recovered` when start-up sealed a call a crash left open.
-    CallEnded {
-        reason: String,
-    },
-}
-
-impl From<ConversationEvent> for TimelineEvent {
-    fn from(event: ConversationEvent) -> TimelineEvent {
-        match event {
-            ConversationEvent::CallerTurn { turn, text } => TimelineEvent::CallerTurn { turn, text },
-            ConversationEvent::AgentSaid { turn, text, interrupted } => {
-                TimelineEvent::AgentSaid { turn, text, interrupted }
-            }
-            ConversationEvent::ToolCall { turn, id, name, arguments } => {
-                TimelineEvent::ToolCall { turn, id, name, arguments }
-            }
-            ConversationEvent::ToolResult { turn, id, content, is_error } => {
-                TimelineEvent::ToolResult { turn, id, content, is_error }
-            }
-            ConversationEvent::BargeIn { turn, reaction_ms } => TimelineEvent::BargeIn { turn, reaction_ms },
-            ConversationEvent::Latency { turn, stages } => TimelineEvent::Latency { turn, stages },
-            ConversationEvent::ProviderError { stage, provider, error } => {
-                TimelineEvent::ProviderError { stage, provider, error }
-            }
-            ConversationEvent::Dtmf { digit } => TimelineEvent::Dtmf { digit },
-        }
-    }
-}
+/// What happened: the call's events, one type with what the engine sends through the tap.
+pub type TimelineEvent = ConversationEvent;
 
 impl TimelineEntry {
     /// The entry as one line, newline included.
@@ -156,7 +83,7 @@ mod tests {
             },
             TimelineEntry {
                 ms: 1200,
-                event: ConversationEvent::Latency { turn: 1, stages: vec![("stt".into(), 80.0)] }.into(),
+                event: ConversationEvent::Latency { turn: 1, stages: vec![("stt".into(), 80.0)] },
             },
             TimelineEntry { ms: 1300, event: TimelineEvent::AgentAudioCleared },
         ];

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -27,10 +27,16 @@ pub enum TapEvent {
     Ended { at: Instant, reason: String },
 }
 
-/// The conversation's events, as the archive's timeline records them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What happened on a call: the one event type the engine sends through the tap and the archive's timeline records
+/// (`archive::TimelineEvent` is this type). The engine sends the conversation's events; the call's own
+/// (`CallStarted`, `AgentAudioCleared`, `CallEnded`) are written by the archive from the tap's other events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ConversationEvent {
+    CallStarted {
+        call_sid: String,
+        stream_sid: String,
+    },
     /// What the caller said in a turn, by the hot-path STT.
     CallerTurn {
         turn: u64,
@@ -70,6 +76,12 @@ pub enum ConversationEvent {
     },
     Dtmf {
         digit: String,
+    },
+    /// Twilio was told to drop the agent's unplayed audio; the agent leg is cut here.
+    AgentAudioCleared,
+    /// `reason` is the edge's ending, or `recovered` when the call was sealed after its owner was gone.
+    CallEnded {
+        reason: String,
     },
 }
 
