@@ -19,6 +19,7 @@ const BELOW_THE_ENGINE: &[&str] = &[
     "llm",
     "local",
     "mcp",
+    "settings",
     "stt",
     "telemetry",
     "tool_executor",

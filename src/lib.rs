@@ -39,6 +39,7 @@ mod import_rules;
 pub mod llm;
 pub mod local;
 pub mod mcp;
+pub mod settings;
 pub mod stt;
 pub mod telemetry;
 pub mod tool_executor;

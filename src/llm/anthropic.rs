@@ -191,6 +191,52 @@ fn request_headers(config: &AnthropicConfig) -> Result<HeaderMap, AnthropicConfi
     Ok(headers)
 }
 
+/// `[llm.anthropic]`: unset fields keep the client's defaults (`llm::anthropic::AnthropicConfig`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnthropicSettings {
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    /// The `anthropic-version` header.
+    pub version: Option<String>,
+    /// Environment variable holding the API key (required).
+    pub api_key_env: String,
+}
+
+impl Default for AnthropicSettings {
+    fn default() -> Self {
+        AnthropicSettings {
+            base_url: None,
+            model: None,
+            max_tokens: None,
+            temperature: None,
+            version: None,
+            api_key_env: "ANTHROPIC_API_KEY".into(),
+        }
+    }
+}
+
+impl AnthropicSettings {
+    /// The Messages client's configuration; the key is required.
+    pub fn client_config(&self) -> Result<AnthropicConfig, Vec<crate::settings::SettingsError>> {
+        let mut errors = Vec::new();
+        let api_key = crate::settings::api_key(&self.api_key_env, "llm.anthropic", true, &mut errors).unwrap_or_default();
+        let defaults = AnthropicConfig::default();
+        let config = AnthropicConfig {
+            api_key,
+            base_url: self.base_url.clone().unwrap_or(defaults.base_url),
+            model: self.model.clone().unwrap_or(defaults.model),
+            max_tokens: self.max_tokens.unwrap_or(defaults.max_tokens),
+            temperature: self.temperature.or(defaults.temperature),
+            version: self.version.clone().unwrap_or(defaults.version),
+            ..AnthropicConfig::default()
+        };
+        crate::settings::finish(config, errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

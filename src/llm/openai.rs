@@ -224,6 +224,52 @@ fn request_headers(config: &OpenAiConfig) -> Result<HeaderMap, OpenAiConfigError
     Ok(headers)
 }
 
+/// `[llm.openai]` in the configuration file: unset fields keep this client's defaults.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiSettings {
+    pub base_url: Option<String>,
+    pub model: String,
+    pub temperature: Option<f64>,
+    pub max_completion_tokens: Option<u32>,
+    /// Some servers reject `stream_options.include_usage`.
+    pub include_usage: Option<bool>,
+    /// Environment variable holding the API key; unset variables mean no key (local servers).
+    pub api_key_env: String,
+}
+
+impl Default for OpenAiSettings {
+    fn default() -> Self {
+        OpenAiSettings {
+            base_url: None,
+            model: "gpt-4o-mini".into(),
+            temperature: Some(0.3),
+            max_completion_tokens: Some(300),
+            include_usage: None,
+            api_key_env: "OPENAI_API_KEY".into(),
+        }
+    }
+}
+
+impl OpenAiSettings {
+    /// The Chat Completions client's configuration; the key is required for OpenAI's own API only.
+    pub fn client_config(&self) -> Result<OpenAiConfig, Vec<crate::settings::SettingsError>> {
+        let mut errors = Vec::new();
+        let needs_key = crate::settings::is_openai_api(self.base_url.as_deref());
+        let defaults = OpenAiConfig::default();
+        let config = OpenAiConfig {
+            api_key: crate::settings::api_key(&self.api_key_env, "llm.openai", needs_key, &mut errors),
+            base_url: self.base_url.clone().unwrap_or(defaults.base_url),
+            model: self.model.clone(),
+            temperature: self.temperature,
+            max_completion_tokens: self.max_completion_tokens,
+            include_usage: self.include_usage.unwrap_or(defaults.include_usage),
+            ..OpenAiConfig::default()
+        };
+        crate::settings::finish(config, errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

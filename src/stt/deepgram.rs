@@ -584,6 +584,54 @@ impl SessionIo {
     }
 }
 
+/// `[stt.deepgram]` in the configuration file: unset fields keep this client's defaults.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeepgramSettings {
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub language: Option<String>,
+    pub endpointing_ms: Option<u32>,
+    pub utterance_end_ms: Option<u32>,
+    pub keyterms: Vec<String>,
+    /// Environment variable holding the API key.
+    pub api_key_env: String,
+}
+
+impl Default for DeepgramSettings {
+    fn default() -> Self {
+        DeepgramSettings {
+            base_url: None,
+            model: None,
+            language: None,
+            endpointing_ms: None,
+            utterance_end_ms: None,
+            keyterms: Vec::new(),
+            api_key_env: "DEEPGRAM_API_KEY".into(),
+        }
+    }
+}
+
+impl DeepgramSettings {
+    /// The streaming client's configuration; the key is required.
+    pub fn client_config(&self) -> Result<DeepgramConfig, Vec<crate::settings::SettingsError>> {
+        let mut errors = Vec::new();
+        let api_key = crate::settings::api_key(&self.api_key_env, "stt.deepgram", true, &mut errors).unwrap_or_default();
+        let defaults = DeepgramConfig::default();
+        let config = DeepgramConfig {
+            api_key,
+            base_url: self.base_url.clone().unwrap_or(defaults.base_url),
+            model: self.model.clone().unwrap_or(defaults.model),
+            language: self.language.clone().unwrap_or(defaults.language),
+            endpointing_ms: self.endpointing_ms.unwrap_or(defaults.endpointing_ms),
+            utterance_end_ms: self.utterance_end_ms.or(defaults.utterance_end_ms),
+            keyterms: self.keyterms.clone(),
+            ..DeepgramConfig::default()
+        };
+        crate::settings::finish(config, errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -299,6 +299,55 @@ async fn run(mut socket: Socket, mut input: mpsc::Receiver<SttInput>, events: mp
     let _ = events.send(ending.map_or(SttEvent::Closed, SttEvent::Error)).await;
 }
 
+/// `[stt.deepgram_flux]`: unset fields keep the client's defaults (`stt::deepgram_flux::FluxConfig`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeepgramFluxSettings {
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub eot_threshold: Option<f64>,
+    /// Setting it enables the EagerEndOfTurn / TurnResumed events.
+    pub eager_eot_threshold: Option<f64>,
+    pub eot_timeout_ms: Option<u32>,
+    pub keyterms: Vec<String>,
+    /// Environment variable holding the API key (required).
+    pub api_key_env: String,
+}
+
+impl Default for DeepgramFluxSettings {
+    fn default() -> Self {
+        DeepgramFluxSettings {
+            base_url: None,
+            model: None,
+            eot_threshold: None,
+            eager_eot_threshold: None,
+            eot_timeout_ms: None,
+            keyterms: Vec::new(),
+            api_key_env: "DEEPGRAM_API_KEY".into(),
+        }
+    }
+}
+
+impl DeepgramFluxSettings {
+    /// The Flux client's configuration; the key is required.
+    pub fn client_config(&self) -> Result<FluxConfig, Vec<crate::settings::SettingsError>> {
+        let mut errors = Vec::new();
+        let api_key = crate::settings::api_key(&self.api_key_env, "stt.deepgram_flux", true, &mut errors).unwrap_or_default();
+        let defaults = FluxConfig::default();
+        let config = FluxConfig {
+            api_key,
+            base_url: self.base_url.clone().unwrap_or(defaults.base_url),
+            model: self.model.clone().unwrap_or(defaults.model),
+            eot_threshold: self.eot_threshold.or(defaults.eot_threshold),
+            eager_eot_threshold: self.eager_eot_threshold.or(defaults.eager_eot_threshold),
+            eot_timeout_ms: self.eot_timeout_ms.or(defaults.eot_timeout_ms),
+            keyterms: self.keyterms.clone(),
+            ..FluxConfig::default()
+        };
+        crate::settings::finish(config, errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

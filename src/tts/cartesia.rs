@@ -548,6 +548,51 @@ impl SessionIo {
     }
 }
 
+/// `[tts.cartesia]` in the configuration file: unset fields keep this client's defaults.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CartesiaSettings {
+    pub base_url: Option<String>,
+    pub model_id: Option<String>,
+    pub voice_id: String,
+    pub language: Option<String>,
+    pub version: Option<String>,
+    pub api_key_env: String,
+}
+
+impl Default for CartesiaSettings {
+    fn default() -> Self {
+        CartesiaSettings {
+            base_url: None,
+            model_id: None,
+            voice_id: String::new(),
+            language: None,
+            version: None,
+            api_key_env: "CARTESIA_API_KEY".into(),
+        }
+    }
+}
+
+impl CartesiaSettings {
+    /// The streaming client's configuration; the key and the voice are required.
+    pub fn client_config(&self) -> Result<CartesiaConfig, Vec<crate::settings::SettingsError>> {
+        let mut errors = Vec::new();
+        let api_key = crate::settings::api_key(&self.api_key_env, "tts.cartesia", true, &mut errors).unwrap_or_default();
+        crate::settings::required(&self.voice_id, "tts.cartesia", "voice_id", &mut errors);
+        let defaults = CartesiaConfig::default();
+        let config = CartesiaConfig {
+            api_key,
+            voice_id: self.voice_id.clone(),
+            base_url: self.base_url.clone().unwrap_or(defaults.base_url),
+            model_id: self.model_id.clone().unwrap_or(defaults.model_id),
+            language: self.language.clone().unwrap_or(defaults.language),
+            version: self.version.clone().unwrap_or(defaults.version),
+            ..CartesiaConfig::default()
+        };
+        crate::settings::finish(config, errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -369,6 +369,59 @@ impl SessionIo {
     }
 }
 
+/// `[tts.elevenlabs]`: unset fields keep the client's defaults (`tts::elevenlabs::ElevenLabsConfig`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElevenLabsSettings {
+    pub base_url: Option<String>,
+    /// The voice to speak with (required).
+    pub voice_id: String,
+    pub model_id: Option<String>,
+    pub language_code: Option<String>,
+    pub stability: Option<f64>,
+    pub similarity_boost: Option<f64>,
+    pub speed: Option<f64>,
+    /// Environment variable holding the API key (required).
+    pub api_key_env: String,
+}
+
+impl Default for ElevenLabsSettings {
+    fn default() -> Self {
+        ElevenLabsSettings {
+            base_url: None,
+            voice_id: String::new(),
+            model_id: None,
+            language_code: None,
+            stability: None,
+            similarity_boost: None,
+            speed: None,
+            api_key_env: "ELEVENLABS_API_KEY".into(),
+        }
+    }
+}
+
+impl ElevenLabsSettings {
+    /// The streaming client's configuration; the key and the voice are required.
+    pub fn client_config(&self) -> Result<ElevenLabsConfig, Vec<crate::settings::SettingsError>> {
+        let mut errors = Vec::new();
+        let api_key = crate::settings::api_key(&self.api_key_env, "tts.elevenlabs", true, &mut errors).unwrap_or_default();
+        crate::settings::required(&self.voice_id, "tts.elevenlabs", "voice_id", &mut errors);
+        let defaults = ElevenLabsConfig::default();
+        let config = ElevenLabsConfig {
+            api_key,
+            voice_id: self.voice_id.clone(),
+            base_url: self.base_url.clone().unwrap_or(defaults.base_url),
+            model_id: self.model_id.clone().unwrap_or(defaults.model_id),
+            language_code: self.language_code.clone().or(defaults.language_code),
+            stability: self.stability.or(defaults.stability),
+            similarity_boost: self.similarity_boost.or(defaults.similarity_boost),
+            speed: self.speed.or(defaults.speed),
+            ..ElevenLabsConfig::default()
+        };
+        crate::settings::finish(config, errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -347,6 +347,51 @@ async fn speak_context(
     }
 }
 
+/// `[tts.openai_speech]`: unset fields keep the client's defaults (`tts::openai_speech::OpenAiSpeechConfig`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiSpeechSettings {
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub voice: Option<String>,
+    pub instructions: Option<String>,
+    pub speed: Option<f64>,
+    /// Environment variable holding the API key; an unset variable means no key (local servers).
+    pub api_key_env: String,
+}
+
+impl Default for OpenAiSpeechSettings {
+    fn default() -> Self {
+        OpenAiSpeechSettings {
+            base_url: None,
+            model: None,
+            voice: None,
+            instructions: None,
+            speed: None,
+            api_key_env: "OPENAI_API_KEY".into(),
+        }
+    }
+}
+
+impl OpenAiSpeechSettings {
+    /// The speech client's configuration; the key is required for OpenAI's own API only.
+    pub fn client_config(&self) -> Result<OpenAiSpeechConfig, Vec<crate::settings::SettingsError>> {
+        let mut errors = Vec::new();
+        let needs_key = crate::settings::is_openai_api(self.base_url.as_deref());
+        let defaults = OpenAiSpeechConfig::default();
+        let config = OpenAiSpeechConfig {
+            api_key: crate::settings::api_key(&self.api_key_env, "tts.openai_speech", needs_key, &mut errors),
+            base_url: self.base_url.clone().unwrap_or(defaults.base_url),
+            model: self.model.clone().unwrap_or(defaults.model),
+            voice: self.voice.clone().unwrap_or(defaults.voice),
+            instructions: self.instructions.clone().or(defaults.instructions),
+            speed: self.speed.or(defaults.speed),
+            ..OpenAiSpeechConfig::default()
+        };
+        crate::settings::finish(config, errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
