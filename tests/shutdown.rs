@@ -13,6 +13,8 @@ use sim_caller::{tone, SimCall, StartOptions};
 struct Parley {
     child: Child,
     addr: String,
+    /// The archive folder of a run that names none: never the repository's own `./parley-archive`.
+    _archive: tempfile::TempDir,
 }
 
 impl Drop for Parley {
@@ -27,8 +29,10 @@ fn spawn_parley(grace_secs: u64) -> Parley {
 }
 
 fn spawn_parley_with(grace_secs: u64, env: &[(&str, &std::ffi::OsStr)]) -> Parley {
+    let archive = tempfile::tempdir().expect("an archive folder");
     let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
         .arg("serve")
+        .env("PARLEY__ARCHIVE__ROOT", archive.path())
         .envs(env.iter().copied())
         .env("PARLEY__SERVER__LISTEN", "127.0.0.1:0")
         .env("PARLEY__SERVER__PUBLIC_URL", PUBLIC_URL)
@@ -44,7 +48,7 @@ fn spawn_parley_with(grace_secs: u64, env: &[(&str, &std::ffi::OsStr)]) -> Parle
     BufReader::new(stdout).read_line(&mut line).expect("a first line");
     let addr =
         line.trim().strip_prefix("parley listening on ").unwrap_or_else(|| panic!("unexpected: {line}")).to_owned();
-    Parley { child, addr }
+    Parley { child, addr, _archive: archive }
 }
 
 fn sigterm(parley: &Parley) {

@@ -98,7 +98,8 @@ pub async fn run(mut config: Config, secrets: Secrets, args: &DemoArgs) -> Resul
     println!("parley demo: answering on {url}; the simulated caller dials in\n");
 
     let report_file = tempfile_path("parley-demo-caller", "json");
-    let called = place_call(&programs, &url, args.dialogue.as_deref(), &report_file).await;
+    let call_sid = demo_call_sid();
+    let called = place_call(&programs, &url, &call_sid, args.dialogue.as_deref(), &report_file).await;
     // Whatever happened, stop serving (the call is over or abandoned) and let the archive seal it.
     let _ = server.shutdown().await;
     if let Some(bridge) = parts.bridge {
@@ -107,10 +108,17 @@ pub async fn run(mut config: Config, secrets: Secrets, args: &DemoArgs) -> Resul
     let _ = std::fs::remove_file(&backend_db);
     called?;
 
-    let outcome = tokio::time::timeout(TRANSCRIPT_TIMEOUT, transcribed.recv())
-        .await
-        .map_err(|_| DemoError::TranscriptTimeout(TRANSCRIPT_TIMEOUT))?
-        .map_err(|e| DemoError::Transcription(e.to_string()))?;
+    let outcome = tokio::time::timeout(TRANSCRIPT_TIMEOUT, async {
+        loop {
+            let outcome = transcribed.recv().await.map_err(|e| DemoError::Transcription(e.to_string()))?;
+            // Calls an earlier run left queued in the same archive are transcribed too: wait for this one's.
+            if is_the_call(outcome_call(&outcome), &call_sid) {
+                return Ok::<_, DemoError>(outcome);
+            }
+        }
+    })
+    .await
+    .map_err(|_| DemoError::TranscriptTimeout(TRANSCRIPT_TIMEOUT))??;
     if let JobOutcome::Failed { error, .. } = outcome.as_ref() {
         return Err(DemoError::Transcription(error.clone()).into());
     }
@@ -192,10 +200,16 @@ fn llm_configured(config: &Config) -> bool {
 }
 
 /// Runs the simulated caller to the end of its dialogue; its progress goes to this terminal.
-async fn place_call(programs: &Programs, url: &str, dialogue: Option<&Path>, report: &Path) -> Result<(), DemoError> {
+async fn place_call(
+    programs: &Programs,
+    url: &str,
+    call_sid: &str,
+    dialogue: Option<&Path>,
+    report: &Path,
+) -> Result<(), DemoError> {
     let dialogue = dialogue.map(|p| p.display().to_string()).unwrap_or_else(|| BUILT_IN_DIALOGUE.into());
     let mut child = tokio::process::Command::new(&programs.caller)
-        .args(["--url", url, "--dialogue", &dialogue, "--report"])
+        .args(["--url", url, "--call-sid", call_sid, "--dialogue", &dialogue, "--report"])
         .arg(report)
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -299,6 +313,19 @@ fn caller_latencies(report: &str) -> String {
 }
 
 /// A path in the temporary folder unique to this process.
+/// A CallSid for the demo's call, unique as Twilio's are: the archive folder may hold calls of earlier runs (and
+/// their queued transcriptions), and the demo shows its own.
+fn demo_call_sid() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("CA{:032x}", nanos ^ (u128::from(std::process::id()) << 96))
+}
+
+/// Whether the archived call `call` (its key, `2026/11/29/CA…` or `…/CA…-2` for a CallSid seen twice) is `call_sid`'s.
+fn is_the_call(call: &str, call_sid: &str) -> bool {
+    let name = Path::new(call).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name == call_sid || name.strip_prefix(call_sid).is_some_and(|rest| rest.starts_with('-'))
+}
+
 fn tempfile_path(stem: &str, extension: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{stem}-{}.{extension}", std::process::id()))
 }
@@ -306,5 +333,20 @@ fn tempfile_path(stem: &str, extension: &str) -> PathBuf {
 impl From<DemoError> for CliError {
     fn from(err: DemoError) -> Self {
         CliError::Demo(Box::new(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_finds_its_own_call_among_earlier_ones() {
+        let sid = demo_call_sid();
+        assert!(sid.starts_with("CA") && sid.len() == 34, "{sid}");
+        assert!(is_the_call(&format!("2026/11/29/{sid}"), &sid));
+        assert!(is_the_call(&format!("2026/11/29/{sid}-2"), &sid), "a CallSid seen twice gets a suffix");
+        assert!(!is_the_call(&format!("2026/11/29/{sid}0"), &sid));
+        assert!(!is_the_call("2026/11/29/CA00000000000000000000000000000001", &sid));
     }
 }

@@ -18,6 +18,9 @@ struct Args {
     /// TWILIO_AUTH_TOKEN set, a stream token for the call is appended to both, as Parley's voice webhook does.
     #[arg(long)]
     signed_url: Option<String>,
+    /// The call's CallSid (Twilio's are unique per call); a fixed test one by default.
+    #[arg(long)]
+    call_sid: Option<String>,
     /// Seconds of caller audio (a 440 Hz tone) to send, when no dialogue is given.
     #[arg(long, default_value_t = 3)]
     seconds: u32,
@@ -37,7 +40,10 @@ async fn main() -> anyhow::Result<()> {
         auth_token,
         signed_url: args.signed_url.clone().unwrap_or_else(|| args.url.clone()),
     });
-    let start = StartOptions::default();
+    let mut start = StartOptions::default();
+    if let Some(call_sid) = &args.call_sid {
+        start.call_sid.clone_from(call_sid);
+    }
     let mut call =
         SimCall::connect_as_twilio(&args.url, auth.as_ref(), &start.call_sid).await.context("connecting to Parley")?;
     call.start(&start)?;
