@@ -173,6 +173,8 @@ async fn relay(mut client: tokio::net::TcpStream, state: Arc<GateState>) {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
         // Both sockets close without a WebSocket close frame: the peer sees the connection fail.
         _ = cut.changed() => {}
+    }
+}
 
 /// A `parley` child process, killed and reaped on drop.
 pub struct ParleyProcess {
