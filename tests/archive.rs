@@ -239,6 +239,8 @@ fn plant_old_call(root: &Path) -> PathBuf {
 
 /// The call the crash test places (a Twilio CallSid: `CA` and 32 hex digits).
 const CRASH_SID: &str = "CAc4a5c4a5c4a5c4a5c4a5c4a5c4a5c4a5";
+/// The call the instance-restart test keeps live while another instance starts beside it.
+const SHARED_SID: &str = "CA5a4ed0000000000000000000000000aa";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_call_leaves_a_recording_that_the_restart_seals() {
@@ -273,7 +275,7 @@ async fn a_crash_mid_call_leaves_a_recording_that_the_restart_seals() {
 
     // The restart seals the call once the killed instance's lease on it has lapsed.
     let (restarted, _) = spawn_parley(root.path());
-    let (_, metadata) = wait_sealed(root.path(), "CAcrash").await;
+    let (_, metadata) = wait_sealed(root.path(), CRASH_SID).await;
     assert_eq!(metadata.ended_by.as_deref(), Some("recovered"));
     let (caller, agent) = read_legs(&dir).expect("the sealed recording decodes");
     assert!(leg_ms(&caller) >= before, "audio up to the kill is kept: {} < {before} ms", leg_ms(&caller));
@@ -368,8 +370,8 @@ async fn thirty_minutes_of_audio_at_once_is_bounded_and_another_call_keeps_recor
 async fn an_instance_restarting_beside_a_live_call_leaves_it_whole() {
     let root = tempfile::tempdir().unwrap();
     let (_live, addr) = spawn_parley(root.path());
-    let mut call = connect_call(&addr, "CAshared").await.unwrap();
-    call.start(&StartOptions { call_sid: "CAshared".into(), ..StartOptions::default() }).unwrap();
+    let mut call = connect_call(&addr, SHARED_SID).await.unwrap();
+    call.start(&StartOptions { call_sid: SHARED_SID.into(), ..StartOptions::default() }).unwrap();
     call.send_dtmf("1").unwrap();
     call.stream_audio(&tone(440.0, 1_000, 8_000)).await.unwrap();
 
@@ -387,7 +389,7 @@ async fn an_instance_restarting_beside_a_live_call_leaves_it_whole() {
     call.send_stop().unwrap();
     let streamed_ms = 1_000 + 500 + LEASE_SECS * 5 / 2 * 1_000 + 500;
 
-    let (dir, metadata) = wait_sealed(root.path(), "CAshared").await;
+    let (dir, metadata) = wait_sealed(root.path(), SHARED_SID).await;
     assert_ne!(metadata.ended_by.as_deref(), Some("recovered"), "the live call was sealed by another instance");
     let timeline = read_timeline(&dir).unwrap();
     let ends = timeline.iter().filter(|e| matches!(e.event, TimelineEvent::CallEnded { .. })).count();

@@ -15,11 +15,14 @@ use parley::archive::{
     list_calls, read_call_legs, read_call_timeline, ArchiveStore, CallKey, CallMetadata, CallStatus, TimelineEvent,
     RECORDING_FILE,
 };
-use sim_caller::{tone, SimCall, StartOptions};
+use sim_caller::{tone, StartOptions};
 use tokio::time::Instant;
 use weed::Weed;
 
 const LEASE_SECS: u64 = 3;
+/// The call that ends normally and the call whose instance is killed (CallSids as Twilio's: CA + 32 hex digits).
+const ENDED_SID: &str = "CAe4ded00000000000000000000000000e";
+const KILLED_SID: &str = "CAc1a1ed0000000000000000000000000c";
 
 /// `parley serve` archiving on the bucket under `prefix`; returns once it listens.
 fn spawn_parley(weed: &Weed, prefix: &str) -> (ParleyProcess, String) {
@@ -110,8 +113,8 @@ async fn a_call_on_the_bucket_is_recorded_in_parts_and_sealed_when_it_ends() {
     let Some(weed) = Weed::start() else { return };
     let prefix = "ended";
     let (_parley, addr) = spawn_parley(&weed, prefix);
-    let mut call = SimCall::connect(&format!("ws://{addr}/twilio/media"), Some(&media_signature())).await.unwrap();
-    call.start(&StartOptions { call_sid: "CAended".into(), ..StartOptions::default() }).unwrap();
+    let mut call = connect_call(&addr, ENDED_SID).await.unwrap();
+    call.start(&StartOptions { call_sid: ENDED_SID.into(), ..StartOptions::default() }).unwrap();
     call.send_dtmf("5").unwrap();
     let store = weed.store(prefix);
     let call_ms = 6_000;
@@ -119,14 +122,14 @@ async fn a_call_on_the_bucket_is_recorded_in_parts_and_sealed_when_it_ends() {
         call.stream_audio(&tone(440.0, 1_000, 8_000)).await.unwrap();
     }
     // While the call goes on, its recording is in the bucket already, in parts.
-    let (key, open) = find(store.as_ref(), "CAended").expect("the open call is in the bucket");
+    let (key, open) = find(store.as_ref(), ENDED_SID).expect("the open call is in the bucket");
     assert_eq!(open.status, CallStatus::Open);
     let (live, _) = read_call_legs(store.as_ref(), &key).expect("the live recording decodes up to its last part");
     assert!(leg_ms(&live) + 2_000 >= call_ms, "only {} ms of {call_ms} ms uploaded", leg_ms(&live));
 
     call.send_stop().unwrap();
     let stopped = Instant::now();
-    let (key, metadata) = wait_sealed(store.as_ref(), "CAended", Duration::from_secs(20)).await;
+    let (key, metadata) = wait_sealed(store.as_ref(), ENDED_SID, Duration::from_secs(20)).await;
     let seal_ms = stopped.elapsed().as_millis();
     assert_eq!(metadata.ended_by.as_deref(), Some("Stopped"));
     let (caller, agent) = read_call_legs(store.as_ref(), &key).unwrap();
@@ -149,8 +152,8 @@ async fn a_call_killed_on_the_bucket_is_sealed_by_lease_expiry_with_its_audio() 
     let Some(weed) = Weed::start() else { return };
     let prefix = "killed";
     let (mut parley, addr) = spawn_parley(&weed, prefix);
-    let mut call = SimCall::connect(&format!("ws://{addr}/twilio/media"), Some(&media_signature())).await.unwrap();
-    call.start(&StartOptions { call_sid: "CAkilled".into(), ..StartOptions::default() }).unwrap();
+    let mut call = connect_call(&addr, KILLED_SID).await.unwrap();
+    call.start(&StartOptions { call_sid: KILLED_SID.into(), ..StartOptions::default() }).unwrap();
     let started = Instant::now();
     call.send_dtmf("9").unwrap();
     for _ in 0..5 {
@@ -163,11 +166,11 @@ async fn a_call_killed_on_the_bucket_is_sealed_by_lease_expiry_with_its_audio() 
     parley.child.wait().unwrap();
     call.vanish();
     let store = weed.store(prefix);
-    let (_, open) = find(store.as_ref(), "CAkilled").expect("the call is in the bucket");
+    let (_, open) = find(store.as_ref(), KILLED_SID).expect("the call is in the bucket");
     assert_eq!(open.status, CallStatus::Open, "the kill left the call open");
 
     let (_restarted, _) = spawn_parley(&weed, prefix);
-    let (key, metadata) = wait_sealed(store.as_ref(), "CAkilled", Duration::from_secs(6 * LEASE_SECS + 10)).await;
+    let (key, metadata) = wait_sealed(store.as_ref(), KILLED_SID, Duration::from_secs(6 * LEASE_SECS + 10)).await;
     let sealed_after_ms = killed.elapsed().as_millis();
     assert_eq!(metadata.ended_by.as_deref(), Some("recovered"));
     let (caller, _) = read_call_legs(store.as_ref(), &key).expect("the resealed recording decodes");

@@ -208,13 +208,17 @@ impl S3Store {
         Ok(names)
     }
 
-    /// The calls in one day folder (`YYYY/MM/DD`).
+    /// The calls in one day folder (`YYYY/MM/DD`): the folders holding a `metadata.json`. Some stores (SeaweedFS)
+    /// keep listing a folder as a common prefix after its last object is deleted, so a folder alone is no call.
     fn calls_on(&self, day: &str) -> Result<Vec<CallKey>, ArchiveError> {
-        Ok(self
-            .folders(day)?
-            .into_iter()
-            .filter_map(|name| CallKey::from_relative(&PathBuf::from(format!("{day}/{name}"))))
-            .collect())
+        let mut calls = Vec::new();
+        for name in self.folders(day)? {
+            let Some(key) = CallKey::from_relative(&PathBuf::from(format!("{day}/{name}"))) else { continue };
+            if self.exists(self.inner.file(&key, super::METADATA_FILE))? {
+                calls.push(key);
+            }
+        }
+        Ok(calls)
     }
 
     fn exists(&self, path: ObjectPath) -> Result<bool, ArchiveError> {

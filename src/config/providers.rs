@@ -111,4 +111,3 @@ pub enum TtsProvider {
     /// eSpeak NG on this machine (`[local.espeak]`): no account, no network.
     Espeak,
 }
-

@@ -222,7 +222,8 @@ impl AnthropicSettings {
     /// The Messages client's configuration; the key is required.
     pub fn client_config(&self) -> Result<AnthropicConfig, Vec<crate::settings::SettingsError>> {
         let mut errors = Vec::new();
-        let api_key = crate::settings::api_key(&self.api_key_env, "llm.anthropic", true, &mut errors).unwrap_or_default();
+        let api_key =
+            crate::settings::api_key(&self.api_key_env, "llm.anthropic", true, &mut errors).unwrap_or_default();
         let defaults = AnthropicConfig::default();
         let config = AnthropicConfig {
             api_key,

@@ -616,7 +616,8 @@ impl DeepgramSettings {
     /// The streaming client's configuration; the key is required.
     pub fn client_config(&self) -> Result<DeepgramConfig, Vec<crate::settings::SettingsError>> {
         let mut errors = Vec::new();
-        let api_key = crate::settings::api_key(&self.api_key_env, "stt.deepgram", true, &mut errors).unwrap_or_default();
+        let api_key =
+            crate::settings::api_key(&self.api_key_env, "stt.deepgram", true, &mut errors).unwrap_or_default();
         let defaults = DeepgramConfig::default();
         let config = DeepgramConfig {
             api_key,

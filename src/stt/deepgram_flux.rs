@@ -332,7 +332,8 @@ impl DeepgramFluxSettings {
     /// The Flux client's configuration; the key is required.
     pub fn client_config(&self) -> Result<FluxConfig, Vec<crate::settings::SettingsError>> {
         let mut errors = Vec::new();
-        let api_key = crate::settings::api_key(&self.api_key_env, "stt.deepgram_flux", true, &mut errors).unwrap_or_default();
+        let api_key =
+            crate::settings::api_key(&self.api_key_env, "stt.deepgram_flux", true, &mut errors).unwrap_or_default();
         let defaults = FluxConfig::default();
         let config = FluxConfig {
             api_key,

@@ -577,7 +577,8 @@ impl CartesiaSettings {
     /// The streaming client's configuration; the key and the voice are required.
     pub fn client_config(&self) -> Result<CartesiaConfig, Vec<crate::settings::SettingsError>> {
         let mut errors = Vec::new();
-        let api_key = crate::settings::api_key(&self.api_key_env, "tts.cartesia", true, &mut errors).unwrap_or_default();
+        let api_key =
+            crate::settings::api_key(&self.api_key_env, "tts.cartesia", true, &mut errors).unwrap_or_default();
         crate::settings::required(&self.voice_id, "tts.cartesia", "voice_id", &mut errors);
         let defaults = CartesiaConfig::default();
         let config = CartesiaConfig {

@@ -404,7 +404,8 @@ impl ElevenLabsSettings {
     /// The streaming client's configuration; the key and the voice are required.
     pub fn client_config(&self) -> Result<ElevenLabsConfig, Vec<crate::settings::SettingsError>> {
         let mut errors = Vec::new();
-        let api_key = crate::settings::api_key(&self.api_key_env, "tts.elevenlabs", true, &mut errors).unwrap_or_default();
+        let api_key =
+            crate::settings::api_key(&self.api_key_env, "tts.elevenlabs", true, &mut errors).unwrap_or_default();
         crate::settings::required(&self.voice_id, "tts.elevenlabs", "voice_id", &mut errors);
         let defaults = ElevenLabsConfig::default();
         let config = ElevenLabsConfig {

@@ -70,6 +70,9 @@ impl Weed {
             .arg("-s3")
             .arg(format!("-dir={}", data.path().display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-volume.max=0", "-master.volumeSizeLimitMB=64"])
+            // Listeners with fixed default ports (the Iceberg and Lance catalogs) would collide between the tests'
+            // servers; the cluster statistics report would try the internet.
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"])
             .args([port("master.port"), port("master.port.grpc"), port("volume.port"), port("volume.port.grpc")])
             .args([port("filer.port"), port("filer.port.grpc"), port("s3.port.grpc"), port("debug.port")])
             .arg(format!("-s3.port={s3_port}"))
