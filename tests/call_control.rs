@@ -97,6 +97,37 @@ async fn transfer_call_dials_the_allowed_number_through_twilio_rest() {
     call.hang_up().await;
 }
 
+/// The transfer's REST request runs beside the call: while Twilio takes seconds to answer it, the caller's next
+/// words are still heard and answered.
+#[tokio::test]
+async fn the_call_goes_on_while_a_slow_transfer_request_waits_for_twilio() {
+    const TWILIO_DELAY: Duration = Duration::from_secs(6);
+    let twilio = twilio_rest::start(AUTH_TOKEN, &[]).await.unwrap();
+    twilio.set_response_delay(TWILIO_DELAY);
+    let mut rig = rig(model_that_transfers(), transfers_via(&twilio), AUTH_TOKEN).await;
+    let mut call = rig.call(5).await;
+    say(&mut call, 1_000).await;
+    rig.next_report().await;
+    // Keep the line alive until the update has reached Twilio (it is now waiting for the answer).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while twilio.updates().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the transfer never reached Twilio");
+        call.stream_audio(&sim_caller::silence(100)).await.unwrap();
+    }
+    let update_sent = tokio::time::Instant::now();
+    let requests_before = rig.openai.requests().len();
+    say(&mut call, 1_000).await;
+    let report = rig.next_report().await;
+    let answered_after = update_sent.elapsed();
+    assert!(
+        answered_after < TWILIO_DELAY,
+        "the caller's next turn waited for Twilio: answered {answered_after:?} after the update was sent"
+    );
+    assert!(report.first_audio_sent.is_some(), "the next turn was answered: {report:?}");
+    assert!(rig.openai.requests().len() > requests_before, "the caller's words reached the model");
+    call.hang_up().await;
+}
+
 #[tokio::test]
 async fn a_failed_transfer_is_apologised_for_and_the_call_goes_on() {
     let twilio = twilio_rest::start(AUTH_TOKEN, &[]).await.unwrap();

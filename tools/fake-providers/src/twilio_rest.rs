@@ -41,6 +41,8 @@ struct Shared {
     auth_token: String,
     ended_calls: Vec<String>,
     updates: Mutex<Vec<CallUpdate>>,
+    /// How long an update waits before it is answered, as a slow Twilio API would.
+    response_delay: Mutex<std::time::Duration>,
 }
 
 /// The running fake; stops when dropped.
@@ -56,6 +58,7 @@ pub async fn start(auth_token: &str, ended_calls: &[&str]) -> std::io::Result<Fa
         auth_token: auth_token.to_owned(),
         ended_calls: ended_calls.iter().map(|c| c.to_string()).collect(),
         updates: Mutex::new(Vec::new()),
+        response_delay: Mutex::new(std::time::Duration::ZERO),
     });
     let router = Router::new()
         .route("/2010-04-01/Accounts/{account}/Calls/{call}", post(update_call))
@@ -72,6 +75,11 @@ impl FakeTwilioRest {
     /// The API base URL to configure instead of `https://api.twilio.com`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Answers each later update only after `delay` (recorded at once, answered late).
+    pub fn set_response_delay(&self, delay: std::time::Duration) {
+        *lock(&self.shared.response_delay) = delay;
     }
 
     /// Every update received, in order (including refused ones).
@@ -108,6 +116,8 @@ async fn update_call(
         form: form.clone(),
         auth: auth.clone(),
     });
+    let delay = *lock(&shared.response_delay);
+    tokio::time::sleep(delay).await;
     if auth.as_ref() != Some(&(account_sid.clone(), shared.auth_token.clone())) {
         return error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
     }
