@@ -90,6 +90,18 @@ impl InboundFrameQueue {
         self.release_contiguous();
     }
 
+    /// A chunk the edge dropped (it ran ahead of the clock): its number and its time are used up, so the chunks
+    /// after it follow on without a hole to fill with silence. A dropped chunk out of order is left to the gap rules.
+    pub fn skip(&mut self, chunk: u64, timestamp_ms: u64, samples: u64) {
+        let next = *self.next_chunk.get_or_insert(chunk);
+        if chunk != next || self.held.contains_key(&chunk) {
+            return;
+        }
+        self.next_chunk = Some(chunk.saturating_add(1));
+        self.next_timestamp_ms = Some(timestamp_ms.saturating_add(samples / (u64::from(SAMPLE_RATE) / 1000)));
+        self.release_contiguous();
+    }
+
     /// Takes the next whole 20 ms frame, if one is ready.
     pub fn pop(&mut self) -> Option<Bytes> {
         self.ready.pop_front()
@@ -169,6 +181,19 @@ mod tests {
         q.push(2, 20, chunk(2));
         q.push(3, 40, chunk(3));
         assert_eq!(drain_values(&mut q), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_chunk_dropped_for_running_ahead_leaves_no_hole_to_fill() {
+        let mut q = InboundFrameQueue::new(3, 10_000);
+        q.push(1, 0, chunk(1));
+        q.skip(2, 20, 160);
+        q.push(3, 40, chunk(3));
+        q.skip(4, 60, 160);
+        q.skip(5, 80, 160);
+        q.push(6, 100, chunk(6));
+        assert_eq!(drain_values(&mut q), vec![1, 3, 6], "only the audio kept, and no silence");
+        assert_eq!(q.stats().silence_filled_ms, 0);
     }
 
     #[test]

@@ -225,8 +225,12 @@ impl Session {
                     deliver_frames(live, &mut self.counters);
                 }
             }
-            Step::AudioAhead { dropped_samples, first } => {
+            Step::AudioAhead { chunk, timestamp_ms, dropped_samples, first } => {
                 self.counters.dropped_ahead_ms += dropped_samples / SAMPLES_PER_MILLI;
+                if let Some(live) = self.live.as_mut() {
+                    live.jitter.skip(chunk, timestamp_ms, dropped_samples);
+                    deliver_frames(live, &mut self.counters);
+                }
                 if first {
                     tracing::warn!(
                         margin_ms = self.state.config.audio.caller_ahead_margin_ms,

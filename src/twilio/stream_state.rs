@@ -59,6 +59,10 @@ pub enum Step {
     /// Caller audio beyond the margin ahead of the wall clock, dropped; `first` on the first drop of the call (log
     /// it once).
     AudioAhead {
+        /// The dropped message's chunk number and time, so the jitter queue can count them as used (a dropped
+        /// chunk is not a hole to fill with silence).
+        chunk: u64,
+        timestamp_ms: u64,
         dropped_samples: u64,
         first: bool,
     },
@@ -152,7 +156,12 @@ impl StreamState {
                 if self.accepted_samples + samples > self.audio_allowance(now) {
                     let first = self.dropped_samples == 0;
                     self.dropped_samples += samples;
-                    return Step::AudioAhead { dropped_samples: samples, first };
+                    return Step::AudioAhead {
+                        chunk: media.media.chunk,
+                        timestamp_ms: media.media.timestamp,
+                        dropped_samples: samples,
+                        first,
+                    };
                 }
                 self.accepted_samples += samples;
                 Step::Audio { chunk: media.media.chunk, timestamp_ms: media.media.timestamp, payload }
@@ -219,11 +228,11 @@ mod tests {
         }
         assert_eq!(
             state.on_frame(&media(160), Duration::from_secs(1)),
-            Step::AudioAhead { dropped_samples: 160, first: true }
+            Step::AudioAhead { chunk: 1, timestamp_ms: 0, dropped_samples: 160, first: true }
         );
         assert_eq!(
             state.on_frame(&media(160), Duration::from_secs(1)),
-            Step::AudioAhead { dropped_samples: 160, first: false }
+            Step::AudioAhead { chunk: 1, timestamp_ms: 0, dropped_samples: 160, first: false }
         );
         // 20 ms later, one more frame fits.
         assert!(matches!(state.on_frame(&media(160), Duration::from_millis(1_020)), Step::Audio { .. }));
