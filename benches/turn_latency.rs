@@ -30,7 +30,8 @@ fn main() {
 async fn run(turns_per_call: usize) -> Vec<TurnLatency> {
     let options = RigOptions {
         openai: FakeOpenAiOptions::default()
-            // The fake streams 8-character tokens: the first sentence is exactly three of them.
+            // The fake streams a word or a punctuation mark per token: the first sentence's full stop arrives as a
+            // token of its own, and the next token comes 60 ms later.
             .fallback(FakeReply::text("Okay, let me check that. Your table is booked for seven, see you then."))
             .delays(Duration::from_millis(300), Duration::from_millis(60)),
         deepgram: FakeDeepgramOptions { finalize_delay: Duration::from_millis(200), ..FakeDeepgramOptions::default() },
@@ -44,6 +45,7 @@ async fn run(turns_per_call: usize) -> Vec<TurnLatency> {
     // Calls run one after another so each turn sees an idle machine: this measures Parley's path, not load.
     let mut reports = Vec::new();
     for n in 0..CALLS {
+        eprintln!("call {} of {CALLS}: {turns_per_call} turns", n + 1);
         let mut call = rig.call(n + 1).await;
         for _ in 0..turns_per_call {
             say(&mut call, 900).await;
