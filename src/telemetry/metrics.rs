@@ -321,4 +321,46 @@ mod tests {
         let active = text.lines().find(|l| l.starts_with("parley_calls_active")).expect("active calls gauge");
         assert!(active.ends_with(" 1"), "{active}");
     }
+
+    /// The alerting rules shipped in deploy/prometheus name metrics and stages that exist: a renamed metric or stage
+    /// would leave an alert that can never fire.
+    #[test]
+    fn the_shipped_alerts_name_metrics_parley_exports() {
+        let metrics = Metrics::build(None, Resource::builder().build()).expect("metrics");
+        let t = Instant::now();
+        let at = |ms: u64| Some(t + Duration::from_millis(ms));
+        metrics.call_refused(RefusedCall::Capacity);
+        metrics.call_refused(RefusedCall::BadSignature);
+        metrics.turn_finished(&TurnLatency {
+            speech_ended: at(0),
+            stt_final: at(250),
+            end_of_turn: at(300),
+            llm_request_sent: at(301),
+            llm_first_token: at(500),
+            first_piece_ready: at(520),
+            first_piece: at(520),
+            first_tts_request: at(521),
+            first_tts_audio: at(600),
+            first_audio_sent: at(601),
+            barge_in_onset: at(900),
+            clear_sent: at(950),
+            ..TurnLatency::default()
+        });
+        metrics.provider_error("llm", "openai");
+        metrics.tool_finished("lookup_order", Duration::from_millis(40), true);
+        let text = metrics.prometheus_text();
+        let rules = include_str!("../../deploy/prometheus/alerts.yaml");
+        let mut named = 0;
+        for (i, _) in rules.match_indices("parley_") {
+            let name: String =
+                rules[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect();
+            named += 1;
+            assert!(text.contains(&format!("\n{name}")), "the alerts use {name}, which Parley does not export:\n{text}");
+        }
+        for (i, _) in rules.match_indices("stage=\"") {
+            let stage = rules[i + 7..].split('"').next().unwrap_or_default();
+            assert!(text.contains(&format!("stage=\"{stage}\"")), "the alerts use the stage {stage}, which is never recorded");
+        }
+        assert!(named >= 10, "the rules were read: {named} metric names");
+    }
 }
