@@ -322,13 +322,16 @@ mod tests {
         assert!(active.ends_with(" 1"), "{active}");
     }
 
-    /// The alerting rules shipped in deploy/prometheus name metrics and stages that exist: a renamed metric or stage
-    /// would leave an alert that can never fire.
+    /// The alerting rules and the dashboard shipped in deploy/ name metrics and stages that exist: a renamed metric
+    /// or stage would leave an alert that never fires and a panel that stays empty.
     #[test]
-    fn the_shipped_alerts_name_metrics_parley_exports() {
+    fn the_shipped_alerts_and_dashboard_name_metrics_parley_exports() {
         let metrics = Metrics::build(None, Resource::builder().build()).expect("metrics");
+        let registry = CallRegistry::new(4);
+        metrics.watch_registry(&registry);
         let t = Instant::now();
         let at = |ms: u64| Some(t + Duration::from_millis(ms));
+        metrics.call_started();
         metrics.call_refused(RefusedCall::Capacity);
         metrics.call_refused(RefusedCall::BadSignature);
         metrics.turn_finished(&TurnLatency {
@@ -348,28 +351,35 @@ mod tests {
         });
         metrics.provider_error("llm", "openai");
         metrics.tool_finished("lookup_order", Duration::from_millis(40), true);
+        metrics.speculation("used");
+        metrics.transcribe_queue_depth(2);
         let text = metrics.prometheus_text();
-        let rules = include_str!("../../deploy/prometheus/alerts.yaml");
-        let mut named = 0;
-        for (i, _) in rules.match_indices("parley_") {
-            if rules[..i].ends_with('"') {
-                continue; // a label's value (the stage `parley_added`), checked below
+        let shipped = [
+            ("deploy/prometheus/alerts.yaml", include_str!("../../deploy/prometheus/alerts.yaml")),
+            ("deploy/grafana/parley.json", include_str!("../../deploy/grafana/parley.json")),
+        ];
+        for (file, source) in shipped {
+            let source = source.replace("\\\"", "\"");
+            let mut named = 0;
+            for (i, _) in source.match_indices("parley_") {
+                if source[..i].ends_with('"') {
+                    continue; // a label's value (the stage `parley_added`), checked below
+                }
+                let name: String = source[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                    .collect();
+                named += 1;
+                assert!(
+                    text.contains(&format!("\n{name}")),
+                    "{file} uses {name}, which Parley does not export:\n{text}"
+                );
             }
-            let name: String =
-                rules[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect();
-            named += 1;
-            assert!(
-                text.contains(&format!("\n{name}")),
-                "the alerts use {name}, which Parley does not export:\n{text}"
-            );
+            for (i, _) in source.match_indices("stage=\"") {
+                let stage = source[i + 7..].split('"').next().unwrap_or_default();
+                assert!(text.contains(&format!("stage=\"{stage}\"")), "{file} uses the stage {stage}, never recorded");
+            }
+            assert!(named >= 10, "{file} was read: {named} metric names");
         }
-        for (i, _) in rules.match_indices("stage=\"") {
-            let stage = rules[i + 7..].split('"').next().unwrap_or_default();
-            assert!(
-                text.contains(&format!("stage=\"{stage}\"")),
-                "the alerts use the stage {stage}, which is never recorded"
-            );
-        }
-        assert!(named >= 10, "the rules were read: {named} metric names");
     }
 }
