@@ -276,26 +276,36 @@ mod tests {
 
     use super::*;
 
+    /// A turn with every stage timed, answered in 601 ms and cut off by the caller 50 ms after they began.
+    fn a_turn_with_a_barge_in() -> TurnLatency {
+        let t = Instant::now();
+        let at = |ms: u64| Some(t + Duration::from_millis(ms));
+        TurnLatency {
+            speech_ended: at(0),
+            stt_final: at(250),
+            end_of_turn: at(300),
+            llm_request_sent: at(301),
+            llm_first_token: at(500),
+            first_piece_ready: at(520),
+            first_piece: at(520),
+            first_tts_request: at(521),
+            first_tts_audio: at(600),
+            first_audio_sent: at(601),
+            barge_in_onset: at(900),
+            clear_sent: at(950),
+            ..TurnLatency::default()
+        }
+    }
+
     #[test]
     fn a_turn_shows_up_in_the_prometheus_text() {
         let metrics = Metrics::build(None, Resource::builder().build()).expect("metrics");
         let registry = CallRegistry::new(4);
         metrics.watch_registry(&registry);
         let _permit = registry.admit().expect("a call slot");
-        let t = Instant::now();
-        let at = |ms: u64| Some(t + Duration::from_millis(ms));
         metrics.call_started();
         metrics.call_refused(RefusedCall::Capacity);
-        metrics.turn_finished(&TurnLatency {
-            speech_ended: at(0),
-            end_of_turn: at(300),
-            llm_request_sent: at(301),
-            llm_first_token: at(500),
-            first_audio_sent: at(700),
-            barge_in_onset: at(900),
-            clear_sent: at(950),
-            ..TurnLatency::default()
-        });
+        metrics.turn_finished(&a_turn_with_a_barge_in());
         metrics.provider_error("llm", "openai");
         metrics.tool_finished("lookup_order", Duration::from_millis(40), true);
         metrics.speculation("discarded");
@@ -329,26 +339,10 @@ mod tests {
         let metrics = Metrics::build(None, Resource::builder().build()).expect("metrics");
         let registry = CallRegistry::new(4);
         metrics.watch_registry(&registry);
-        let t = Instant::now();
-        let at = |ms: u64| Some(t + Duration::from_millis(ms));
         metrics.call_started();
         metrics.call_refused(RefusedCall::Capacity);
         metrics.call_refused(RefusedCall::BadSignature);
-        metrics.turn_finished(&TurnLatency {
-            speech_ended: at(0),
-            stt_final: at(250),
-            end_of_turn: at(300),
-            llm_request_sent: at(301),
-            llm_first_token: at(500),
-            first_piece_ready: at(520),
-            first_piece: at(520),
-            first_tts_request: at(521),
-            first_tts_audio: at(600),
-            first_audio_sent: at(601),
-            barge_in_onset: at(900),
-            clear_sent: at(950),
-            ..TurnLatency::default()
-        });
+        metrics.turn_finished(&a_turn_with_a_barge_in());
         metrics.provider_error("llm", "openai");
         metrics.tool_finished("lookup_order", Duration::from_millis(40), true);
         metrics.speculation("used");
