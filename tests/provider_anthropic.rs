@@ -116,7 +116,14 @@ async fn documented_stream_gives_text_then_the_tool_call() {
     let request = request.as_ref();
     assert_eq!(request.and_then(|r| r.api_key.as_deref()), Some("sk-ant-test"));
     assert_eq!(request.and_then(|r| r.version.as_deref()), Some("2023-06-01"));
-    assert_eq!(request.and_then(|r| r.body.get("system").cloned()), Some(json!("You are a phone agent for Acme.")));
+    let system = request.and_then(|r| r.body.get("system").cloned());
+    assert_eq!(
+        system,
+        Some(
+            json!([{"type": "text", "text": "You are a phone agent for Acme.", "cache_control": {"type": "ephemeral"}}])
+        ),
+        "the system prompt is one block carrying the prompt-cache breakpoint"
+    );
     assert_eq!(request.and_then(|r| r.body.get("max_tokens").cloned()), Some(json!(400)));
 }
 

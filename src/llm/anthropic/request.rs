@@ -3,7 +3,10 @@
 //! Parley's provider-neutral history does not map one to one onto Anthropic messages, and Anthropic answers 400 when
 //! the shape is off, so the mapping here enforces its rules:
 //!
-//! - system messages become the top-level `system` string (Anthropic has no system role);
+//! - system messages become the top-level `system`, one text block (Anthropic has no system role);
+//! - the stable prefix carries prompt-cache breakpoints (`cache_control`): the last tool definition and the system
+//!   block, so every turn of a call after the first reads the tools and the prompt from Anthropic's cache instead of
+//!   paying for them again in time to first token (a prefix shorter than the model's minimum is simply not cached);
 //! - an assistant turn with tool calls becomes content blocks: its text (if any), then one `tool_use` block per call
 //!   with `input` as a JSON *object* (Parley keeps the raw argument text, OpenAI style);
 //! - tool messages become `tool_result` blocks of a *user* message, first in that message, and the results of one
@@ -23,6 +26,12 @@ use crate::llm::{ChatMessage, LlmRequest, Role, ToolCall, ToolSpec};
 /// Prefix `llm::history` gives to the content of a failed tool call; such results are sent with `is_error: true`.
 const ERROR_PREFIX: &str = "error: ";
 
+/// A prompt-cache breakpoint: Anthropic caches the request up to and including the block that carries it (tools are
+/// rendered before the system prompt, so the system block's breakpoint covers both).
+fn cache_breakpoint() -> Value {
+    json!({"type": "ephemeral"})
+}
+
 /// The JSON body for `POST {base}/v1/messages` with `stream: true`.
 pub fn build_body(config: &AnthropicConfig, request: &LlmRequest) -> Value {
     let mut body = Map::new();
@@ -35,11 +44,16 @@ pub fn build_body(config: &AnthropicConfig, request: &LlmRequest) -> Value {
         .map(|m| m.content.as_str())
         .collect();
     if !system.is_empty() {
-        body.insert("system".into(), json!(system.join("\n\n")));
+        let block = json!({"type": "text", "text": system.join("\n\n"), "cache_control": cache_breakpoint()});
+        body.insert("system".into(), json!([block]));
     }
     body.insert("messages".into(), Value::Array(messages_json(&request.messages)));
     if !request.tools.is_empty() {
-        body.insert("tools".into(), Value::Array(request.tools.iter().map(tool_json).collect()));
+        let mut tools: Vec<Value> = request.tools.iter().map(tool_json).collect();
+        if let Some(Value::Object(last)) = tools.last_mut() {
+            last.insert("cache_control".into(), cache_breakpoint());
+        }
+        body.insert("tools".into(), Value::Array(tools));
         body.insert("tool_choice".into(), json!({"type": "auto"}));
     }
     if let Some(temperature) = config.temperature {
@@ -144,11 +158,13 @@ mod tests {
             json!({
                 "model": "claude-sonnet-4-5",
                 "max_tokens": 400,
-                "system": "You are a phone agent for Acme.",
+                "system": [{"type": "text", "text": "You are a phone agent for Acme.",
+                            "cache_control": {"type": "ephemeral"}}],
                 "messages": [{"role": "user", "content": [{"type": "text", "text": "Where is my order 456?"}]}],
                 "tools": [{"name": "lookup_order", "description": "Look up an order by id",
                            "input_schema": {"type":"object","properties":{"order_id":{"type":"string"}},
-                                            "required":["order_id"]}}],
+                                            "required":["order_id"]},
+                           "cache_control": {"type": "ephemeral"}}],
                 "tool_choice": {"type": "auto"},
                 "stream": true,
             })
@@ -187,6 +203,31 @@ mod tests {
     }
 
     #[test]
+    fn the_cached_prefix_is_marked_once_and_the_same_from_turn_to_turn() {
+        let book = ToolSpec { name: "book_table".into(), ..lookup_tool() };
+        let tools = vec![lookup_tool(), book];
+        let system = ChatMessage::system("You are a phone agent for Acme.");
+        let config = AnthropicConfig::default();
+        let first = build_body(
+            &config,
+            &LlmRequest { messages: vec![system.clone(), ChatMessage::user("Hello?")], tools: tools.clone() },
+        );
+        let later = vec![
+            system,
+            ChatMessage::user("Hello?"),
+            ChatMessage::assistant("Hi, how can I help?"),
+            ChatMessage::user("Book a table."),
+        ];
+        let second = build_body(&config, &LlmRequest { messages: later, tools });
+        assert_eq!(first["tools"].to_string(), second["tools"].to_string(), "the tools are byte-stable");
+        assert_eq!(first["system"].to_string(), second["system"].to_string(), "the system prompt is byte-stable");
+        let marked: Vec<bool> =
+            first["tools"].as_array().into_iter().flatten().map(|t| t.get("cache_control").is_some()).collect();
+        assert_eq!(marked, vec![false, true], "one breakpoint, on the last tool");
+        assert_eq!(first["system"][0]["cache_control"], json!({"type": "ephemeral"}));
+    }
+
+    #[test]
     fn empty_turns_are_dropped_and_same_roles_merge() {
         let messages = vec![
             ChatMessage::user("hello"),
@@ -196,7 +237,7 @@ mod tests {
         ];
         let config = AnthropicConfig { temperature: Some(0.3), ..AnthropicConfig::default() };
         let body = build_body(&config, &LlmRequest { messages, tools: Vec::new() });
-        assert_eq!(body.get("system"), Some(&json!("second system part")));
+        assert_eq!(body["system"][0]["text"], json!("second system part"));
         assert_eq!(body.get("temperature"), Some(&json!(0.3)));
         assert_eq!(
             body.get("messages"),
