@@ -147,13 +147,16 @@ async fn a_clear_cuts_the_agent_leg_where_it_came() {
 
     let (dir, metadata) = wait_sealed(root.path(), "CAcut").await;
     let (caller, agent) = read_legs(&dir).unwrap();
-    assert_eq!(metadata.duration_ms, Some(1_000));
-    assert_eq!(leg_ms(&caller), 1_000);
+    // The recording's clock starts inside `open`, the test's just after it returns: on a loaded machine the two can
+    // be a millisecond or more apart, which moves every frame by one 20 ms slot.
+    assert!(leg_ms(&caller).abs_diff(1_000) <= 20, "caller leg {} ms", leg_ms(&caller));
+    assert_eq!(metadata.duration_ms, Some(leg_ms(&caller)));
     let played = bursts(&agent);
     assert_eq!(played.len(), 1, "{played:?}");
     assert!(played[0].0.abs_diff(200) <= 20 && played[0].1.abs_diff(500) <= 20, "agent leg: {played:?}");
     assert!(loudest(&agent, 540, 1_000) < LOUD / 4.0, "agent audio after the clear");
-    assert_eq!(bursts(&caller), vec![(0, 1_000)]);
+    let heard = bursts(&caller);
+    assert!(heard.len() == 1 && heard[0].0 <= 20 && heard[0].1 - heard[0].0 == 1_000, "the caller's second: {heard:?}");
     let timeline = read_timeline(&dir).unwrap();
     assert!(timeline.iter().any(|e| e.event == TimelineEvent::AgentAudioCleared && e.ms.abs_diff(500) <= 2));
 }
