@@ -97,8 +97,7 @@ impl InboundFrameQueue {
         if chunk != next || self.held.contains_key(&chunk) {
             return;
         }
-        self.next_chunk = Some(chunk.saturating_add(1));
-        self.next_timestamp_ms = Some(timestamp_ms.saturating_add(samples / (u64::from(SAMPLE_RATE) / 1000)));
+        self.advance_past(chunk, timestamp_ms, usize::try_from(samples).unwrap_or(usize::MAX));
         self.release_contiguous();
     }
 
@@ -123,9 +122,14 @@ impl InboundFrameQueue {
 
     fn release(&mut self, chunk: u64, timestamp_ms: u64, payload: &[u8]) {
         self.ready.extend(self.framer.push(payload));
+        self.advance_past(chunk, timestamp_ms, payload.len());
+    }
+
+    /// The chunk and the `bytes` of μ-law it carried are used up: the next chunk and its time are expected after it.
+    fn advance_past(&mut self, chunk: u64, timestamp_ms: u64, bytes: usize) {
         // Counters come from the caller: saturate rather than overflow on hostile values.
         self.next_chunk = Some(chunk.saturating_add(1));
-        self.next_timestamp_ms = Some(timestamp_ms.saturating_add(mulaw_millis(payload.len())));
+        self.next_timestamp_ms = Some(timestamp_ms.saturating_add(mulaw_millis(bytes)));
     }
 
     fn release_contiguous(&mut self) {
