@@ -107,7 +107,7 @@ async fn documented_stream_gives_text_then_the_tool_call() {
             }])),
             Ok(LlmEvent::Finished {
                 reason: FinishReason::ToolCalls,
-                usage: Some(Usage { input_tokens: 412, output_tokens: 58 }),
+                usage: Some(Usage::new(412, 58)),
                 request_id: Some("req_fake_1".into()),
             }),
         ]

@@ -137,7 +137,7 @@ async fn text_reply_with_usage_chunk_finishes_cleanly() {
     assert!(calls_of(&items).is_empty());
     let (reason, usage, request_id) = finish_of(&items);
     assert_eq!(reason, FinishReason::Stop);
-    assert_eq!(usage, Some(Usage { input_tokens: 85, output_tokens: 9 }));
+    assert_eq!(usage, Some(Usage::new(85, 9)));
     // The response header wins over the chunk id.
     assert_eq!(request_id.as_deref(), Some("req_fake_1"));
 }
@@ -166,7 +166,7 @@ async fn fragmented_tool_call_is_accumulated() {
     assert_eq!(calls_of(&items), vec![call("call_abc", "lookup_order", "{\"order_id\":\"456\"}")]);
     let (reason, usage, _) = finish_of(&items);
     assert_eq!(reason, FinishReason::ToolCalls);
-    assert_eq!(usage, Some(Usage { input_tokens: 85, output_tokens: 19 }));
+    assert_eq!(usage, Some(Usage::new(85, 19)));
 }
 
 #[tokio::test]

@@ -223,6 +223,10 @@ async fn a_call_is_traced_as_call_turn_and_stage_spans() {
     let finished_chat = named(&children(&spans, turns[1]), "chat ").expect("chat span");
     assert!(text(&finished_chat.attributes, "gen_ai.response.id").is_some_and(|id| id.starts_with("req_fake_")));
     assert!(number(&finished_chat.attributes, "gen_ai.response.time_to_first_chunk").is_some());
+    assert_eq!(text(&finished_chat.attributes, "voice.llm.route"), Some("fast"));
+    // The fake reports usage as OpenAI does, cached prompt tokens included.
+    assert!(number(&finished_chat.attributes, "gen_ai.usage.input_tokens").is_some_and(|n| n > 0.0));
+    assert!(number(&finished_chat.attributes, "gen_ai.usage.cache_read.input_tokens").is_some());
 }
 
 async fn demo_bridge(db: &Path) -> (Arc<McpBridge>, CancellationToken) {

@@ -9,6 +9,7 @@ use crate::failover::DEFAULT_COOLDOWN;
 use crate::llm::anthropic::Anthropic;
 use crate::llm::failover::FailoverLlm;
 use crate::llm::openai::OpenAiCompatible;
+use crate::llm::routing::ModelRoute;
 use crate::llm::LanguageModel;
 use crate::stt::deepgram::Deepgram;
 use crate::stt::deepgram_flux::DeepgramFlux;
@@ -27,6 +28,8 @@ pub struct Providers {
     pub stt: Arc<dyn SpeechToText>,
     pub llm: Arc<dyn LanguageModel>,
     pub tts: Arc<dyn TextToSpeech>,
+    /// The larger model of `[llm.route]`, when configured.
+    pub route: Option<Arc<ModelRoute>>,
 }
 
 /// Builds every provider in use; on failure, one sentence per problem, naming the setting that uses the provider.
@@ -39,10 +42,29 @@ pub fn build(config: &Config) -> Result<Providers, Vec<String>> {
     );
     let tts = chain("tts", config.tts.provider, &config.tts.fallback, |kind| tts_for(kind, config), &mut errors)
         .map(|list| failover(list, |list| Arc::new(FailoverTts::new(list, DEFAULT_COOLDOWN)) as Arc<dyn TextToSpeech>));
+    let route = large_model(config).map_err(|problems| errors.extend(problems)).ok().flatten();
     match (stt, llm, tts) {
-        (Some(stt), Some(llm), Some(tts)) if errors.is_empty() => Ok(Providers { stt, llm, tts }),
+        (Some(stt), Some(llm), Some(tts)) if errors.is_empty() => Ok(Providers { stt, llm, tts, route }),
         _ => Err(errors),
     }
+}
+
+/// The larger model of `[llm.route]`: `[llm].provider`'s client (endpoint, key, timeouts) with the route's model.
+fn large_model(config: &Config) -> Result<Option<Arc<ModelRoute>>, Vec<String>> {
+    let rules = &config.llm.route;
+    if !rules.enabled() {
+        return Ok(None);
+    }
+    if config.llm.provider == LlmProvider::Scripted {
+        return Err(vec![
+            "llm.route.model needs a model provider in llm.provider (openai or anthropic), not scripted".into()
+        ]);
+    }
+    let mut routed = config.clone();
+    routed.llm.openai.model = rules.model.clone();
+    routed.llm.anthropic.model = Some(rules.model.clone());
+    let large = llm_for(config.llm.provider, &routed)?;
+    Ok(Some(Arc::new(ModelRoute { large, rules: rules.clone() })))
 }
 
 /// The provider and its fallbacks, in order; `None` (with the reasons in `errors`) when any of them failed.
@@ -128,4 +150,25 @@ fn tts_for(kind: TtsProvider, config: &Config) -> Result<Arc<dyn TextToSpeech>, 
             Arc::new(OpenAiSpeech::new(client_config).map_err(|e| one("tts.openai_speech", e))?)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        toml::from_str(text).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    #[test]
+    fn the_route_is_the_providers_client_with_the_routes_model() {
+        let local = "[llm]\nprovider = \"openai\"\n[llm.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"small\"\n";
+        let routed = config(&format!("{local}[llm.route]\nmodel = \"large\"\ncaller_words_over = 30\n"));
+        let route = large_model(&routed).ok().flatten().expect("a route is built");
+        assert_eq!(route.large.model(), "large");
+        assert_eq!(route.rules.caller_words_over, 30);
+        assert!(large_model(&config(local)).is_ok_and(|route| route.is_none()), "no [llm.route], no second model");
+        let scripted = config("[llm]\nprovider = \"scripted\"\n[llm.route]\nmodel = \"large\"\n");
+        assert!(large_model(&scripted).is_err_and(|errors| errors[0].contains("llm.route.model")));
+    }
 }

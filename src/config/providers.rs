@@ -59,6 +59,8 @@ pub struct LlmSection {
     pub idle_timeout_ms: Option<u64>,
     pub openai: OpenAiSettings,
     pub anthropic: AnthropicSettings,
+    /// A larger model for hard turns, and when a turn goes to it (`[llm.route]`).
+    pub route: crate::llm::routing::RouteRules,
 }
 
 impl LlmSection {

@@ -20,7 +20,7 @@ use super::call_control::{CallAction, CallControl};
 use super::chunker::ChunkerConfig;
 use super::clock::sleep_until;
 use super::config::ConversationConfig;
-use super::conversation::{append_user_text, Conversation};
+use super::conversation::{self, append_user_text, Conversation};
 use super::heard::heard_prefix;
 use super::in_flight::{InFlight, Segment};
 use super::keypad::Keypad;
@@ -36,8 +36,11 @@ use crate::audio::playout::{ClearReport, PlayoutHandle, PlayoutProgress};
 use crate::call::agent::{Agent, AgentContext, AgentFactory, CallEvent};
 use crate::call::tap::{CallTap, ConversationEvent};
 use crate::call::CallInfo;
+use crate::llm::context::tokens::TokenCounter;
+use crate::llm::context::Fold;
+use crate::llm::routing::{ModelRoute, Route};
 use crate::llm::speculative::SpeculativeLlm;
-use crate::llm::{LanguageModel, LlmRequest};
+use crate::llm::{LanguageModel, LlmRequest, ToolSpec};
 use crate::stt::{SpeechToText, SttEvent, TurnEvent};
 use crate::telemetry::spans::{StageProviders, TurnEnd, TurnTrace};
 use crate::telemetry::{metrics, otel};
@@ -60,6 +63,11 @@ pub struct CascadeDeps {
     pub call_control: Option<Arc<CallControl>>,
     /// Where the call's VAD runs (the worker pool, except in tests of the engine's decisions).
     pub vad: VadSource,
+    /// The larger model for hard turns (`[llm.route]`), when configured.
+    pub route: Option<Arc<ModelRoute>>,
+    /// Counts the tokens of the model's requests for the context budget (made once per server: loading a
+    /// tokenizer takes a while).
+    pub tokens: TokenCounter,
 }
 
 /// Makes a [`CascadeAgent`] per call.
@@ -101,6 +109,8 @@ struct Inputs {
     stt: Option<mpsc::Receiver<SttEvent>>,
     links: mpsc::UnboundedReceiver<LinkEvent>,
     replies: mpsc::UnboundedReceiver<(u64, ReplyEvent)>,
+    /// Running summaries written off the hot path: (fold id, text).
+    summaries: mpsc::UnboundedReceiver<(u64, Option<String>)>,
     progress: tokio::sync::watch::Receiver<PlayoutProgress>,
 }
 
@@ -118,6 +128,7 @@ struct Engine {
     reply: Option<InFlight>,
     next_reply_id: u64,
     replies: mpsc::UnboundedSender<(u64, ReplyEvent)>,
+    summaries: mpsc::UnboundedSender<(u64, Option<String>)>,
     outcome: CallOutcome,
     /// A call action whose announcing reply has been heard, to carry out now.
     due_action: Option<CallAction>,
@@ -152,6 +163,7 @@ impl Engine {
     /// Sets the call up: VAD, provider links (opening in the background), the greeting.
     fn start(deps: CascadeDeps, ctx: AgentContext) -> (Engine, Inputs) {
         let (replies, replies_rx) = mpsc::unbounded_channel();
+        let (summaries, summaries_rx) = mpsc::unbounded_channel();
         let (links, links_rx) = mpsc::unbounded_channel();
         let call_trace = otel::enabled().then(|| {
             // The agent task runs inside the call's span (src/edge/session.rs).
@@ -182,10 +194,11 @@ impl Engine {
             stt: None,
             links: links_rx,
             replies: replies_rx,
+            summaries: summaries_rx,
             progress: ctx.playout.watch(),
         };
         let engine = Engine {
-            conversation: Conversation::new(&deps.config.system_prompt),
+            conversation: Conversation::new(&deps.config.system_prompt, deps.config.context.clone(), deps.tokens),
             turn: TurnDetector::new(deps.config.turn.clone()),
             keypad: Keypad::new(Duration::from_millis(deps.config.keypad_commit_ms)),
             replay: ReplayBuffer::new(replay_frames),
@@ -199,6 +212,7 @@ impl Engine {
             reply: None,
             next_reply_id: 1,
             replies,
+            summaries,
             outcome: CallOutcome::default(),
             due_action: None,
             recheck_lost_words: false,
@@ -238,6 +252,7 @@ impl Engine {
                 event = recv(&mut inputs.stt) => self.on_stt(event, inputs).await,
                 Some(event) = inputs.links.recv() => self.on_link(event, inputs),
                 Some((id, event)) = inputs.replies.recv() => self.on_reply_event(id, event),
+                Some((fold, summary)) = inputs.summaries.recv() => self.conversation.summary_ready(fold, summary),
                 changed = inputs.progress.changed() => {
                     if changed.is_err() {
                         break;
@@ -313,9 +328,9 @@ impl Engine {
         let Some(speculative) = &self.speculative else { return };
         match event {
             TurnEvent::EagerEndOfTurn if self.reply.is_none() && !transcript.trim().is_empty() => {
-                let mut messages = self.conversation.history.clone();
+                let mut messages = self.conversation.request_messages();
                 append_user_text(&mut messages, transcript.trim());
-                let tools = if self.deps.config.max_tool_rounds > 0 { self.deps.tools.specs() } else { Vec::new() };
+                let tools = self.offered_tools();
                 tracing::debug!(call_sid = %self.call.call_sid, "eager end of turn: starting the reply speculatively");
                 speculative.prefetch(LlmRequest { messages, tools });
             }
@@ -466,6 +481,13 @@ impl Engine {
         self.replay.turn_ended();
         let confirmed = self.conversation.caller_turn(&end.text);
         let turn_index = self.conversation.turn_index;
+        if let Some(fold) = self.conversation.fit(&self.offered_tools()) {
+            self.write_summary(fold);
+        }
+        let route = match &self.deps.route {
+            Some(routed) => routed.rules.for_caller_turn(&end.text),
+            None => Route::Fast,
+        };
         tracing::info!(call_sid = %self.call.call_sid, turn = turn_index, text = ?end.text, "caller turn");
         self.tap.conversation(ConversationEvent::CallerTurn { turn: turn_index, text: end.text.clone() });
         self.tts.prepare();
@@ -476,6 +498,12 @@ impl Engine {
             Some(speculative) => Arc::clone(speculative) as Arc<dyn LanguageModel>,
             None => Arc::clone(&self.deps.llm),
         };
+        if route == Route::Large {
+            tracing::info!(call_sid = %self.call.call_sid, turn = turn_index, "a long caller turn: the reply goes to the larger model");
+            if let Some(speculative) = &self.speculative {
+                speculative.discard();
+            }
+        }
         let trace = match &self.call_trace {
             Some(call) => {
                 TurnTrace::start(call, &self.call.call_sid, turn_index, end.speech_ended_at.or(Some(decided_at)))
@@ -485,8 +513,10 @@ impl Engine {
         let config = &self.deps.config;
         let job = ReplyJob {
             llm,
+            route: self.deps.route.clone(),
+            first_route: route,
             tools: Arc::clone(&self.deps.tools),
-            history: self.conversation.history.clone(),
+            history: self.conversation.request_messages(),
             context: ToolCallContext {
                 call_sid: self.call.call_sid.clone(),
                 caller_number: if self.deps.redact_numbers { None } else { self.call.from.clone() },
@@ -538,6 +568,13 @@ impl Engine {
             }
             ReplyEvent::FirstToken { at } => {
                 reply.latency.llm_first_token.get_or_insert(at);
+            }
+            ReplyEvent::RoundFinished { usage, route } => {
+                if let Some(usage) = usage.filter(|_| reply.latency.prompt_tokens.is_none()) {
+                    reply.latency.prompt_tokens = Some(usage.input_tokens);
+                    reply.latency.cached_prompt_tokens = Some(usage.cached_input_tokens);
+                }
+                tracing::debug!(call_sid = %self.call.call_sid, route = route.name(), ?usage, "model request finished");
             }
             ReplyEvent::Piece { text, ready_at, at } => {
                 reply.latency.first_piece_ready.get_or_insert(ready_at);
@@ -773,6 +810,34 @@ impl Engine {
             interrupted,
         });
         self.conversation.commit(reply, heard);
+        if let Some(fold) = self.conversation.between_turns(&self.offered_tools()) {
+            self.write_summary(fold);
+        }
+    }
+
+    /// The tools a reply's first request offers (what the context budget counts).
+    fn offered_tools(&self) -> Vec<ToolSpec> {
+        if self.deps.config.max_tool_rounds == 0 {
+            return Vec::new();
+        }
+        let mut tools = self.deps.tools.specs();
+        tools.extend(self.deps.route.as_ref().and_then(|routed| routed.rules.escalation_spec()));
+        tools
+    }
+
+    /// Has the fast model write the running summary of turns leaving the context window, in a task of its own; the
+    /// text comes back to the loop as an event.
+    fn write_summary(&self, fold: Fold) {
+        let llm = Arc::clone(&self.deps.llm);
+        let summaries = self.summaries.clone();
+        let call_sid = self.call.call_sid.clone();
+        tokio::spawn(async move {
+            let summary = conversation::write_summary(llm, fold.request.request).await;
+            if summary.is_none() {
+                tracing::warn!(%call_sid, "the running summary could not be written; older turns leave without it");
+            }
+            let _ = summaries.send((fold.id, summary));
+        });
     }
 
     /// The call is over: close the reply's span, log the summary, close the sessions.

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use super::call_control::CallControlConfig;
 use super::turn::TurnConfig;
 use super::vad::VadAggressiveness;
+use crate::llm::context::ContextConfig;
 
 /// How the agent converses.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -34,6 +35,8 @@ pub struct ConversationConfig {
     pub speculative_replies: bool,
     pub vad_aggressiveness: VadAggressiveness,
     pub turn: TurnConfig,
+    /// How much of the call each model request carries (`[conversation.context]`).
+    pub context: ContextConfig,
     /// The built-in `end_call` and `transfer_call` tools.
     pub call_control: CallControlConfig,
 }
@@ -56,6 +59,7 @@ impl Default for ConversationConfig {
             speculative_replies: true,
             vad_aggressiveness: VadAggressiveness::Aggressive,
             turn: TurnConfig::default(),
+            context: ContextConfig::default(),
             call_control: CallControlConfig::default(),
         }
     }

@@ -1,9 +1,20 @@
-//! The conversation as the model sees it: the history, kept true to what the caller heard, and the turn count.
+//! The conversation as the model sees it: the history, kept true to what the caller heard, the part of it each
+//! request carries (the context window), and the turn count.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use super::heard::SpeakingRate;
 use super::in_flight::InFlight;
+use crate::llm::context::tokens::TokenCounter;
+use crate::llm::context::{ContextConfig, ContextWindow, Fold};
 use crate::llm::history::append_tool_round;
-use crate::llm::{ChatMessage, Role};
+use crate::llm::{ChatMessage, LanguageModel, LlmEvent, LlmRequest, Role, ToolSpec};
+
+/// The longest a running summary may take to write; past it the folded turns leave without one.
+pub const SUMMARY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The history of one call; see the module documentation.
 pub struct Conversation {
@@ -14,16 +25,39 @@ pub struct Conversation {
     pub rate: SpeakingRate,
     /// Destructive calls waiting for the caller's yes: (tool name, arguments).
     pub pending_confirmations: Vec<(String, serde_json::Value)>,
+    /// What of the history each request carries.
+    window: ContextWindow,
 }
 
 impl Conversation {
-    pub fn new(system_prompt: &str) -> Conversation {
+    pub fn new(system_prompt: &str, context: ContextConfig, counter: TokenCounter) -> Conversation {
         Conversation {
             history: vec![ChatMessage::system(system_prompt)],
             turn_index: 0,
             rate: SpeakingRate::default(),
             pending_confirmations: Vec::new(),
+            window: ContextWindow::new(context, counter),
         }
+    }
+
+    /// The messages of the next model request: the system prompt, the running summary and the context window.
+    pub fn request_messages(&self) -> Vec<ChatMessage> {
+        self.window.messages(&self.history)
+    }
+
+    /// Before a reply's request: older turns leave when the window is over the budget. Returns a fold to summarise.
+    pub fn fit(&mut self, tools: &[ToolSpec]) -> Option<Fold> {
+        self.window.fit(&mut self.history, tools)
+    }
+
+    /// After a reply: folding starts early when the window nears the budget. Returns a fold to summarise.
+    pub fn between_turns(&mut self, tools: &[ToolSpec]) -> Option<Fold> {
+        self.window.between_turns(&mut self.history, tools)
+    }
+
+    /// A fold's summary arrived (or failed: `None`).
+    pub fn summary_ready(&mut self, fold: u64, summary: Option<String>) {
+        self.window.summary_ready(&mut self.history, fold, summary);
     }
 
     /// A caller turn: its words join the history, and any pending confirmation is answered by them. Returns the
@@ -62,6 +96,24 @@ pub fn append_user_text(history: &mut Vec<ChatMessage>, text: &str) {
     }
 }
 
+/// Writes a fold's summary with the model, in the task that calls it (never the engine loop). `None` when the model
+/// failed, said nothing, or took longer than [`SUMMARY_TIMEOUT`].
+pub async fn write_summary(llm: Arc<dyn LanguageModel>, request: LlmRequest) -> Option<String> {
+    let written = tokio::time::timeout(SUMMARY_TIMEOUT, async move {
+        let mut stream = llm.stream(request).await.ok()?;
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            match event.ok()? {
+                LlmEvent::TextDelta(delta) => text.push_str(&delta),
+                LlmEvent::Finished { .. } => break,
+                LlmEvent::ToolCalls(_) => {}
+            }
+        }
+        Some(text)
+    });
+    written.await.ok().flatten().filter(|text| !text.trim().is_empty())
+}
+
 /// Whether the caller's words are a yes (to a confirmation question).
 fn is_affirmative(text: &str) -> bool {
     const YES: [&str; 12] =
@@ -89,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_yes_releases_the_pending_confirmations_and_a_no_drops_them() {
-        let mut conversation = Conversation::new("system");
+        let mut conversation = Conversation::new("system", ContextConfig::default(), TokenCounter::Estimate);
         conversation.pending_confirmations.push(("cancel_order".into(), serde_json::json!({"id": 1})));
         assert_eq!(conversation.caller_turn("Yes, go ahead").len(), 1);
         conversation.pending_confirmations.push(("cancel_order".into(), serde_json::json!({"id": 1})));

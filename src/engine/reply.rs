@@ -17,6 +17,7 @@ use super::chunker::{ChunkerConfig, Piece, SentenceChunker};
 use super::clock::sleep_until;
 use super::tools::{ToolCallContext, ToolExecutor};
 use crate::llm::history::{append_tool_round, ToolOutcome, ToolResult};
+use crate::llm::routing::{ModelRoute, Route, ESCALATED_RESULT, ESCALATION_TOOL};
 use crate::llm::{ChatMessage, FinishReason, LanguageModel, LlmError, LlmEvent, LlmRequest, ToolCall, Usage};
 use crate::telemetry::metrics;
 use crate::telemetry::spans::{LlmTrace, ReplyTrace, ToolTrace};
@@ -29,6 +30,11 @@ pub enum ReplyEvent {
     },
     FirstToken {
         at: Instant,
+    },
+    /// One model request's stream ended: what the provider counted.
+    RoundFinished {
+        usage: Option<Usage>,
+        route: Route,
     },
     /// A speakable piece of text, ready for TTS.
     Piece {
@@ -76,7 +82,12 @@ impl ReplyEvents {
 
 /// Everything a reply needs.
 pub struct ReplyJob {
+    /// The fast model (the call's speculative wrapper when that is on).
     pub llm: Arc<dyn LanguageModel>,
+    /// The larger model and the rules that lead to it, when configured.
+    pub route: Option<Arc<ModelRoute>>,
+    /// The route the reply starts on (decided from the caller's turn).
+    pub first_route: Route,
     pub tools: Arc<dyn ToolExecutor>,
     pub history: Vec<ChatMessage>,
     pub context: ToolCallContext,
@@ -111,13 +122,21 @@ pub async fn run(mut job: ReplyJob, events: ReplyEvents) {
     let mut first_token_seen = false;
     // A model slow to start speaking gets the filler line, as slow tools do, so the caller never waits in silence.
     let mut filler_due = (!job.filler_line.is_empty()).then(|| Instant::now() + job.filler_after);
+    let mut route = job.first_route;
     for round in 0..=job.max_tool_rounds {
+        let llm = match (&job.route, route) {
+            (Some(routed), Route::Large) => Arc::clone(&routed.large),
+            _ => Arc::clone(&job.llm),
+        };
         // The last round offers no tools, so the model must answer in words.
-        let tools = if round < job.max_tool_rounds { tool_specs.clone() } else { Vec::new() };
+        let mut tools = if round < job.max_tool_rounds { tool_specs.clone() } else { Vec::new() };
+        if round < job.max_tool_rounds && route == Route::Fast {
+            tools.extend(job.route.as_ref().and_then(|routed| routed.rules.escalation_spec()));
+        }
         let request = LlmRequest { messages: history.clone(), tools };
         let _ = events.send(ReplyEvent::LlmRequestSent { at: Instant::now() });
-        let mut llm_trace = LlmTrace::start(job.trace.as_ref(), job.llm.name(), job.llm.model(), round);
-        let opening = job.llm.stream(request);
+        let mut llm_trace = LlmTrace::start(job.trace.as_ref(), llm.name(), llm.model(), round, route.name());
+        let opening = llm.stream(request);
         tokio::pin!(opening);
         let opened = loop {
             tokio::select! {
@@ -189,24 +208,27 @@ pub async fn run(mut job: ReplyJob, events: ReplyEvents) {
         if let Some(piece) = chunker.finish(Instant::now()) {
             send_piece(&events, piece);
         }
+        let _ = events.send(ReplyEvent::RoundFinished { usage, route });
         if calls.is_empty() {
             llm_trace.end();
             let _ = events.send(ReplyEvent::Done { usage });
             return;
         }
         let _ = events.send(ReplyEvent::ToolsStarted { calls: calls.clone() });
-        let (held, runnable): (Vec<ToolCall>, Vec<ToolCall>) = calls
-            .iter()
-            .cloned()
-            .partition(|call| job.tools.needs_confirmation(&call.name) && !is_confirmed(call, &job.confirmed));
-        let mut results: Vec<ToolResult> = held
+        let (handed_over, calls_to_run): (Vec<ToolCall>, Vec<ToolCall>) =
+            calls.iter().cloned().partition(|call| call.name == ESCALATION_TOOL && job.route.is_some());
+        let (held, runnable): (Vec<ToolCall>, Vec<ToolCall>) = calls_to_run
             .into_iter()
-            .map(|call| {
-                let call_id = call.id.clone();
-                let _ = events.send(ReplyEvent::ConfirmationRequested { call });
-                ToolResult { call_id, outcome: ToolOutcome::error(NEEDS_CONFIRMATION) }
-            })
+            .partition(|call| job.tools.needs_confirmation(&call.name) && !is_confirmed(call, &job.confirmed));
+        let mut results: Vec<ToolResult> = handed_over
+            .iter()
+            .map(|call| ToolResult { call_id: call.id.clone(), outcome: ToolOutcome::ok(ESCALATED_RESULT) })
             .collect();
+        results.extend(held.into_iter().map(|call| {
+            let call_id = call.id.clone();
+            let _ = events.send(ReplyEvent::ConfirmationRequested { call });
+            ToolResult { call_id, outcome: ToolOutcome::error(NEEDS_CONFIRMATION) }
+        }));
         let running = run_tools(&job.tools, &runnable, &job.context, &job.cancel, llm_trace.tools_trace());
         tokio::pin!(running);
         let ran = tokio::select! {
@@ -218,6 +240,13 @@ pub async fn run(mut job: ReplyJob, events: ReplyEvents) {
         };
         llm_trace.end();
         results.extend(ran);
+        if let Some(routed) = &job.route {
+            let next = routed.rules.after_tool_round(route, round + 1, &calls);
+            if next != route {
+                tracing::info!(call_sid = %job.context.call_sid, model = routed.large.model(), "the rest of this reply goes to the larger model");
+            }
+            route = next;
+        }
         append_tool_round(&mut history, &spoken, &calls, &results);
         let _ = events.send(ReplyEvent::ToolRound { calls, results });
     }

@@ -109,8 +109,21 @@ pub enum FinishReason {
 /// Token usage as reported by the provider.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Every prompt token of the request, read from the provider's prompt cache or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// The part of `input_tokens` the provider read from its prompt cache: cheaper, and no prefill time.
+    pub cached_input_tokens: u64,
+    /// The part of `input_tokens` written to the prompt cache by this request (Anthropic reports it; it costs more
+    /// once and makes the next turns' prefix a cache hit).
+    pub cache_write_input_tokens: u64,
+}
+
+impl Usage {
+    /// A usage with no cache figures.
+    pub fn new(input_tokens: u64, output_tokens: u64) -> Usage {
+        Usage { input_tokens, output_tokens, ..Usage::default() }
+    }
 }
 
 /// What a generation stream yields.
@@ -139,9 +152,11 @@ pub trait LanguageModel: Send + Sync {
 }
 
 pub mod anthropic;
+pub mod context;
 pub mod failover;
 pub mod history;
 pub mod openai;
+pub mod routing;
 pub mod scripted;
 pub mod speculative;
 pub mod sse;

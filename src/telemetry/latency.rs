@@ -30,6 +30,10 @@ pub struct TurnLatency {
     pub first_audio_sent: Option<Instant>,
     pub barge_in_onset: Option<Instant>,
     pub clear_sent: Option<Instant>,
+    /// Prompt tokens of the reply's first model request, as the provider counted them, and how many of them it read
+    /// from its prompt cache: what the model's time to first token grows with.
+    pub prompt_tokens: Option<u64>,
+    pub cached_prompt_tokens: Option<u64>,
 }
 
 fn between(from: Option<Instant>, to: Option<Instant>) -> Option<Duration> {
@@ -103,6 +107,8 @@ impl TurnLatency {
             tts_audio_to_twilio_ms = ms(between(self.first_tts_audio, self.first_audio_sent)),
             parley_added_ms = ms(self.parley_added()),
             barge_in_reaction_ms = ms(self.barge_in_reaction()),
+            prompt_tokens = self.prompt_tokens,
+            cached_prompt_tokens = self.cached_prompt_tokens,
             "turn latency"
         );
     }

@@ -215,7 +215,8 @@ pub struct LlmTrace {
 
 impl LlmTrace {
     /// Opens the span under the turn, when there is one being traced.
-    pub fn start(turn: Option<&ReplyTrace>, provider: &str, model: &str, round: usize) -> LlmTrace {
+    /// `route` names which of the configured models the turn went to (`fast` or `large`, see `llm::routing`).
+    pub fn start(turn: Option<&ReplyTrace>, provider: &str, model: &str, round: usize, route: &str) -> LlmTrace {
         let sent = Instant::now();
         let Some(turn) = turn.filter(|_| enabled()) else {
             return LlmTrace { cx: None, tools: None, sent, first_token_seen: true };
@@ -228,6 +229,7 @@ impl LlmTrace {
         span.set_attribute(KeyValue::new("gen_ai.request.model", model.to_owned()));
         span.set_attribute(KeyValue::new("gen_ai.request.stream", true));
         span.set_attribute(KeyValue::new("voice.llm.round", round as i64));
+        span.set_attribute(KeyValue::new("voice.llm.route", route.to_owned()));
         LlmTrace { cx: Some(cx), tools, sent, first_token_seen: false }
     }
 
@@ -255,6 +257,11 @@ impl LlmTrace {
         if let Some(usage) = usage {
             span.set_attribute(KeyValue::new("gen_ai.usage.input_tokens", usage.input_tokens as i64));
             span.set_attribute(KeyValue::new("gen_ai.usage.output_tokens", usage.output_tokens as i64));
+            span.set_attribute(KeyValue::new("gen_ai.usage.cache_read.input_tokens", usage.cached_input_tokens as i64));
+            span.set_attribute(KeyValue::new(
+                "gen_ai.usage.cache_creation.input_tokens",
+                usage.cache_write_input_tokens as i64,
+            ));
         }
         span.set_attribute(KeyValue::new(
             "gen_ai.response.finish_reasons",

@@ -4,6 +4,7 @@
 //! provider links), but with providers the test steers ([`doubles`]) and the energy-gate VAD inline, so time is
 //! virtual and every step is deterministic. Socket-level tests of the same paths are in `tests/`.
 
+mod context;
 mod doubles;
 
 use std::sync::{Arc, Mutex};
@@ -60,12 +61,21 @@ struct Call {
 impl Call {
     /// Starts a call; `prepare` may plan the doubles' opens before the engine makes its first ones.
     fn start(config: ConversationConfig, prepare: impl FnOnce(&TestStt, &TestTts)) -> Call {
+        Call::start_with(config, |_| {}, prepare)
+    }
+
+    /// [`Call::start`], with `adjust` changing the call's dependencies (tools, a second model) first.
+    fn start_with(
+        config: ConversationConfig,
+        adjust: impl FnOnce(&mut CascadeDeps),
+        prepare: impl FnOnce(&TestStt, &TestTts),
+    ) -> Call {
         let (stt, stt_sessions) = TestStt::new();
         let (llm, requests) = TestLlm::new();
         let (tts, spoken) = TestTts::new();
         prepare(&stt, &tts);
         let (reports_tx, reports) = mpsc::unbounded_channel();
-        let deps = CascadeDeps {
+        let mut deps = CascadeDeps {
             stt: stt.clone(),
             llm,
             tts: tts.clone(),
@@ -75,7 +85,10 @@ impl Call {
             turn_reports: Some(reports_tx),
             call_control: None,
             vad: VadSource::Energy,
+            route: None,
+            tokens: crate::llm::context::tokens::TokenCounter::Estimate,
         };
+        adjust(&mut deps);
         let call = CallInfo {
             call_sid: "CA00000000000000000000000000000001".into(),
             stream_sid: "MZ00000000000000000000000000000001".into(),

@@ -4,9 +4,11 @@
 //! the shape is off, so the mapping here enforces its rules:
 //!
 //! - system messages become the top-level `system`, one text block (Anthropic has no system role);
-//! - the stable prefix carries prompt-cache breakpoints (`cache_control`): the last tool definition and the system
-//!   block, so every turn of a call after the first reads the tools and the prompt from Anthropic's cache instead of
-//!   paying for them again in time to first token (a prefix shorter than the model's minimum is simply not cached);
+//! - the stable prefix carries prompt-cache breakpoints (`cache_control`): the last tool definition, the system
+//!   prompt's block and the last block of the conversation, so every turn of a call after the first reads the tools,
+//!   the prompt and the history up to the previous turn from Anthropic's cache instead of paying for them again in
+//!   time to first token (a prefix shorter than the model's minimum is simply not cached); further system messages
+//!   (the running summary of a long call) are blocks after the prompt's;
 //! - an assistant turn with tool calls becomes content blocks: its text (if any), then one `tool_use` block per call
 //!   with `input` as a JSON *object* (Parley keeps the raw argument text, OpenAI style);
 //! - tool messages become `tool_result` blocks of a *user* message, first in that message, and the results of one
@@ -37,17 +39,17 @@ pub fn build_body(config: &AnthropicConfig, request: &LlmRequest) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(config.model));
     body.insert("max_tokens".into(), json!(config.max_tokens));
-    let system: Vec<&str> = request
-        .messages
-        .iter()
-        .filter(|m| m.role == Role::System && !m.content.is_empty())
-        .map(|m| m.content.as_str())
-        .collect();
-    if !system.is_empty() {
-        let block = json!({"type": "text", "text": system.join("\n\n"), "cache_control": cache_breakpoint()});
-        body.insert("system".into(), json!([block]));
+    let mut system = request.messages.iter().filter(|m| m.role == Role::System && !m.content.is_empty());
+    if let Some(prompt) = system.next() {
+        // The prompt is the same on every turn: a breakpoint. What follows it (the running summary of a long call)
+        // changes now and then, so it comes after.
+        let mut blocks = vec![json!({"type": "text", "text": prompt.content, "cache_control": cache_breakpoint()})];
+        blocks.extend(system.map(|more| text_block(&more.content)));
+        body.insert("system".into(), Value::Array(blocks));
     }
-    body.insert("messages".into(), Value::Array(messages_json(&request.messages)));
+    let mut messages = messages_json(&request.messages);
+    mark_history_tail(&mut messages);
+    body.insert("messages".into(), Value::Array(messages));
     if !request.tools.is_empty() {
         let mut tools: Vec<Value> = request.tools.iter().map(tool_json).collect();
         if let Some(Value::Object(last)) = tools.last_mut() {
@@ -61,6 +63,15 @@ pub fn build_body(config: &AnthropicConfig, request: &LlmRequest) -> Value {
     }
     body.insert("stream".into(), json!(true));
     Value::Object(body)
+}
+
+/// Puts a breakpoint on the last block of the conversation, so the next turn, which repeats all of it, reads it from
+/// the cache and pays only for what is new.
+fn mark_history_tail(messages: &mut [Value]) {
+    let last_block = messages.last_mut().and_then(|m| m.get_mut("content")).and_then(Value::as_array_mut);
+    if let Some(Value::Object(block)) = last_block.and_then(|blocks| blocks.last_mut()) {
+        block.insert("cache_control".into(), cache_breakpoint());
+    }
 }
 
 /// The `messages` array: user/assistant turns with content blocks, same-role neighbours merged.
@@ -160,7 +171,8 @@ mod tests {
                 "max_tokens": 400,
                 "system": [{"type": "text", "text": "You are a phone agent for Acme.",
                             "cache_control": {"type": "ephemeral"}}],
-                "messages": [{"role": "user", "content": [{"type": "text", "text": "Where is my order 456?"}]}],
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "Where is my order 456?",
+                                                           "cache_control": {"type": "ephemeral"}}]}],
                 "tools": [{"name": "lookup_order", "description": "Look up an order by id",
                            "input_schema": {"type":"object","properties":{"order_id":{"type":"string"}},
                                             "required":["order_id"]},
@@ -195,7 +207,7 @@ mod tests {
                 {"role": "user", "content": [
                     {"type": "tool_result", "tool_use_id": "toolu_1", "content": "shipped", "is_error": false},
                     {"type": "tool_result", "tool_use_id": "toolu_2", "content": CANCELLED_RESULT, "is_error": true},
-                    {"type": "text", "text": "And the other one?"},
+                    {"type": "text", "text": "And the other one?", "cache_control": {"type": "ephemeral"}},
                 ]},
             ])
         );
@@ -225,6 +237,27 @@ mod tests {
             first["tools"].as_array().into_iter().flatten().map(|t| t.get("cache_control").is_some()).collect();
         assert_eq!(marked, vec![false, true], "one breakpoint, on the last tool");
         assert_eq!(first["system"][0]["cache_control"], json!({"type": "ephemeral"}));
+        let tail = |body: &Value| body["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
+        assert_eq!(tail(&second)["content"][0]["cache_control"], json!({"type": "ephemeral"}), "the history's tail");
+        let earlier = second["messages"][0]["content"][0].clone();
+        assert!(earlier.get("cache_control").is_none(), "only the newest block of the history is marked: {earlier}");
+    }
+
+    #[test]
+    fn the_running_summary_follows_the_cached_prompt() {
+        let messages = vec![
+            ChatMessage::system("You are a phone agent for Acme."),
+            ChatMessage::system("Notes: the caller's dog is Biscuit."),
+            ChatMessage::user("What is my dog called?"),
+        ];
+        let body = build_body(&AnthropicConfig::default(), &LlmRequest { messages, tools: Vec::new() });
+        assert_eq!(
+            body["system"],
+            json!([
+                {"type": "text", "text": "You are a phone agent for Acme.", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "Notes: the caller's dog is Biscuit."},
+            ])
+        );
     }
 
     #[test]
@@ -242,7 +275,8 @@ mod tests {
         assert_eq!(
             body.get("messages"),
             Some(&json!([{"role": "user", "content": [
-                {"type": "text", "text": "hello"}, {"type": "text", "text": "are you there?"}]}]))
+                {"type": "text", "text": "hello"},
+                {"type": "text", "text": "are you there?", "cache_control": {"type": "ephemeral"}}]}]))
         );
     }
 

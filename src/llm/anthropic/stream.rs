@@ -26,6 +26,8 @@ pub struct MessageDecoder {
     calls: Vec<(u64, PartialCall)>,
     stop_reason: Option<String>,
     usage: Option<Usage>,
+    /// `usage.input_tokens` as Anthropic reports it: the prompt tokens outside its cache.
+    uncached_input: u64,
     message_id: Option<String>,
     /// Pieces of the answer decoded so far (content deltas, `tool_use` starts, the stop reason, `message_stop`).
     pieces: u64,
@@ -114,10 +116,15 @@ struct WireMessageDelta {
 
 #[derive(Debug, Deserialize)]
 struct WireUsage {
+    /// Prompt tokens read neither from the cache nor written to it.
     #[serde(default)]
     input_tokens: Option<u64>,
     #[serde(default)]
     output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
 }
 
 impl MessageDecoder {
@@ -129,6 +136,7 @@ impl MessageDecoder {
             calls: Vec::new(),
             stop_reason: None,
             usage: None,
+            uncached_input: 0,
             message_id: None,
             pieces: 0,
             done: false,
@@ -136,15 +144,23 @@ impl MessageDecoder {
     }
 
     /// `message_start` carries the input tokens, `message_delta` the cumulative output tokens (and sometimes input
-    /// tokens again): later values replace earlier ones.
+    /// tokens again): later values replace earlier ones. Anthropic counts cache reads and writes apart from
+    /// `input_tokens`; Parley's `input_tokens` is all of the prompt, as OpenAI reports it.
     fn merge_usage(&mut self, wire: WireUsage) {
         let usage = self.usage.get_or_insert_with(Usage::default);
         if let Some(input) = wire.input_tokens {
-            usage.input_tokens = input;
+            self.uncached_input = input;
         }
         if let Some(output) = wire.output_tokens {
             usage.output_tokens = output;
         }
+        if let Some(read) = wire.cache_read_input_tokens {
+            usage.cached_input_tokens = read;
+        }
+        if let Some(written) = wire.cache_creation_input_tokens {
+            usage.cache_write_input_tokens = written;
+        }
+        usage.input_tokens = self.uncached_input + usage.cached_input_tokens + usage.cache_write_input_tokens;
     }
 
     fn provider_error(&self, detail: String) -> LlmError {
@@ -348,10 +364,31 @@ mod tests {
                 }])),
                 Ok(LlmEvent::Finished {
                     reason: FinishReason::ToolCalls,
-                    usage: Some(Usage { input_tokens: 412, output_tokens: 58 }),
+                    usage: Some(Usage::new(412, 58)),
                     request_id: Some("msg_01XFDUDYJgAACzvnptvVoYEL".into()),
                 }),
             ]
+        );
+    }
+
+    #[test]
+    fn cache_reads_and_writes_count_as_input_and_are_reported_apart() {
+        let sse = "event: message_start\n\
+            data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-haiku-4-5\",\"usage\":{\"input_tokens\":21,\"cache_creation_input_tokens\":188,\"cache_read_input_tokens\":1800,\"output_tokens\":1}}}\n\n\
+            event: content_block_start\n\
+            data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+            event: content_block_delta\n\
+            data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Sure.\"}}\n\n\
+            event: message_delta\n\
+            data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\n\
+            event: message_stop\n\
+            data: {\"type\":\"message_stop\"}\n\n";
+        let items = decode(sse);
+        let expected =
+            Usage { input_tokens: 2009, output_tokens: 3, cached_input_tokens: 1800, cache_write_input_tokens: 188 };
+        assert!(
+            matches!(items.last(), Some(Ok(LlmEvent::Finished { usage: Some(usage), .. })) if *usage == expected),
+            "{items:?}"
         );
     }
 

@@ -92,6 +92,15 @@ struct WireUsage {
     prompt_tokens: Option<u64>,
     #[serde(default)]
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<WirePromptDetails>,
+}
+
+/// `usage.prompt_tokens_details`: how much of the prompt came from the server's prefix cache.
+#[derive(Debug, Deserialize)]
+struct WirePromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 impl ChunkDecoder {
@@ -139,6 +148,8 @@ impl ChunkDecoder {
             self.usage = Some(Usage {
                 input_tokens: usage.prompt_tokens.unwrap_or(0),
                 output_tokens: usage.completion_tokens.unwrap_or(0),
+                cached_input_tokens: usage.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+                cache_write_input_tokens: 0,
             });
         }
         // Parley asks for one choice; anything else (an empty list, other indexes) carries nothing to say.
@@ -388,16 +399,30 @@ mod tests {
     const INVALID_ARGS: &str = include_str!("../../../proto-fixtures/openai/invalid_arguments.sse");
 
     #[test]
+    fn cached_prompt_tokens_are_read_from_the_usage_details() {
+        let body = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi.\"},\"finish_reason\":\"stop\"}]}\n\n\
+            data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":2006,\"completion_tokens\":3,\"total_tokens\":2009,\"prompt_tokens_details\":{\"cached_tokens\":1920}}}\n\n\
+            data: [DONE]\n\n";
+        let usage = finished(&decode(body)).and_then(|(_, usage, _)| usage);
+        assert_eq!(
+            usage,
+            Some(Usage {
+                input_tokens: 2006,
+                output_tokens: 3,
+                cached_input_tokens: 1920,
+                cache_write_input_tokens: 0
+            })
+        );
+    }
+
+    #[test]
     fn text_reply_streams_deltas_then_finishes_with_usage() {
         let events = decode(TEXT_REPLY);
         let deltas: Vec<_> = events.iter().filter(|e| matches!(e, Ok(LlmEvent::TextDelta(_)))).collect();
         assert!(deltas.len() > 1, "one delta per content chunk: {events:?}");
         assert_eq!(text_of(&events), "Let me check that order for you.");
         assert!(calls_of(&events).is_empty());
-        assert_eq!(
-            finished(&events),
-            Some((FinishReason::Stop, Some(Usage { input_tokens: 85, output_tokens: 9 }), Some("chatcmpl-1".into())))
-        );
+        assert_eq!(finished(&events), Some((FinishReason::Stop, Some(Usage::new(85, 9)), Some("chatcmpl-1".into()))));
     }
 
     #[test]
@@ -407,7 +432,7 @@ mod tests {
         assert_eq!(calls_of(&events), vec![call("call_abc", "lookup_order", "{\"order_id\":\"456\"}")]);
         let (reason, usage, _) = finished(&events).unwrap_or((FinishReason::Other("none".into()), None, None));
         assert_eq!(reason, FinishReason::ToolCalls);
-        assert_eq!(usage, Some(Usage { input_tokens: 85, output_tokens: 19 }));
+        assert_eq!(usage, Some(Usage::new(85, 19)));
     }
 
     #[test]

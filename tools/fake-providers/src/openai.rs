@@ -11,6 +11,12 @@
 //! message after barge-in), and every stream the client abandoned is counted, so tests can assert that cancellation
 //! reached the server. Like OpenAI, the fake rejects a history in which an assistant tool call is left unanswered.
 //! The server stops when the [`FakeOpenAi`] handle is dropped.
+//!
+//! Usage is reported as OpenAI reports it, prompt caching included: the fake counts a prompt at four bytes of JSON a
+//! token, remembers the prompts it has seen, and reports the longest prefix shared with one of them as
+//! `prompt_tokens_details.cached_tokens` (from 1,024 tokens, in steps of 128, as OpenAI does). With
+//! [`FakeOpenAiOptions::prefill`] the first token waits in proportion to the uncached tokens, so a benchmark can see
+//! what a long, uncached prompt costs in time to first token.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -139,6 +145,11 @@ pub struct FakeOpenAiOptions {
     pub first_token_delay: Duration,
     /// Delay before each later event.
     pub inter_token_delay: Duration,
+    /// Added to the first-token delay per prompt token not read from the prefix cache: the prefill time real
+    /// servers spend on a prompt, roughly in proportion to its uncached length.
+    pub prefill_per_token: Duration,
+    /// Report (and charge) cached prefixes; off, every prompt token counts as new.
+    pub prompt_cache: bool,
     /// Reject (400, as OpenAI does) a history where an assistant tool call is not answered by a tool message.
     pub validate_tool_rounds: bool,
     /// Where fixture files are read from.
@@ -154,6 +165,8 @@ impl Default for FakeOpenAiOptions {
             after_tool: None,
             first_token_delay: Duration::from_millis(300),
             inter_token_delay: Duration::from_millis(15),
+            prefill_per_token: Duration::ZERO,
+            prompt_cache: true,
             validate_tool_rounds: true,
             fixtures_dir: default_fixtures_dir(),
         }
@@ -185,6 +198,11 @@ impl FakeOpenAiOptions {
     pub fn delays(mut self, first_token: Duration, inter_token: Duration) -> Self {
         self.first_token_delay = first_token;
         self.inter_token_delay = inter_token;
+        self
+    }
+    /// Charges `per_token` of first-token time for every uncached prompt token.
+    pub fn prefill(mut self, per_token: Duration) -> Self {
+        self.prefill_per_token = per_token;
         self
     }
     /// No delays at all (fast functional tests).
@@ -237,6 +255,8 @@ struct Shared {
     after_tool: Option<FakeReply>,
     first_token_delay: Duration,
     inter_token_delay: Duration,
+    prefill_per_token: Duration,
+    prompt_cache: bool,
     validate_tool_rounds: bool,
     requests_seen: watch::Sender<usize>,
     disconnects: watch::Sender<usize>,
@@ -248,6 +268,8 @@ struct Inner {
     script: VecDeque<FakeReply>,
     fixtures: HashMap<String, String>,
     requests: Vec<RecordedRequest>,
+    /// Prompts seen, for the prefix cache (the newest last).
+    prompts: VecDeque<String>,
 }
 
 impl Shared {
@@ -264,13 +286,20 @@ pub async fn start(options: FakeOpenAiOptions) -> Result<FakeOpenAi, FakeOpenAiE
         load_fixtures(&options.fixtures_dir, reply, &mut fixtures)?;
     }
     let shared = Arc::new(Shared {
-        inner: Mutex::new(Inner { script: options.script.into(), fixtures, requests: Vec::new() }),
+        inner: Mutex::new(Inner {
+            script: options.script.into(),
+            fixtures,
+            requests: Vec::new(),
+            prompts: VecDeque::new(),
+        }),
         fixtures_dir: options.fixtures_dir,
         rules: options.rules,
         fallback: options.fallback,
         after_tool: options.after_tool,
         first_token_delay: options.first_token_delay,
         inter_token_delay: options.inter_token_delay,
+        prefill_per_token: options.prefill_per_token,
+        prompt_cache: options.prompt_cache,
         validate_tool_rounds: options.validate_tool_rounds,
         requests_seen: watch::Sender::new(0),
         disconnects: watch::Sender::new(0),
@@ -367,14 +396,18 @@ async fn chat_completions(
     body: Bytes,
 ) -> Response {
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let reply = {
+    let (reply, prompt) = {
         let mut inner = shared.lock();
+        let mut prompt = parsed.as_ref().map(|body| prompt_usage(&mut inner.prompts, body)).unwrap_or_default();
+        if !shared.prompt_cache {
+            prompt.cached = 0;
+        }
         inner.requests.push(RecordedRequest {
             path: uri.path().to_owned(),
             authorization: headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned),
             body: parsed.clone().unwrap_or(Value::Null),
         });
-        parsed.as_ref().map(|body| choose_reply(&shared, &mut inner, body))
+        (parsed.as_ref().map(|body| choose_reply(&shared, &mut inner, body)), prompt)
     };
     let request_number = {
         let mut number = 0;
@@ -392,7 +425,43 @@ async fn chat_completions(
             return error_response(StatusCode::BAD_REQUEST, &message);
         }
     }
-    respond(shared, reply, &body, request_number).await
+    respond(shared, reply, &body, request_number, prompt).await
+}
+
+/// Tokens per byte of prompt JSON the fake counts (a rough tokenizer: four bytes a token).
+const BYTES_PER_TOKEN: usize = 4;
+/// Like OpenAI's automatic prompt caching: prefixes from 1,024 tokens on, in steps of 128.
+const CACHE_MIN_TOKENS: usize = 1_024;
+const CACHE_STEP_TOKENS: usize = 128;
+/// Prompts the prefix cache remembers.
+const CACHED_PROMPTS: usize = 32;
+
+/// A request's prompt tokens and how many of them the prefix cache held.
+#[derive(Debug, Clone, Copy, Default)]
+struct PromptUsage {
+    tokens: usize,
+    cached: usize,
+}
+
+/// Counts the prompt (tools, then messages, as the server would render them) and looks its longest prefix up
+/// among the prompts seen before; then remembers it.
+fn prompt_usage(prompts: &mut VecDeque<String>, body: &Value) -> PromptUsage {
+    let mut prompt = body.get("tools").map(Value::to_string).unwrap_or_default();
+    for message in body.get("messages").and_then(Value::as_array).into_iter().flatten() {
+        prompt.push_str(&message.to_string());
+    }
+    let common = prompts.iter().map(|seen| common_prefix(seen, &prompt)).max().unwrap_or(0) / BYTES_PER_TOKEN;
+    let cached = if common >= CACHE_MIN_TOKENS { common / CACHE_STEP_TOKENS * CACHE_STEP_TOKENS } else { 0 };
+    let tokens = prompt.len() / BYTES_PER_TOKEN;
+    if prompts.len() == CACHED_PROMPTS {
+        prompts.pop_front();
+    }
+    prompts.push_back(prompt);
+    PromptUsage { tokens, cached }
+}
+
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count()
 }
 
 fn choose_reply(shared: &Shared, inner: &mut Inner, body: &Value) -> FakeReply {
@@ -478,7 +547,13 @@ fn error_response(status: StatusCode, message: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-async fn respond(shared: Arc<Shared>, reply: FakeReply, request: &Value, request_number: usize) -> Response {
+async fn respond(
+    shared: Arc<Shared>,
+    reply: FakeReply,
+    request: &Value,
+    request_number: usize,
+    prompt: PromptUsage,
+) -> Response {
     let (reply, interruption) = match reply {
         FakeReply::Interrupted { reply, after_events, how } => (*reply, Some((after_events, how))),
         other => (other, None),
@@ -491,15 +566,15 @@ async fn respond(shared: Arc<Shared>, reply: FakeReply, request: &Value, request
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
         FakeReply::Fixture(name) => fixture_events(&shared.lock().fixtures.get(&name).cloned().unwrap_or_default()),
-        FakeReply::Text(text) => generated_events(request, request_number, &text, &[]),
-        FakeReply::ToolCalls { text, calls } => generated_events(request, request_number, &text, &calls),
+        FakeReply::Text(text) => generated_events(request, request_number, &text, &[], prompt),
+        FakeReply::ToolCalls { text, calls } => generated_events(request, request_number, &text, &calls, prompt),
         FakeReply::Interrupted { .. } => Vec::new(), // nested interruptions: nothing sensible to send
     };
     let body = EventBody {
         events: events.into(),
         sent: 0,
         interruption,
-        first_delay: shared.first_token_delay,
+        first_delay: shared.first_token_delay + shared.prefill_per_token * (prompt.tokens - prompt.cached) as u32,
         inter_delay: shared.inter_token_delay,
         shutdown: shared.shutdown.subscribe(),
         guard: DisconnectGuard { shared: shared.clone(), finished: false },
@@ -604,7 +679,13 @@ impl EventBody {
 }
 
 /// A generated reply in OpenAI's chunk shape: optional text deltas, fragmented tool calls, finish, usage, DONE.
-fn generated_events(request: &Value, request_number: usize, text: &str, calls: &[FakeToolCall]) -> Vec<String> {
+fn generated_events(
+    request: &Value,
+    request_number: usize,
+    text: &str,
+    calls: &[FakeToolCall],
+    prompt: PromptUsage,
+) -> Vec<String> {
     let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
     let model = request.get("model").and_then(Value::as_str).unwrap_or("gpt-4o-mini");
     let chunk = ChunkMaker { id: format!("chatcmpl-fake-{request_number}"), model: model.to_owned(), include_usage };
@@ -625,8 +706,7 @@ fn generated_events(request: &Value, request_number: usize, text: &str, calls: &
     let reason = if calls.is_empty() { "stop" } else { "tool_calls" };
     events.push(chunk.choice(json!({}), Some(reason)));
     if include_usage {
-        let prompt_tokens = request.get("messages").map(|m| m.to_string().len() / 4).unwrap_or(0);
-        events.push(chunk.usage(prompt_tokens, completion_tokens));
+        events.push(chunk.usage(prompt, completion_tokens));
     }
     events.push("data: [DONE]".to_owned());
     events
@@ -658,12 +738,13 @@ impl ChunkMaker {
         format!("data: {}", Value::Object(chunk))
     }
 
-    fn usage(&self, prompt_tokens: usize, completion_tokens: usize) -> String {
+    fn usage(&self, prompt: PromptUsage, completion_tokens: usize) -> String {
         let mut chunk = self.envelope(json!([]));
         chunk.insert(
             "usage".into(),
-            json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                   "total_tokens": prompt_tokens + completion_tokens}),
+            json!({"prompt_tokens": prompt.tokens, "completion_tokens": completion_tokens,
+                   "total_tokens": prompt.tokens + completion_tokens,
+                   "prompt_tokens_details": {"cached_tokens": prompt.cached}}),
         );
         format!("data: {}", Value::Object(chunk))
     }
@@ -714,11 +795,29 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_prefix_is_reported_cached_like_openai_does() {
+        let mut prompts = VecDeque::new();
+        let long = "x".repeat(6_000);
+        let first = json!({"messages": [{"role": "system", "content": long}, {"role": "user", "content": "Hi"}]});
+        let second = json!({"messages": [{"role": "system", "content": long}, {"role": "user", "content": "Hi"},
+                                         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]});
+        let cold = prompt_usage(&mut prompts, &first);
+        assert_eq!(cold.cached, 0);
+        let warm = prompt_usage(&mut prompts, &second);
+        assert!(warm.tokens > cold.tokens);
+        assert!(warm.cached >= CACHE_MIN_TOKENS && warm.cached <= cold.tokens, "{warm:?}");
+        assert_eq!(warm.cached % CACHE_STEP_TOKENS, 0);
+        let short = json!({"messages": [{"role": "user", "content": "Hi"}]});
+        prompt_usage(&mut prompts, &short);
+        assert_eq!(prompt_usage(&mut prompts, &short).cached, 0, "prefixes under 1,024 tokens are not cached");
+    }
+
+    #[test]
     fn generated_reply_has_the_documented_shape() {
         let request = json!({"model": "m", "stream_options": {"include_usage": true}, "messages": []});
         let calls =
             [FakeToolCall { id: "call_1".into(), name: "f".into(), arguments: "{\"order_id\":\"456\"}".into() }];
-        let events = generated_events(&request, 3, "Hi.", &calls);
+        let events = generated_events(&request, 3, "Hi.", &calls, PromptUsage { tokens: 40, cached: 0 });
         assert_eq!(events.last().map(String::as_str), Some("data: [DONE]"));
         let chunks: Vec<Value> = events
             .iter()

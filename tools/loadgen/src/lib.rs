@@ -44,6 +44,8 @@ pub struct RigOptions {
     pub flux: Option<FakeFluxOptions>,
     /// Use this model instead of the OpenAI-compatible client of the fake OpenAI, when given.
     pub llm: Option<Arc<dyn LanguageModel>>,
+    /// A larger model and the rules that route turns to it, when given.
+    pub route: Option<Arc<parley::llm::routing::ModelRoute>>,
     /// Use this voice instead of the Cartesia client of the fake Cartesia, when given.
     pub tts: Option<Arc<dyn TextToSpeech>>,
     /// Use this recogniser instead of the Deepgram client of the fake Deepgram, when given.
@@ -63,6 +65,7 @@ impl Default for RigOptions {
             call_control: None,
             flux: None,
             llm: None,
+            route: None,
             tts: None,
             stt: None,
         }
@@ -112,9 +115,12 @@ impl Rig {
                 ..DeepgramConfig::default()
             })),
         };
+        let llm = options.llm.unwrap_or_else(|| Arc::new(llm));
         let deps = CascadeDeps {
             stt,
-            llm: options.llm.unwrap_or_else(|| Arc::new(llm)),
+            tokens: parley::llm::context::tokens::TokenCounter::for_model(llm.model()),
+            route: options.route,
+            llm,
             tts: options.tts.unwrap_or_else(|| {
                 Arc::new(Cartesia::new(CartesiaConfig {
                     base_url: cartesia.base_url(),
