@@ -13,6 +13,7 @@ const BELOW_THE_ENGINE: &[&str] = &[
     "audio",
     "call",
     "config",
+    "cost",
     "edge",
     "failover",
     "http_client",

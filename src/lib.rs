@@ -29,6 +29,7 @@ pub mod audio;
 pub mod call;
 pub mod cli;
 pub mod config;
+pub mod cost;
 pub mod edge;
 pub mod engine;
 pub mod eval;

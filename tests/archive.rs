@@ -405,3 +405,81 @@ async fn an_instance_restarting_beside_a_live_call_leaves_it_whole() {
     let owner = metadata.owner.expect("the call names its owner");
     assert!(!owner.instance.is_empty());
 }
+
+/// A model whose every answer reports the same usage, so a call's token count is known.
+struct KnownUsageModel;
+
+const KNOWN_REPLY: &str = "Your table for two is booked.";
+
+#[async_trait::async_trait]
+impl parley::llm::LanguageModel for KnownUsageModel {
+    fn name(&self) -> &'static str {
+        "known"
+    }
+    fn model(&self) -> &str {
+        "known-model"
+    }
+    async fn stream(&self, _: parley::llm::LlmRequest) -> Result<parley::llm::LlmStream, parley::llm::LlmError> {
+        use parley::llm::{FinishReason, LlmEvent, Usage};
+        let usage =
+            Usage { input_tokens: 1_200, cached_input_tokens: 400, output_tokens: 7, cache_write_input_tokens: 0 };
+        let events = vec![
+            Ok(LlmEvent::TextDelta(KNOWN_REPLY.into())),
+            Ok(LlmEvent::Finished { reason: FinishReason::Stop, usage: Some(usage), request_id: None }),
+        ];
+        Ok(Box::pin(futures_util::stream::iter(events)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priced_call_has_its_cost_by_stage_in_its_metadata() {
+    use parley::cost::{ModelUsage, PriceTable, TokenPrices};
+    init_logs();
+    let root = tempfile::tempdir().unwrap();
+    let archive = Archive::new(Arc::new(LocalStore::new(root.path()).unwrap()), false);
+    let prices = PriceTable {
+        currency: "USD".into(),
+        twilio_per_minute: Some(0.0085),
+        stt_per_minute: [("deepgram".to_owned(), 0.0077)].into(),
+        tts_per_thousand_chars: [("cartesia".to_owned(), 0.03)].into(),
+        llm: [(
+            "known-model".to_owned(),
+            TokenPrices { input_per_million: 0.15, cached_input_per_million: Some(0.075), output_per_million: 0.6 },
+        )]
+        .into(),
+    };
+    let options = RigOptions {
+        llm: Some(Arc::new(KnownUsageModel)),
+        taps: Some(Arc::new(archive)),
+        prices,
+        ..RigOptions::default()
+    };
+    let mut rig = Rig::start(options).await;
+    let mut call = rig.call(8).await;
+    say(&mut call, 1_000).await;
+    rig.next_report().await;
+    call.hang_up().await;
+
+    let (_, metadata) = wait_sealed(root.path(), &format!("CA{:032}", 8)).await;
+    let cost = metadata.cost.expect("the call was priced");
+    let usage = &cost.usage;
+    let tokens = ModelUsage {
+        provider: "known".into(),
+        model: "known-model".into(),
+        input_tokens: 1_200,
+        cached_input_tokens: 400,
+        output_tokens: 7,
+    };
+    assert_eq!(usage.llm, vec![tokens]);
+    assert_eq!(usage.tts_characters, KNOWN_REPLY.len() as u64);
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(cost.llm, (800.0 * 0.15 + 400.0 * 0.075 + 7.0 * 0.6) / 1e6), "{cost:?}");
+    assert!(close(cost.tts, KNOWN_REPLY.len() as f64 / 1000.0 * 0.03), "{cost:?}");
+    assert!(close(cost.twilio, 0.0085), "a call under a minute is billed one minute: {cost:?}");
+    // Every caller frame after the STT connected was streamed to it: at least the second of speech, at most the call.
+    let call_seconds = metadata.duration_ms.unwrap_or(0) as f64 / 1000.0;
+    assert!(usage.stt_seconds >= 1.0 && usage.stt_seconds <= call_seconds + 0.5, "{usage:?} over {call_seconds} s");
+    assert!(close(cost.stt, usage.stt_seconds / 60.0 * 0.0077), "{cost:?}");
+    assert!((usage.call_seconds - call_seconds).abs() < 1.0, "{usage:?} vs {call_seconds} s");
+    assert!(close(cost.total, cost.stt + cost.llm + cost.tts + cost.twilio) && cost.priced, "{cost:?}");
+}

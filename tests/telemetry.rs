@@ -149,7 +149,21 @@ async fn a_call_is_traced_as_call_turn_and_stage_spans() {
         .rule("table for two", FakeReply::text(LONG_REPLY))
         .rule("seven", FakeReply::text("Seven it is."))
         .delays(Duration::from_millis(300), Duration::from_millis(60));
-    let mut rig = Rig::start(RigOptions { openai, ..RigOptions::default() }).await;
+    let prices = parley::cost::PriceTable {
+        currency: "USD".into(),
+        twilio_per_minute: Some(0.0085),
+        llm: [(
+            "gpt-test".to_owned(),
+            parley::cost::TokenPrices {
+                input_per_million: 0.15,
+                cached_input_per_million: None,
+                output_per_million: 0.6,
+            },
+        )]
+        .into(),
+        ..parley::cost::PriceTable::default()
+    };
+    let mut rig = Rig::start(RigOptions { openai, prices, ..RigOptions::default() }).await;
     let mut call = rig.call(41).await;
     let call_sid = format!("CA{:032}", 41);
 
@@ -174,6 +188,16 @@ async fn a_call_is_traced_as_call_turn_and_stage_spans() {
     assert!(root.span.parent_span_id.is_empty(), "the call span is a root");
     assert_eq!(text(&root.span.attributes, "stream_sid"), Some(format!("MZ{:032}", 41).as_str()));
     assert!(text(&root.span.attributes, "call.outcome").is_some(), "{:?}", root.span.attributes);
+    // The call's cost is on its span, by stage; stages without a price (speech here) count 0.
+    let cost = |key: &str| number(&root.span.attributes, key).unwrap_or(f64::NAN);
+    assert_eq!(text(&root.span.attributes, "parley.call.cost.currency"), Some("USD"));
+    assert!(
+        cost("parley.call.cost.llm") > 0.0 && cost("parley.call.cost.twilio") == 0.0085,
+        "{:?}",
+        root.span.attributes
+    );
+    let stages = ["stt", "llm", "tts", "twilio"].map(|stage| cost(&format!("parley.call.cost.{stage}")));
+    assert!((cost("parley.call.cost") - stages.iter().sum::<f64>()).abs() < 1e-12);
     assert_eq!(text(&root.resource, "service.name"), Some("parley-test"));
     assert_eq!(text(&root.resource, "service.instance.id"), Some("test-instance"));
     assert!(text(&root.resource, "service.version").is_some());

@@ -66,15 +66,20 @@ fn show_folder(dir: &Path) -> Result<(), ArchiveError> {
 /// The table `parley archive list` prints.
 pub fn list(store: &dyn ArchiveStore, limit: usize) -> Result<String, ArchiveError> {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<20}  {:<36}  {:>9}  {:>5}  STATUS", "STARTED (UTC)", "CALL SID", "DURATION", "TURNS");
+    let _ = writeln!(
+        out,
+        "{:<20}  {:<36}  {:>9}  {:>5}  {:>12}  STATUS",
+        "STARTED (UTC)", "CALL SID", "DURATION", "TURNS", "COST"
+    );
     for (_, call) in list_calls(store)?.into_iter().take(limit) {
         let _ = writeln!(
             out,
-            "{:<20}  {:<36}  {:>9}  {:>5}  {}",
+            "{:<20}  {:<36}  {:>9}  {:>5}  {:>12}  {}",
             utc_time(call.started_at_ms),
             call.call_sid,
             call.duration_ms.map(duration).unwrap_or_else(|| "-".into()),
             call.turns,
+            call.cost.as_ref().map(|cost| money(cost.total, &cost.currency)).unwrap_or_else(|| "-".into()),
             status(&call),
         );
     }
@@ -104,6 +109,9 @@ pub fn render_call(metadata: &CallMetadata, entries: &[TimelineEntry]) -> String
         metadata.turns,
         status(metadata),
     );
+    if let Some(cost) = &metadata.cost {
+        let _ = writeln!(out, "{}", cost_line(cost));
+    }
     out.push('\n');
     for entry in entries {
         let at = format!("{:>8.2}s", entry.ms as f64 / 1000.0);
@@ -127,11 +135,39 @@ pub fn render_call(metadata: &CallMetadata, entries: &[TimelineEntry]) -> String
             TimelineEvent::ProviderError { stage, provider, error } => format!("error   {stage} ({provider}): {error}"),
             TimelineEvent::Dtmf { digit } => format!("key     {digit}"),
             TimelineEvent::AgentAudioCleared => "agent audio cleared".to_owned(),
+            TimelineEvent::CallCost { cost } => cost_line(cost),
             TimelineEvent::CallEnded { reason } => format!("call ended ({reason})"),
         };
         let _ = writeln!(out, "{at}  {line}");
     }
     out
+}
+
+/// A call's cost by stage, with what each stage used.
+pub fn cost_line(cost: &crate::cost::CallCost) -> String {
+    let usage = &cost.usage;
+    let (input, cached, output) = usage
+        .llm
+        .iter()
+        .fold((0, 0, 0), |(i, c, o), m| (i + m.input_tokens, c + m.cached_input_tokens, o + m.output_tokens));
+    format!(
+        "cost {}{}: speech-to-text {} ({:.0} s), model {} ({input} tokens in, {cached} cached, {output} out), \
+         text-to-speech {} ({} characters), phone line {} ({:.0} s)",
+        money(cost.total, &cost.currency),
+        if cost.priced { "" } else { " (some stages have no price)" },
+        money(cost.stt, &cost.currency),
+        usage.stt_seconds,
+        money(cost.llm, &cost.currency),
+        money(cost.tts, &cost.currency),
+        usage.tts_characters,
+        money(cost.twilio, &cost.currency),
+        usage.call_seconds,
+    )
+}
+
+/// An amount with four decimals (calls cost fractions of a cent) and its currency.
+pub fn money(amount: f64, currency: &str) -> String {
+    format!("{amount:.4} {currency}").trim_end().to_owned()
 }
 
 fn status(metadata: &CallMetadata) -> String {
@@ -177,6 +213,7 @@ mod tests {
             ended_by: Some("Stopped".into()),
             turns: 1,
             owner: None,
+            cost: None,
         };
         let entry = |ms, event: ConversationEvent| TimelineEntry { ms, event };
         let entries = vec![

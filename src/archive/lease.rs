@@ -75,6 +75,7 @@ mod tests {
             status: CallStatus::Open,
             ended_by: None,
             turns: 0,
+            cost: None,
             owner: Some(ownership.claim(now)),
         };
         assert_eq!(ownership.renew_every(), Duration::from_secs(2));

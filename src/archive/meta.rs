@@ -37,6 +37,9 @@ pub struct CallMetadata {
     /// owners (such an open call counts as abandoned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// What the call used and cost by stage, when `[cost]` has prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<crate::cost::CallCost>,
 }
 
 /// Which Parley instance records an open call, and until when its lease holds. The recorder renews the lease while

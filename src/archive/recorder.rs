@@ -211,6 +211,7 @@ impl Recorder {
             status: CallStatus::Open,
             ended_by: None,
             turns: 0,
+            cost: None,
             owner: Some(ownership.claim(SystemTime::now())),
         };
         store.put(&key, METADATA_FILE, &metadata.to_json())?;
@@ -236,6 +237,9 @@ impl Recorder {
             }
             TapEvent::Conversation { at, event } => {
                 let turn = matches!(event, ConversationEvent::CallerTurn { .. });
+                if let ConversationEvent::CallCost { cost } = &event {
+                    self.metadata.cost = Some(cost.clone());
+                }
                 self.log(at, event)?;
                 if turn {
                     self.metadata.turns += 1;

@@ -110,6 +110,7 @@ mod tests {
             status: CallStatus::Open,
             ended_by: None,
             turns: 0,
+            cost: None,
             owner: None,
         };
         store.put(&key, METADATA_FILE, &metadata.to_json()).unwrap();

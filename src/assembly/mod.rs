@@ -127,6 +127,7 @@ fn agent_factory(
         stt: providers.stt,
         route: providers.route,
         tokens,
+        prices: Arc::new(config.cost.clone()),
         llm: providers.llm,
         tts: providers.tts,
         tools: call_control.clone(),

@@ -162,7 +162,8 @@ mod tests {
 
     #[test]
     fn the_route_is_the_providers_client_with_the_routes_model() {
-        let local = "[llm]\nprovider = \"openai\"\n[llm.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"small\"\n";
+        let local =
+            "[llm]\nprovider = \"openai\"\n[llm.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"small\"\n";
         let routed = config(&format!("{local}[llm.route]\nmodel = \"large\"\ncaller_words_over = 30\n"));
         let route = large_model(&routed).ok().flatten().expect("a route is built");
         assert_eq!(route.large.model(), "large");

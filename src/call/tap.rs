@@ -79,6 +79,10 @@ pub enum ConversationEvent {
     },
     /// Twilio was told to drop the agent's unplayed audio; the agent leg is cut here.
     AgentAudioCleared,
+    /// What the call used and cost, priced by `[cost]` when the call ended.
+    CallCost {
+        cost: crate::cost::CallCost,
+    },
     /// `reason` is the edge's ending, or `recovered` when the call was sealed after its owner was gone.
     CallEnded {
         reason: String,

@@ -57,6 +57,8 @@ pub struct Config {
     pub local: LocalConfig,
     /// Traces and metrics export (OpenTelemetry, Prometheus).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Prices per provider and model, for each call's cost.
+    pub cost: crate::cost::PriceTable,
 }
 
 /// `[local]`: the speech engines that run on this machine ([`crate::local`]) and the offline transcription worker

@@ -20,7 +20,7 @@ use super::call_control::{CallAction, CallControl};
 use super::chunker::ChunkerConfig;
 use super::clock::sleep_until;
 use super::config::ConversationConfig;
-use super::conversation::{self, append_user_text, Conversation};
+use super::conversation::{self, append_user_text, Conversation, WrittenSummary};
 use super::heard::heard_prefix;
 use super::in_flight::{InFlight, Segment};
 use super::keypad::Keypad;
@@ -36,6 +36,7 @@ use crate::audio::playout::{ClearReport, PlayoutHandle, PlayoutProgress};
 use crate::call::agent::{Agent, AgentContext, AgentFactory, CallEvent};
 use crate::call::tap::{CallTap, ConversationEvent};
 use crate::call::CallInfo;
+use crate::cost::{CallUsage, PriceTable};
 use crate::llm::context::tokens::TokenCounter;
 use crate::llm::context::Fold;
 use crate::llm::routing::{ModelRoute, Route};
@@ -68,6 +69,8 @@ pub struct CascadeDeps {
     /// Counts the tokens of the model's requests for the context budget (made once per server: loading a
     /// tokenizer takes a while).
     pub tokens: TokenCounter,
+    /// `[cost]`: what each call's usage is priced at (empty: calls are not priced).
+    pub prices: Arc<PriceTable>,
 }
 
 /// Makes a [`CascadeAgent`] per call.
@@ -109,8 +112,8 @@ struct Inputs {
     stt: Option<mpsc::Receiver<SttEvent>>,
     links: mpsc::UnboundedReceiver<LinkEvent>,
     replies: mpsc::UnboundedReceiver<(u64, ReplyEvent)>,
-    /// Running summaries written off the hot path: (fold id, text).
-    summaries: mpsc::UnboundedReceiver<(u64, Option<String>)>,
+    /// Running summaries written off the hot path: (fold id, summary).
+    summaries: mpsc::UnboundedReceiver<(u64, WrittenSummary)>,
     progress: tokio::sync::watch::Receiver<PlayoutProgress>,
 }
 
@@ -128,7 +131,10 @@ struct Engine {
     reply: Option<InFlight>,
     next_reply_id: u64,
     replies: mpsc::UnboundedSender<(u64, ReplyEvent)>,
-    summaries: mpsc::UnboundedSender<(u64, Option<String>)>,
+    summaries: mpsc::UnboundedSender<(u64, WrittenSummary)>,
+    /// What the call has used so far (priced at its end by `[cost]`).
+    usage: CallUsage,
+    started_at: Instant,
     outcome: CallOutcome,
     /// A call action whose announcing reply has been heard, to carry out now.
     due_action: Option<CallAction>,
@@ -213,6 +219,8 @@ impl Engine {
             next_reply_id: 1,
             replies,
             summaries,
+            usage: CallUsage::default(),
+            started_at: Instant::now(),
             outcome: CallOutcome::default(),
             due_action: None,
             recheck_lost_words: false,
@@ -252,7 +260,12 @@ impl Engine {
                 event = recv(&mut inputs.stt) => self.on_stt(event, inputs).await,
                 Some(event) = inputs.links.recv() => self.on_link(event, inputs),
                 Some((id, event)) = inputs.replies.recv() => self.on_reply_event(id, event),
-                Some((fold, summary)) = inputs.summaries.recv() => self.conversation.summary_ready(fold, summary),
+                Some((fold, summary)) = inputs.summaries.recv() => {
+                    if let Some(usage) = &summary.usage {
+                        self.usage.add_tokens(self.deps.llm.name(), self.deps.llm.model(), usage);
+                    }
+                    self.conversation.summary_ready(fold, summary.text);
+                }
                 changed = inputs.progress.changed() => {
                     if changed.is_err() {
                         break;
@@ -292,7 +305,11 @@ impl Engine {
             Vad::Off => {}
         }
         self.replay.push(frame.clone());
-        if !self.stt.send_audio(frame) && self.stt.is_open() && self.stt.dropped_frames.is_power_of_two() {
+        let sent = self.stt.send_audio(frame);
+        if sent {
+            self.usage.stt_seconds += 0.02;
+        }
+        if !sent && self.stt.is_open() && self.stt.dropped_frames.is_power_of_two() {
             tracing::warn!(call_sid = %self.call.call_sid, dropped = self.stt.dropped_frames, "speech-to-text is not keeping up");
         }
     }
@@ -439,6 +456,7 @@ impl Engine {
         let Some(reply) = self.reply.as_mut() else { return };
         if !text.is_empty() {
             reply.pieces_sent += 1;
+            self.usage.tts_characters += text.chars().count() as u64;
         }
         self.tts.send(TtsInput::Text { context: reply.context.clone(), text, last });
     }
@@ -555,6 +573,7 @@ impl Engine {
         let reply_id = self.next_reply_id;
         self.next_reply_id += 1;
         let reply = InFlight::line(reply_id, line);
+        self.usage.tts_characters += line.chars().count() as u64;
         self.tts.send(TtsInput::Text { context: reply.context.clone(), text: line.to_owned(), last: true });
         self.reply = Some(reply);
         self.turn.set_agent_speaking(true);
@@ -569,7 +588,10 @@ impl Engine {
             ReplyEvent::FirstToken { at } => {
                 reply.latency.llm_first_token.get_or_insert(at);
             }
-            ReplyEvent::RoundFinished { usage, route } => {
+            ReplyEvent::RoundFinished { usage, route, provider, model } => {
+                if let Some(usage) = &usage {
+                    self.usage.add_tokens(provider, &model, usage);
+                }
                 if let Some(usage) = usage.filter(|_| reply.latency.prompt_tokens.is_none()) {
                     reply.latency.prompt_tokens = Some(usage.input_tokens);
                     reply.latency.cached_prompt_tokens = Some(usage.cached_input_tokens);
@@ -833,7 +855,7 @@ impl Engine {
         let call_sid = self.call.call_sid.clone();
         tokio::spawn(async move {
             let summary = conversation::write_summary(llm, fold.request.request).await;
-            if summary.is_none() {
+            if summary.text.is_none() {
                 tracing::warn!(%call_sid, "the running summary could not be written; older turns leave without it");
             }
             let _ = summaries.send((fold.id, summary));
@@ -861,8 +883,33 @@ impl Engine {
                     discarded = counts.discarded, mismatched = counts.mismatched, "speculative replies");
             }
         }
+        self.price_the_call();
         self.stt.close();
         self.tts.send(TtsInput::Close);
         tracing::info!(call_sid = %self.call.call_sid, turns = self.conversation.turn_index, "conversation ended");
+    }
+
+    /// Prices what the call used (when `[cost]` has prices): into the archive, onto the call's span, into metrics.
+    fn price_the_call(&mut self) {
+        if !self.deps.prices.is_set() {
+            return;
+        }
+        self.usage.call_seconds = self.started_at.elapsed().as_secs_f64();
+        self.usage.stt_provider = self.stt.provider().to_owned();
+        self.usage.tts_provider = self.tts.provider().to_owned();
+        let cost = self.deps.prices.cost(&self.usage);
+        tracing::info!(call_sid = %self.call.call_sid, total = cost.total, currency = %cost.currency,
+            stt = cost.stt, llm = cost.llm, tts = cost.tts, twilio = cost.twilio, "call cost");
+        if self.call_trace.is_some() {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let span = tracing::Span::current();
+            for (stage, amount) in [("stt", cost.stt), ("llm", cost.llm), ("tts", cost.tts), ("twilio", cost.twilio)] {
+                span.set_attribute(format!("parley.call.cost.{stage}"), amount);
+            }
+            span.set_attribute("parley.call.cost", cost.total);
+            span.set_attribute("parley.call.cost.currency", cost.currency.clone());
+        }
+        metrics::global().call_cost(&cost);
+        self.tap.conversation(ConversationEvent::CallCost { cost });
     }
 }

@@ -11,7 +11,7 @@ use super::in_flight::InFlight;
 use crate::llm::context::tokens::TokenCounter;
 use crate::llm::context::{ContextConfig, ContextWindow, Fold};
 use crate::llm::history::append_tool_round;
-use crate::llm::{ChatMessage, LanguageModel, LlmEvent, LlmRequest, Role, ToolSpec};
+use crate::llm::{ChatMessage, LanguageModel, LlmEvent, LlmRequest, Role, ToolSpec, Usage};
 
 /// The longest a running summary may take to write; past it the folded turns leave without one.
 pub const SUMMARY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,22 +96,36 @@ pub fn append_user_text(history: &mut Vec<ChatMessage>, text: &str) {
     }
 }
 
-/// Writes a fold's summary with the model, in the task that calls it (never the engine loop). `None` when the model
-/// failed, said nothing, or took longer than [`SUMMARY_TIMEOUT`].
-pub async fn write_summary(llm: Arc<dyn LanguageModel>, request: LlmRequest) -> Option<String> {
-    let written = tokio::time::timeout(SUMMARY_TIMEOUT, async move {
-        let mut stream = llm.stream(request).await.ok()?;
+/// A running summary the model wrote, and what writing it cost in tokens.
+#[derive(Debug, Default)]
+pub struct WrittenSummary {
+    /// `None` when the model failed, said nothing, or took longer than [`SUMMARY_TIMEOUT`].
+    pub text: Option<String>,
+    pub usage: Option<Usage>,
+}
+
+/// Writes a fold's summary with the model, in the task that calls it (never the engine loop).
+pub async fn write_summary(llm: Arc<dyn LanguageModel>, request: LlmRequest) -> WrittenSummary {
+    let mut written = WrittenSummary::default();
+    let writing = tokio::time::timeout(SUMMARY_TIMEOUT, async {
+        let Ok(mut stream) = llm.stream(request).await else { return };
         let mut text = String::new();
-        while let Some(event) = stream.next().await {
-            match event.ok()? {
+        while let Some(Ok(event)) = stream.next().await {
+            match event {
                 LlmEvent::TextDelta(delta) => text.push_str(&delta),
-                LlmEvent::Finished { .. } => break,
+                LlmEvent::Finished { usage, .. } => {
+                    written.usage = usage;
+                    written.text = Some(text).filter(|text| !text.trim().is_empty());
+                    return;
+                }
                 LlmEvent::ToolCalls(_) => {}
             }
         }
-        Some(text)
     });
-    written.await.ok().flatten().filter(|text| !text.trim().is_empty())
+    if writing.await.is_err() {
+        written.text = None;
+    }
+    written
 }
 
 /// Whether the caller's words are a yes (to a confirmation question).

@@ -35,6 +35,8 @@ pub enum ReplyEvent {
     RoundFinished {
         usage: Option<Usage>,
         route: Route,
+        provider: &'static str,
+        model: String,
     },
     /// A speakable piece of text, ready for TTS.
     Piece {
@@ -208,7 +210,12 @@ pub async fn run(mut job: ReplyJob, events: ReplyEvents) {
         if let Some(piece) = chunker.finish(Instant::now()) {
             send_piece(&events, piece);
         }
-        let _ = events.send(ReplyEvent::RoundFinished { usage, route });
+        let _ = events.send(ReplyEvent::RoundFinished {
+            usage,
+            route,
+            provider: llm.name(),
+            model: llm.model().to_owned(),
+        });
         if calls.is_empty() {
             llm_trace.end();
             let _ = events.send(ReplyEvent::Done { usage });

@@ -17,6 +17,9 @@ use super::otel::signal_url;
 use super::TelemetryError;
 use crate::call::registry::{CallRegistry, Refusal};
 
+/// Buckets of a call's cost, in the price table's currency: a fraction of a cent to a few units.
+const COST_BUCKETS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+
 /// Histogram buckets in milliseconds, spanning a fast hand-off to a slow provider.
 const BUCKETS_MS: [f64; 16] =
     [1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0];
@@ -66,6 +69,7 @@ pub struct Metrics {
     stage: Histogram<f64>,
     barge_in_reaction: Histogram<f64>,
     tool_duration: Histogram<f64>,
+    call_cost: Histogram<f64>,
     transcribe_queue: Gauge<u64>,
     /// The servers whose live calls the active-calls gauge counts.
     registries: Arc<Mutex<Vec<Weak<CallRegistry>>>>,
@@ -186,6 +190,11 @@ impl Metrics {
             stage: histogram("parley.stage.duration", "Each stage of a turn, by stage name"),
             barge_in_reaction: histogram("parley.barge_in.reaction", "Barge-in speech onset to Twilio clear sent"),
             tool_duration: histogram("parley.tool.duration", "Tool calls, by tool and outcome"),
+            call_cost: meter
+                .f64_histogram("parley.call.cost")
+                .with_description("What each call cost by stage (stt, llm, tts, twilio, total), in [cost].currency")
+                .with_boundaries(COST_BUCKETS.to_vec())
+                .build(),
             transcribe_queue: meter
                 .u64_gauge("parley.transcribe.queue_depth")
                 .with_description("Calls waiting for (or in) offline transcription in the archive's shared queue")
@@ -241,6 +250,16 @@ impl Metrics {
     /// A speculative request ended: `committed`, `discarded` or `mismatched` (each one was a real model request).
     pub fn speculation(&self, outcome: &'static str) {
         self.speculations.add(1, &[KeyValue::new("outcome", outcome)]);
+    }
+
+    /// A call ended and was priced.
+    pub fn call_cost(&self, cost: &crate::cost::CallCost) {
+        let stages =
+            [("stt", cost.stt), ("llm", cost.llm), ("tts", cost.tts), ("twilio", cost.twilio), ("total", cost.total)];
+        for (stage, amount) in stages {
+            let labels = [KeyValue::new("stage", stage), KeyValue::new("currency", cost.currency.clone())];
+            self.call_cost.record(amount, &labels);
+        }
     }
 
     pub fn tool_finished(&self, tool: &str, duration: Duration, is_error: bool) {
@@ -347,6 +366,7 @@ mod tests {
         metrics.tool_finished("lookup_order", Duration::from_millis(40), true);
         metrics.speculation("used");
         metrics.transcribe_queue_depth(2);
+        metrics.call_cost(&crate::cost::CallCost { currency: "USD".into(), total: 0.02, ..Default::default() });
         let text = metrics.prometheus_text();
         let shipped = [
             ("deploy/prometheus/alerts.yaml", include_str!("../../deploy/prometheus/alerts.yaml")),

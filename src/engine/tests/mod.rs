@@ -87,6 +87,7 @@ impl Call {
             vad: VadSource::Energy,
             route: None,
             tokens: crate::llm::context::tokens::TokenCounter::Estimate,
+            prices: Default::default(),
         };
         adjust(&mut deps);
         let call = CallInfo {

@@ -46,6 +46,8 @@ pub struct RigOptions {
     pub llm: Option<Arc<dyn LanguageModel>>,
     /// A larger model and the rules that route turns to it, when given.
     pub route: Option<Arc<parley::llm::routing::ModelRoute>>,
+    /// Prices each call by this table (empty: calls are not priced).
+    pub prices: parley::cost::PriceTable,
     /// Use this voice instead of the Cartesia client of the fake Cartesia, when given.
     pub tts: Option<Arc<dyn TextToSpeech>>,
     /// Use this recogniser instead of the Deepgram client of the fake Deepgram, when given.
@@ -66,6 +68,7 @@ impl Default for RigOptions {
             flux: None,
             llm: None,
             route: None,
+            prices: parley::cost::PriceTable::default(),
             tts: None,
             stt: None,
         }
@@ -120,6 +123,7 @@ impl Rig {
             stt,
             tokens: parley::llm::context::tokens::TokenCounter::for_model(llm.model()),
             route: options.route,
+            prices: Arc::new(options.prices),
             llm,
             tts: options.tts.unwrap_or_else(|| {
                 Arc::new(Cartesia::new(CartesiaConfig {
