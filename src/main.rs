@@ -79,6 +79,12 @@ async fn run_command(
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Export(args) => {
+            for scenario in parley::eval::replay::run(&config, &args)? {
+                println!("{}", scenario.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Transcribe(args) => {
             let failed = parley::transcribe::cli::run(&config, &args).await?;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -73,6 +73,64 @@ fn the_demo_places_a_whole_offline_call_and_leaves_it_transcribed() {
     }
     assert!(transcript.comparison.turns.len() >= 3, "{:?}", transcript.comparison);
     assert!(stdout.contains("hot-path transcript vs Whisper"), "{stdout}");
+
+    replaying_the_call_gates_on_what_happened(call);
+}
+
+/// The demo's archived call, exported (`parley export`) and replayed (`parley eval --offline`): it passes against the
+/// same backend, and fails on the tool expectation against a backend whose answer for the order changed.
+fn replaying_the_call_gates_on_what_happened(call: &Path) {
+    let replays = tempfile::tempdir().unwrap();
+    let export = offline_parley().arg("export").arg(call).arg("--to").arg(replays.path()).output().unwrap();
+    let listed = String::from_utf8_lossy(&export.stdout).into_owned();
+    assert!(export.status.success(), "export failed:\n{listed}\n{}", String::from_utf8_lossy(&export.stderr));
+    let scenario = PathBuf::from(listed.lines().next().unwrap_or_default().trim());
+    let text = std::fs::read_to_string(&scenario).unwrap();
+    assert!(text.contains("interrupt_after_ms"), "the barge-in is replayed at its offset:\n{text}");
+    assert!(text.contains("lookup_order") && text.contains("shipped"), "the tool call and its answer:\n{text}");
+
+    let eval = |config: Option<&Path>| {
+        let out = tempfile::tempdir().unwrap();
+        let mut command = offline_parley();
+        if let Some(config) = config {
+            command.env("PARLEY_CONFIG", config);
+        }
+        let output = command.args(["eval", "--offline", "--out"]).arg(out.path()).arg(&scenario).output().unwrap();
+        let printed =
+            format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap_or_default())
+                .unwrap_or_default();
+        (output.status.code(), report, printed)
+    };
+    let (code, report, printed) = eval(None);
+    assert_eq!(code, Some(0), "the replay fails against the same backend:\n{printed}");
+    assert_eq!(report["scenarios"][0]["passed"], true, "{printed}");
+
+    // The shop's order system moved the order on: the backend now answers differently.
+    let shop = tempfile::tempdir().unwrap();
+    let db = shop.path().join("shop.db");
+    let store = demo_backend::Store::open(&db).unwrap();
+    assert!(store.update_order("456", "delayed", Some("next Wednesday")).unwrap());
+    drop(store);
+    let backend = Path::new(env!("CARGO_BIN_EXE_parley")).with_file_name("demo-backend");
+    let config = shop.path().join("parley.toml");
+    let backend_toml = format!(
+        "[[mcp.servers]]\nname = \"demo-shop\"\ntimeout_ms = 5000\n[mcp.servers.transport]\ntype = \"stdio\"\n\
+         command = {:?}\nargs = [\"--stdio\", \"--db\", {:?}]\n",
+        backend.display().to_string(),
+        db.display().to_string()
+    );
+    std::fs::write(&config, backend_toml).unwrap();
+    let (code, report, printed) = eval(Some(&config));
+    assert_eq!(code, Some(1), "the replay passes although the backend's answer changed:\n{printed}");
+    let checks = report["scenarios"][0]["checks"].as_array().cloned().unwrap_or_default();
+    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["passed"] == false).collect();
+    assert!(
+        failed.iter().any(|c| c["what"].as_str().unwrap_or("").contains("lookup_order")
+            && c["detail"].as_str().unwrap_or("").contains("delayed")),
+        "the tool expectation fails, showing the new answer: {failed:?}\n{printed}"
+    );
 }
 
 /// `parley eval --offline`: the order-status scenario's recorded caller lines through the offline Parley (Whisper,

@@ -152,13 +152,19 @@ fn companion_program(name: &'static str) -> Result<PathBuf, DemoError> {
     }
 }
 
-/// The demo's offline Parley (local engines, the demo shop backend, the scripted policy unless a model is
-/// configured) for other commands (`parley eval --offline`). Returns the demo shop's database file, for the caller
-/// to remove.
+/// The demo's offline Parley (local engines, the scripted policy unless a model is configured, and the demo shop
+/// backend unless `[[mcp.servers]]` names one) for other commands (`parley eval --offline`). Returns the demo shop's
+/// database file, for the caller to remove.
 pub fn configure_offline(config: &mut Config) -> Result<PathBuf, DemoError> {
-    let backend = companion_program("demo-backend")?;
     let backend_db = tempfile_path("parley-offline-shop", "sqlite");
-    configure(config, &backend, &backend_db);
+    if config.mcp.servers.is_empty() {
+        configure(config, &companion_program("demo-backend")?, &backend_db);
+    } else {
+        // The configured backend stays: a replay gates the deploy against the team's own backend.
+        let servers = std::mem::take(&mut config.mcp.servers);
+        configure(config, Path::new("demo-backend"), &backend_db);
+        config.mcp.servers = servers;
+    }
     Ok(backend_db)
 }
 

@@ -43,6 +43,10 @@ pub enum Command {
     /// latency, barge-in, false interruptions, task success. Exits 1 when a scenario misses a threshold, 2 when the
     /// evaluation cannot run.
     Eval(crate::eval::EvalArgs),
+    /// Turn archived calls into scenario files `parley eval` replays: the caller's lines cut from the recording at
+    /// the turn boundaries, interruptions at their offsets, the tool calls and the backend's answers as
+    /// expectations, thresholds from `[eval]`.
+    Export(crate::eval::replay::ExportArgs),
     /// Transcribe archived calls offline (Whisper or an OpenAI-compatible server) and score the live transcript.
     Transcribe(crate::transcribe::cli::TranscribeArgs),
 }

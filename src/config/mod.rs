@@ -59,6 +59,21 @@ pub struct Config {
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// Prices per provider and model, for each call's cost.
     pub cost: crate::cost::PriceTable,
+    /// The thresholds scenarios exported from archived calls are gated on (`parley export`).
+    pub eval: EvalSettings,
+}
+
+/// `[eval]`: the thresholds a replay of an archived call must meet; `parley export` writes them into each scenario.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSettings {
+    /// End of the caller's speech → first audio of the answer, caller-side: median and 95th percentile.
+    pub first_audio_p50_ms: Option<u64>,
+    pub first_audio_p95_ms: Option<u64>,
+    /// Speech onset → `clear`, caller-side, worst interruption.
+    pub barge_in_max_ms: Option<u64>,
+    /// `clear`s the caller did not ask for.
+    pub false_interruptions_max: u64,
 }
 
 /// `[local]`: the speech engines that run on this machine ([`crate::local`]) and the offline transcription worker

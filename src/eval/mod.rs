@@ -8,6 +8,7 @@
 
 pub mod caller;
 pub mod dialogue;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod scenario;

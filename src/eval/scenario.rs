@@ -16,6 +16,7 @@
 //! [[expect.tool_call]]
 //! name = "lookup_order"
 //! arguments = { order_id = "456" } # the arguments must include these
+//! result_contains = ["shipped"]     # and the backend's answer must say this
 //!
 //! [thresholds]
 //! first_audio_p95_ms = 1500
@@ -112,6 +113,10 @@ pub struct ExpectedToolCall {
     pub name: String,
     #[serde(default)]
     pub arguments: serde_json::Map<String, serde_json::Value>,
+    /// What the backend must have answered: each text, word for word (case and punctuation aside). A replayed call
+    /// carries what the backend said then, so a backend whose answer changed fails here.
+    #[serde(default)]
+    pub result_contains: Vec<String>,
 }
 
 /// Limits that fail the scenario (and `parley eval`'s exit status) when crossed.

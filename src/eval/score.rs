@@ -73,6 +73,8 @@ pub struct ToolCallSeen {
     pub name: String,
     pub arguments: serde_json::Value,
     pub is_error: Option<bool>,
+    /// What the backend answered, when the call completed.
+    pub result: Option<String>,
 }
 
 /// The stages of one answer, as Parley measured them.
@@ -214,10 +216,13 @@ fn tool_calls(timeline: &[TimelineEntry]) -> Vec<ToolCallSeen> {
         .iter()
         .filter_map(|entry| match &entry.event {
             TimelineEvent::ToolCall { turn, id, name, arguments } => {
-                let is_error = timeline.iter().find_map(|e| match &e.event {
-                    TimelineEvent::ToolResult { id: result_id, is_error, .. } if result_id == id => Some(*is_error),
+                let answer = timeline.iter().find_map(|e| match &e.event {
+                    TimelineEvent::ToolResult { id: result_id, is_error, content, .. } if result_id == id => {
+                        Some((*is_error, content.clone()))
+                    }
                     _ => None,
                 });
+                let (is_error, result) = answer.map_or((None, None), |(error, content)| (Some(error), Some(content)));
                 Some(ToolCallSeen {
                     at_ms: entry.ms,
                     turn: *turn,
@@ -225,6 +230,7 @@ fn tool_calls(timeline: &[TimelineEntry]) -> Vec<ToolCallSeen> {
                     arguments: serde_json::from_str(arguments)
                         .unwrap_or_else(|_| serde_json::Value::String(arguments.clone())),
                     is_error,
+                    result,
                 })
             }
             _ => None,
@@ -297,13 +303,22 @@ fn checks(
         }
     }
     for expected in &scenario.expect.tool_call {
-        let what =
+        let mut what =
             format!("{} is called with {}", expected.name, serde_json::Value::Object(expected.arguments.clone()));
+        if !expected.result_contains.is_empty() {
+            what.push_str(&format!(" and answers {:?}", expected.result_contains));
+        }
         let (passed, detail) = if !archived {
             (false, NO_ARCHIVE.to_owned())
         } else {
-            let made: Vec<String> =
-                tool_calls.iter().filter(|c| c.name == expected.name).map(|c| c.arguments.to_string()).collect();
+            let made: Vec<String> = tool_calls
+                .iter()
+                .filter(|c| c.name == expected.name)
+                .map(|c| match &c.result {
+                    Some(result) if !expected.result_contains.is_empty() => format!("{} → {result:?}", c.arguments),
+                    _ => c.arguments.to_string(),
+                })
+                .collect();
             let matched = tool_calls.iter().any(|c| tool_call_matches(expected, c));
             let detail = if matched {
                 String::new()
@@ -340,8 +355,10 @@ fn quote(said: &str) -> String {
 /// A tool call matches when the name is the same and every expected argument is there with an equal value (numbers
 /// and their digits as strings count as equal: models write `456` and `"456"` alike).
 pub fn tool_call_matches(expected: &ExpectedToolCall, seen: &ToolCallSeen) -> bool {
+    let answered = |want: &String| seen.result.as_deref().is_some_and(|result| contains_words(result, want));
     expected.name == seen.name
         && expected.arguments.iter().all(|(key, want)| seen.arguments.get(key).is_some_and(|got| same_value(want, got)))
+        && expected.result_contains.iter().all(answered)
 }
 
 fn same_value(want: &serde_json::Value, got: &serde_json::Value) -> bool {
@@ -541,6 +558,7 @@ mod tests {
         let expected = ExpectedToolCall {
             name: "lookup_order".into(),
             arguments: serde_json::from_str(r#"{"order_id": "456", "filter": {"open": true}}"#).unwrap(),
+            result_contains: Vec::new(),
         };
         let seen = |args: &str| ToolCallSeen {
             at_ms: 0,
@@ -548,11 +566,32 @@ mod tests {
             name: "lookup_order".into(),
             arguments: serde_json::from_str(args).unwrap(),
             is_error: None,
+            result: None,
         };
         assert!(tool_call_matches(&expected, &seen(r#"{"order_id": 456, "filter": {"open": true, "x": 1}, "y": 2}"#)));
         assert!(!tool_call_matches(&expected, &seen(r#"{"order_id": 457, "filter": {"open": true}}"#)));
         assert!(!tool_call_matches(&expected, &seen(r#"{"order_id": "456"}"#)));
         assert!(!tool_call_matches(&expected, &seen(r#"{"order_id": "456", "filter": {"open": false}}"#)));
+    }
+
+    #[test]
+    fn a_replayed_answer_must_say_what_the_backend_said_then() {
+        let expected = ExpectedToolCall {
+            name: "lookup_order".into(),
+            arguments: serde_json::from_str(r#"{"order_id": "456"}"#).unwrap(),
+            result_contains: vec!["Order 456: shipped, arriving Friday.".into()],
+        };
+        let seen = |result: Option<&str>| ToolCallSeen {
+            at_ms: 0,
+            turn: 1,
+            name: "lookup_order".into(),
+            arguments: serde_json::json!({"order_id": "456"}),
+            is_error: Some(false),
+            result: result.map(str::to_owned),
+        };
+        assert!(tool_call_matches(&expected, &seen(Some("order 456: SHIPPED, arriving friday (2 mugs)"))));
+        assert!(!tool_call_matches(&expected, &seen(Some("Order 456: cancelled."))));
+        assert!(!tool_call_matches(&expected, &seen(None)));
     }
 
     #[test]

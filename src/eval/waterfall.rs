@@ -261,6 +261,7 @@ mod tests {
                 name: "lookup_order".into(),
                 arguments: serde_json::json!({"order_id": "456"}),
                 is_error: Some(false),
+                result: Some("shipped".into()),
             }],
             stages: vec![TurnStages {
                 line: 0,

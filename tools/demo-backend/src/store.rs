@@ -169,6 +169,18 @@ impl Store {
         })
     }
 
+    /// Sets an order's status and expected delivery, as the shop's order system would (a courier's update); false
+    /// when there is no such order.
+    pub fn update_order(&self, order_id: &str, status: &str, eta: Option<&str>) -> Result<bool, StoreError> {
+        let changed = self.with(|c| {
+            c.execute(
+                "UPDATE orders SET status = ?2, eta = ?3 WHERE order_id = ?1",
+                rusqlite::params![order_id, status, eta],
+            )
+        })?;
+        Ok(changed > 0)
+    }
+
     /// Cancels an order that has not shipped yet.
     pub fn cancel_order(&self, order_id: &str) -> Result<Option<Change<Order>>, StoreError> {
         let Some(order) = self.order(order_id)? else { return Ok(None) };
@@ -351,6 +363,16 @@ mod tests {
         let reopened = Store::open(&dir.path().join("demo.db")).unwrap();
         assert_eq!(reopened.order("789").unwrap().unwrap().status, "cancelled");
         assert_eq!(reopened.open_slots(None).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn an_order_update_is_what_the_next_lookup_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("shop.db")).unwrap();
+        assert!(store.update_order("456", "delayed", Some("next Wednesday")).unwrap());
+        let order = store.order("456").unwrap().unwrap();
+        assert_eq!((order.status.as_str(), order.eta.as_deref()), ("delayed", Some("next Wednesday")));
+        assert!(!store.update_order("999", "shipped", None).unwrap());
     }
 
     #[test]
