@@ -47,4 +47,5 @@ pub mod tool_executor;
 pub mod transcribe;
 pub mod tts;
 pub mod twilio;
+pub mod viewer;
 pub mod websocket;

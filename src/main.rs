@@ -59,6 +59,10 @@ async fn run_command(
             cli::serve(config, secrets).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Archive { command: parley::archive::cli::ArchiveCommand::Serve { listen } } => {
+            cli::serve_viewer(&config, listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Archive { command } => {
             parley::archive::cli::run(&config.archive, &command)?;
             Ok(ExitCode::SUCCESS)

@@ -22,6 +22,11 @@ pub enum ArchiveCommand {
         /// A call SID, or the path of a call's folder.
         call: String,
     },
+    /// Serve the read-only call viewer over the archive (the token from `viewer.token_env` opens it).
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// Runs an archive subcommand against the configured archive (local folder or bucket), printing to stdout.
@@ -33,6 +38,9 @@ pub fn run(config: &ArchiveConfig, command: &ArchiveCommand) -> Result<(), Archi
                 Ok(())
             }
             ArchiveCommand::Show { call } => show_folder(Path::new(call)),
+            ArchiveCommand::Serve { .. } => {
+                Err(ArchiveError::Elsewhere("`parley archive serve` runs in the parley binary"))
+            }
         };
     }
     let store = config.open_store()?;
@@ -40,6 +48,9 @@ pub fn run(config: &ArchiveConfig, command: &ArchiveCommand) -> Result<(), Archi
         ArchiveCommand::List { limit } => {
             print!("{}", list(store.as_ref(), *limit)?);
             Ok(())
+        }
+        ArchiveCommand::Serve { .. } => {
+            Err(ArchiveError::Elsewhere("`parley archive serve` runs in the parley binary"))
         }
         ArchiveCommand::Show { call } => {
             if Path::new(call).join(super::METADATA_FILE).is_file() {
@@ -187,7 +198,8 @@ fn duration(ms: u64) -> String {
     }
 }
 
-fn utc_time(epoch_ms: u64) -> String {
+/// A wall-clock time, UTC, to the second.
+pub fn utc_time(epoch_ms: u64) -> String {
     let secs = epoch_ms / 1000;
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let time = secs % 86_400;

@@ -147,6 +147,9 @@ pub enum ArchiveError {
     Json { path: PathBuf, source: serde_json::Error },
     #[error("no archived call matches `{0}`")]
     NotFound(String),
+    /// A command this module declares but another part of Parley carries out.
+    #[error("{0}")]
+    Elsewhere(&'static str),
 }
 
 impl ArchiveError {

@@ -79,6 +79,8 @@ pub enum CliError {
     Transcribe(#[from] crate::transcribe::TranscribeError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("viewer: {0}")]
+    Viewer(String),
     #[error("{0} call(s) not sealed in the archive before exiting; the next start seals them once their lease lapses")]
     Unsealed(usize),
 }
@@ -169,6 +171,26 @@ pub async fn transcribe_after_call(config: &Config) -> Result<Option<Arc<AfterCa
     Ok(Some(AfterCall::start(queue, backend, config.local.transcribe.concurrency)?))
 }
 
+/// The call viewer over the configured archive; its token must be in the environment.
+fn viewer(config: &Config) -> Result<crate::viewer::Viewer, CliError> {
+    let token_env = &config.viewer.token_env;
+    let token = crate::config::read_secret(token_env).ok_or_else(|| {
+        CliError::Viewer(format!("the call viewer needs its token in {token_env} (or {token_env}_FILE)"))
+    })?;
+    let store = config.archive.open_store()?;
+    Ok(crate::viewer::Viewer::new(store, token.expose(), config.twilio.redact_numbers))
+}
+
+/// `parley archive serve`: the call viewer alone, until SIGTERM.
+pub async fn serve_viewer(config: &Config, listen: std::net::SocketAddr) -> Result<(), CliError> {
+    let router = viewer(config)?.router();
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    // Scripts and tests read the bound address from this line.
+    println!("parley call viewer on http://{}/calls", listener.local_addr()?);
+    axum::serve(listener, router).with_graceful_shutdown(edge::wait_for_signal()).await?;
+    Ok(())
+}
+
 /// `parley serve`: answers calls until SIGTERM, then drains.
 pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
     let assembly = assembly::assemble(&config, &secrets).await;
@@ -190,7 +212,8 @@ pub async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
         None
     };
     let taps: crate::call::tap::Taps = archive.clone().map(|a| a as _);
-    let server = edge::start(config, secrets, parts.agents, taps).await?;
+    let viewer = if config.viewer.enabled { viewer(&config)?.router() } else { axum::Router::new() };
+    let server = edge::start_with(config, secrets, parts.agents, taps, viewer).await?;
     // Scripts and tests read the bound address from this line.
     println!("parley listening on {}", server.local_addr);
     edge::wait_for_signal().await;

@@ -61,6 +61,25 @@ pub struct Config {
     pub cost: crate::cost::PriceTable,
     /// The thresholds scenarios exported from archived calls are gated on (`parley export`).
     pub eval: EvalSettings,
+    /// The read-only call viewer in the browser.
+    pub viewer: ViewerConfig,
+}
+
+/// `[viewer]`: the call viewer (`crate::viewer`), off unless enabled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewerConfig {
+    /// Serve the viewer at `/calls` on `parley serve`'s listener.
+    pub enabled: bool,
+    /// The environment variable holding the token every viewer request must present (bearer token, or basic-auth
+    /// password); the viewer does not start without it.
+    pub token_env: String,
+}
+
+impl Default for ViewerConfig {
+    fn default() -> Self {
+        ViewerConfig { enabled: false, token_env: "PARLEY_VIEWER_TOKEN".into() }
+    }
 }
 
 /// `[eval]`: the thresholds a replay of an archived call must meet; `parley export` writes them into each scenario.

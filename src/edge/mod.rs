@@ -94,6 +94,17 @@ pub async fn start(
     agents: Arc<dyn AgentFactory>,
     taps: Taps,
 ) -> Result<RunningServer, EdgeError> {
+    start_with(config, secrets, agents, taps, Router::new()).await
+}
+
+/// [`start`], with more routes on the same listener (the call viewer), under the same connection limits.
+pub async fn start_with(
+    config: Config,
+    secrets: Secrets,
+    agents: Arc<dyn AgentFactory>,
+    taps: Taps,
+    more: Router,
+) -> Result<RunningServer, EdgeError> {
     let (validator, tokens) = match (config.twilio.validate_signatures, &secrets.twilio_auth_token) {
         (true, Some(token)) => {
             (Some(SignatureValidator::new(token.expose())), Some(StreamTokens::from_auth_token(token.expose())))
@@ -127,7 +138,7 @@ pub async fn start(
     });
     let stop_http = CancellationToken::new();
     let stop = stop_http.clone();
-    let app = router(state);
+    let app = router(state).merge(more);
     let task = tokio::spawn(serve::serve(listener, app, limits, stop));
     tracing::info!(%local_addr, "Parley is listening");
     Ok(RunningServer { local_addr, registry, stop_http, task, grace })

@@ -6,6 +6,7 @@
 //! back from the archive, scores it ([`score`]) and writes a table, a JSON report and a latency waterfall per call
 //! ([`waterfall`]).
 
+pub mod archived;
 pub mod caller;
 pub mod dialogue;
 pub mod replay;

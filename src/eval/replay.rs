@@ -28,6 +28,8 @@ const MIN_SPEECH_RMS: f64 = 300.0;
 const MAX_PAUSE_MS: u64 = 400;
 /// Stretches shorter than this are clicks, not speech.
 const MIN_SPEECH_MS: u64 = 100;
+/// How far a barge-in may be stamped before the speech that caused it starts on the caller leg.
+pub(crate) const BARGE_IN_SLACK_MS: u64 = 500;
 /// Kept before and after a line's speech.
 const MARGIN_MS: u64 = 150;
 
@@ -101,12 +103,13 @@ impl ExportedScenario {
 
 /// One caller turn found in the recording.
 #[derive(Debug, Clone, PartialEq)]
-struct CutLine {
-    heard: String,
+pub(crate) struct CutLine {
+    pub turn: u64,
+    pub heard: String,
     /// The speech, in milliseconds of the call.
-    start_ms: u64,
-    end_ms: u64,
-    interrupt_after_ms: Option<u64>,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub interrupt_after_ms: Option<u64>,
 }
 
 /// The scenario for one call; see the module documentation.
@@ -238,7 +241,7 @@ fn sample_at(ms: u64) -> usize {
 }
 
 /// Stretches of speech on a leg, as (start, end) in milliseconds.
-fn speech_stretches(leg: &[i16]) -> Vec<(u64, u64)> {
+pub(crate) fn speech_stretches(leg: &[i16]) -> Vec<(u64, u64)> {
     let levels: Vec<f64> = leg
         .chunks(WINDOW)
         .map(|w| (w.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / w.len().max(1) as f64).sqrt())
@@ -263,7 +266,7 @@ fn speech_stretches(leg: &[i16]) -> Vec<(u64, u64)> {
 }
 
 /// The caller's lines: the speech before each caller turn (since the one before), and whether it cut the agent off.
-fn cut_lines(timeline: &[TimelineEntry], caller: &[i16], agent: &[i16]) -> Vec<CutLine> {
+pub(crate) fn cut_lines(timeline: &[TimelineEntry], caller: &[i16], agent: &[i16]) -> Vec<CutLine> {
     let caller_speech = speech_stretches(caller);
     let agent_speech = speech_stretches(agent);
     let barge_ins: Vec<u64> =
@@ -271,20 +274,21 @@ fn cut_lines(timeline: &[TimelineEntry], caller: &[i16], agent: &[i16]) -> Vec<C
     let mut lines = Vec::new();
     let mut since = 0;
     for entry in timeline {
-        let TimelineEvent::CallerTurn { text, .. } = &entry.event else { continue };
+        let TimelineEvent::CallerTurn { turn, text } = &entry.event else { continue };
         let previous = since;
         since = entry.ms;
         let speech: Vec<&(u64, u64)> =
             caller_speech.iter().filter(|(start, _)| *start >= previous && *start < entry.ms).collect();
         let (Some(first), Some(last)) = (speech.first(), speech.last()) else { continue };
         let start_ms = first.0;
-        // Did this line cut the agent off? A barge-in came while it was being said.
-        let interrupted = barge_ins.iter().any(|&at| at >= start_ms && at <= last.1 + 200);
+        // Did this line cut the agent off? A barge-in came while it was being said (the barge-in is stamped when the
+        // agent stopped, a reaction time after the onset, and the leg's frames when they reached the recorder).
+        let interrupted = barge_ins.iter().any(|&at| at + BARGE_IN_SLACK_MS >= start_ms && at <= last.1 + 200);
         let interrupt_after_ms = interrupted
             .then(|| agent_speech.iter().find(|(start, end)| *end > previous && *start <= start_ms))
             .flatten()
             .map(|(agent_start, _)| start_ms.saturating_sub((*agent_start).max(previous)));
-        lines.push(CutLine { heard: text.clone(), start_ms, end_ms: last.1, interrupt_after_ms });
+        lines.push(CutLine { turn: *turn, heard: text.clone(), start_ms, end_ms: last.1, interrupt_after_ms });
     }
     lines
 }

@@ -14,6 +14,9 @@ const CLEAR_GRACE_MS: u64 = 1_000;
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioScore {
     pub name: String,
+    /// An archived call measured as it happened, with nothing to judge it against (the call viewer's).
+    #[serde(skip)]
+    pub as_recorded: bool,
     pub passed: bool,
     /// Every threshold missed, in words.
     pub failures: Vec<String>,
@@ -113,6 +116,7 @@ pub fn score(
     let mut sorted = first_audio_ms.clone();
     sorted.sort_unstable();
     let mut score = ScenarioScore {
+        as_recorded: false,
         name: scenario.name.clone(),
         passed: false,
         failures: Vec::new(),
@@ -211,7 +215,7 @@ fn line_scores(scenario: &Scenario, report: &DialogueReport, timeline: &[Timelin
         .collect()
 }
 
-fn tool_calls(timeline: &[TimelineEntry]) -> Vec<ToolCallSeen> {
+pub(crate) fn tool_calls(timeline: &[TimelineEntry]) -> Vec<ToolCallSeen> {
     timeline
         .iter()
         .filter_map(|entry| match &entry.event {
@@ -238,7 +242,7 @@ fn tool_calls(timeline: &[TimelineEntry]) -> Vec<ToolCallSeen> {
         .collect()
 }
 
-fn turn_stages(lines: &[LineScore], timeline: &[TimelineEntry]) -> Vec<TurnStages> {
+pub(crate) fn turn_stages(lines: &[LineScore], timeline: &[TimelineEntry]) -> Vec<TurnStages> {
     timeline
         .iter()
         .filter_map(|entry| match &entry.event {

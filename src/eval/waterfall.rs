@@ -52,14 +52,12 @@ pub fn render(score: &ScenarioScore) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = write!(svg, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
-    let verdict = if score.passed { "passed" } else { "FAILED" };
-    text(
-        &mut svg,
-        12.0,
-        22.0,
-        &format!("{} — {verdict} (call {})", score.name, score.call_sid),
-        "font-size=\"16\" font-weight=\"bold\"",
-    );
+    let title = match (score.as_recorded, score.passed) {
+        (true, _) => format!("call {}, as recorded", score.call_sid),
+        (false, true) => format!("{} — passed (call {})", score.name, score.call_sid),
+        (false, false) => format!("{} — FAILED (call {})", score.name, score.call_sid),
+    };
+    text(&mut svg, 12.0, 22.0, &title, "font-size=\"16\" font-weight=\"bold\"");
     text(&mut svg, 12.0, 42.0, &summary(score), "fill=\"#444\"");
 
     // The call on one axis.
@@ -149,6 +147,17 @@ pub fn render(score: &ScenarioScore) -> String {
 
 fn summary(score: &ScenarioScore) -> String {
     let ms = |v: Option<u64>| v.map_or("–".into(), |v| format!("{v} ms"));
+    if score.as_recorded {
+        let reaction = score.parley_barge_in_ms.iter().copied().reduce(f64::max);
+        return format!(
+            "first audio heard p50 {} · p95 {} · barge-in (speech onset → clear, as Parley measured it) {} · \
+             clears not asked for {}",
+            ms(score.first_audio_p50_ms),
+            ms(score.first_audio_p95_ms),
+            reaction.map_or("–".into(), |ms| format!("{ms:.0} ms")),
+            score.false_interruptions,
+        );
+    }
     format!(
         "first audio p50 {} · p95 {} · barge-in {} · false interruptions {} · task {}",
         ms(score.first_audio_p50_ms),
@@ -241,6 +250,7 @@ mod tests {
             reply: String::new(),
         };
         ScenarioScore {
+            as_recorded: false,
             name: "order <status> & more".into(),
             passed: true,
             failures: Vec::new(),
