@@ -198,6 +198,14 @@ async fn a_call_is_traced_as_call_turn_and_stage_spans() {
     );
     let stages = ["stt", "llm", "tts", "twilio"].map(|stage| cost(&format!("parley.call.cost.{stage}")));
     assert!((cost("parley.call.cost") - stages.iter().sum::<f64>()).abs() < 1e-12);
+    // The model's share is the token counts its `chat` spans report, at the configured prices.
+    let tokens = |key: &str| -> f64 {
+        spans.iter().filter(|s| s.span.name.starts_with("chat ")).filter_map(|s| number(&s.span.attributes, key)).sum()
+    };
+    let (input, output) = (tokens("gen_ai.usage.input_tokens"), tokens("gen_ai.usage.output_tokens"));
+    assert!(input > 0.0 && output > 0.0);
+    let expected = (input * 0.15 + output * 0.6) / 1e6;
+    assert!((cost("parley.call.cost.llm") - expected).abs() < 1e-12, "{} ≠ {expected}", cost("parley.call.cost.llm"));
     assert_eq!(text(&root.resource, "service.name"), Some("parley-test"));
     assert_eq!(text(&root.resource, "service.instance.id"), Some("test-instance"));
     assert!(text(&root.resource, "service.version").is_some());

@@ -225,7 +225,14 @@ mod tests {
             ended_by: Some("Stopped".into()),
             turns: 1,
             owner: None,
-            cost: None,
+            cost: Some(crate::cost::CallCost {
+                currency: "USD".into(),
+                llm: 0.0012,
+                twilio: 0.0085,
+                total: 0.0097,
+                priced: true,
+                ..crate::cost::CallCost::default()
+            }),
         };
         let entry = |ms, event: ConversationEvent| TimelineEntry { ms, event };
         let entries = vec![
@@ -247,6 +254,8 @@ mod tests {
             ),
         ];
         let text = render_call(&metadata, &entries);
+        assert!(text.contains("cost 0.0097 USD: speech-to-text 0.0000 USD"), "{text}");
+        assert!(text.contains("model 0.0012 USD") && text.contains("phone line 0.0085 USD"), "{text}");
         assert!(text.contains("started 2025-11-25 00:00:00 UTC, 12.3s, 1 turn(s), sealed (Stopped)"), "{text}");
         assert!(text.contains("    1.20s  caller  [1] where is my order"), "{text}");
         assert!(text.contains("tool    [1] find_order({})"), "{text}");
