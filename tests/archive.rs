@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use loadgen::{listen_until, media_count, say, Rig, RigOptions, WAIT};
+use loadgen::{say, Rig, RigOptions, WAIT};
 use parley::archive::{
     caller_turns, list_calls, read_legs, read_metadata, read_timeline, Archive, ArchiveStore, CallMetadata, CallStatus,
     LocalStore, TimelineEvent,
@@ -19,8 +19,7 @@ use parley::call::echo::EchoFactory;
 use parley::call::tap::{TapEvent, TapFactory};
 use parley::call::CallInfo;
 use parley::edge;
-use parley::twilio::messages::OutboundMessage;
-use sim_caller::{silence, speech, tone, Received, StartOptions};
+use sim_caller::{silence, tone, StartOptions};
 use tokio::time::Instant;
 
 /// A 20 ms window is "loud" above this RMS; the test tones have an RMS of about 5,600, silence decodes near 0.
@@ -162,30 +161,14 @@ async fn a_clear_cuts_the_agent_leg_where_it_came() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_barge_in_silences_the_agent_channel_at_the_clear() {
-    use fake_providers::openai::{FakeOpenAiOptions, FakeReply};
     init_logs();
-    const LONG_REPLY: &str = "Let me tell you about our restaurant. We have tables by the window, tables on the \
-        terrace, and a private room for larger parties. Our kitchen serves seasonal dishes, and our wine list is long.";
     let root = tempfile::tempdir().unwrap();
     let archive = Archive::new(Arc::new(LocalStore::new(root.path()).unwrap()), false);
-    let openai = FakeOpenAiOptions::default()
-        .rule("table for two", FakeReply::text(LONG_REPLY))
-        .rule("seven", FakeReply::text("Seven it is."))
-        .delays(Duration::from_millis(300), Duration::from_millis(60));
+    let openai = barge_in_model();
     let mut rig = Rig::start(RigOptions { openai, taps: Some(Arc::new(archive)), ..RigOptions::default() }).await;
-    let mut call = rig.call(7).await;
-    say(&mut call, 1_000).await;
-    listen_until(&mut call, "about a second of the reply", |log| media_count(log) >= 60).await;
-    call.stream_audio(&speech(800)).await.unwrap();
-    call.wait_until("clear", WAIT, |log| {
-        log.iter().any(|r| matches!(r, Received::Message { message: OutboundMessage::Clear { .. }, .. }))
-    })
-    .await
-    .unwrap();
-    rig.next_report().await;
-    call.stream_audio(&silence(600)).await.unwrap();
-    rig.next_report().await;
-    call.hang_up().await;
+    let call = rig.call(7).await;
+    // About a second of the reply is heard before the caller cuts in.
+    talk_over_the_agent(&mut rig, call, 60).await;
 
     let (dir, _) = wait_sealed(root.path(), &format!("CA{:032}", 7)).await;
     let timeline = read_timeline(&dir).unwrap();

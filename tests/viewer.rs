@@ -10,38 +10,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::init_logs;
-use fake_providers::openai::{FakeOpenAiOptions, FakeReply};
-use loadgen::{listen_until, media_count, say, Rig, RigOptions, WAIT};
+use loadgen::{Rig, RigOptions, WAIT};
 use parley::archive::{list_calls, Archive, ArchiveStore, CallStatus, LocalStore};
-use parley::twilio::messages::OutboundMessage;
 use parley::viewer::Viewer;
-use sim_caller::{silence, speech, Received};
 
 const TOKEN: &str = "viewer-test-token";
 
 /// Places a call with a barge-in and waits until the archive has sealed it.
 async fn archived_call(root: &Path) -> String {
-    const LONG_REPLY: &str = "Let me tell you about our restaurant. We have tables by the window, tables on the \
-        terrace, and a private room for larger parties. Our kitchen serves seasonal dishes.";
     let archive = Archive::new(Arc::new(LocalStore::new(root).unwrap()), true);
-    let openai = FakeOpenAiOptions::default()
-        .rule("table for two", FakeReply::text(LONG_REPLY))
-        .rule("seven", FakeReply::text("Seven it is."))
-        .delays(Duration::from_millis(300), Duration::from_millis(60));
+    let openai = common::barge_in_model();
     let mut rig = Rig::start(RigOptions { openai, taps: Some(Arc::new(archive)), ..RigOptions::default() }).await;
-    let mut call = rig.call(12).await;
-    say(&mut call, 1_000).await;
-    listen_until(&mut call, "part of the reply", |log| media_count(log) >= 50).await;
-    call.stream_audio(&speech(800)).await.unwrap();
-    call.wait_until("clear", WAIT, |log| {
-        log.iter().any(|r| matches!(r, Received::Message { message: OutboundMessage::Clear { .. }, .. }))
-    })
-    .await
-    .unwrap();
-    rig.next_report().await;
-    call.stream_audio(&silence(600)).await.unwrap();
-    rig.next_report().await;
-    call.hang_up().await;
+    let call = rig.call(12).await;
+    common::talk_over_the_agent(&mut rig, call, 50).await;
     let call_sid = format!("CA{:032}", 12);
     let store = LocalStore::new(root).unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -112,7 +112,11 @@ fn stt_for(kind: SttProvider, config: &Config) -> Result<Arc<dyn SpeechToText>, 
             Arc::new(DeepgramFlux::new(config.stt.deepgram_flux.client_config().map_err(settings)?))
         }
         SttProvider::Whisper => {
-            let engine = crate::local::WhisperEngine::load(&config.local.whisper).map_err(|e| vec![e.to_string()])?;
+            let live = crate::local::WhisperSettings {
+                beam_size: config.local.whisper.live_beam_size,
+                ..config.local.whisper.clone()
+            };
+            let engine = crate::local::WhisperEngine::load(&live).map_err(|e| vec![e.to_string()])?;
             Arc::new(WhisperStt::new(Arc::new(engine), config.local.whisper.segmenter.clone()))
         }
     })

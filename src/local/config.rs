@@ -31,8 +31,11 @@ pub struct WhisperSettings {
     pub threads: usize,
     /// Transcriptions run at once across all calls: each one keeps `threads` cores busy.
     pub max_concurrent: usize,
-    /// Beam search width (1 is greedy: faster, slightly less accurate).
+    /// Beam search width of the offline transcript (1 is greedy: faster, slightly less accurate).
     pub beam_size: usize,
+    /// Beam search width of the live speech-to-text provider, whose every millisecond a caller waits for: greedy (1)
+    /// by default; the offline transcript after the call keeps `beam_size`.
+    pub live_beam_size: usize,
     /// Weight precision: `int8` is about twice as fast on CPU for a small loss; `default` keeps the model's own.
     pub compute_type: ComputeType,
     /// How the live provider cuts the caller's audio into utterances.
@@ -47,6 +50,7 @@ impl Default for WhisperSettings {
             threads: 2,
             max_concurrent: 1,
             beam_size: 5,
+            live_beam_size: 1,
             compute_type: ComputeType::Int8,
             segmenter: SegmenterConfig::default(),
         }

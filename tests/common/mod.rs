@@ -208,3 +208,35 @@ pub fn spawn_listening(mut command: std::process::Command) -> (ParleyProcess, St
         }
     }
 }
+
+/// A reply long enough for the caller to cut it off.
+pub const LONG_REPLY: &str = "Let me tell you about our restaurant. We have tables by the window, tables on the \
+    terrace, and a private room for larger parties. Our kitchen serves seasonal dishes, and our wine list is long.";
+
+/// The fake model of a call with a barge-in: the long reply to the first line, a short one to the second.
+pub fn barge_in_model() -> fake_providers::openai::FakeOpenAiOptions {
+    use fake_providers::openai::{FakeOpenAiOptions, FakeReply};
+    FakeOpenAiOptions::default()
+        .rule("table for two", FakeReply::text(LONG_REPLY))
+        .rule("seven", FakeReply::text("Seven it is."))
+        .delays(Duration::from_millis(300), Duration::from_millis(60))
+}
+
+/// The caller's side of a call with a barge-in: a line, `heard_frames` of the long reply, speech over it until
+/// Parley sends `clear`, then a pause for the second turn's answer; then the caller hangs up.
+pub async fn talk_over_the_agent(rig: &mut loadgen::Rig, mut call: SimCall, heard_frames: usize) {
+    use parley::twilio::messages::OutboundMessage;
+    use sim_caller::{silence, speech, Received};
+    loadgen::say(&mut call, 1_000).await;
+    loadgen::listen_until(&mut call, "part of the reply", |log| loadgen::media_count(log) >= heard_frames).await;
+    call.stream_audio(&speech(800)).await.expect("speech sent");
+    call.wait_until("clear", loadgen::WAIT, |log| {
+        log.iter().any(|r| matches!(r, Received::Message { message: OutboundMessage::Clear { .. }, .. }))
+    })
+    .await
+    .expect("clear");
+    rig.next_report().await;
+    call.stream_audio(&silence(600)).await.expect("silence sent");
+    rig.next_report().await;
+    call.hang_up().await;
+}
