@@ -45,16 +45,19 @@ struct TurnCost {
 
 fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let rss_before = rss_kib();
     let loading = Instant::now();
     let counter = TokenCounter::for_model(MODEL);
     let loaded = loading.elapsed();
+    let rss_growth = rss_kib().saturating_sub(rss_before);
     let result = order_json(7);
     let counting = Instant::now();
     let tokens = counter.text(&result);
     println!(
-        "tokenizer for {MODEL}: loaded in {:.0} ms (once per process); a {}-character tool result is {tokens} tokens, \
-         counted in {:.0} µs (once per message)",
+        "tokenizer for {MODEL}: loaded in {:.0} ms and {:.1} MiB of memory (once per process); a {}-character tool \
+         result is {tokens} tokens, counted in {:.0} µs (once per message)",
         ms(loaded),
+        rss_growth as f64 / 1024.0,
         result.len(),
         counting.elapsed().as_secs_f64() * 1e6
     );
@@ -101,6 +104,13 @@ fn main() {
             window_max.as_secs_f64() * 1e6
         );
     }
+}
+
+/// This process's resident memory, from /proc (0 where there is none).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap_or_default();
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).unwrap_or(0)
 }
 
 fn ms(duration: Duration) -> f64 {

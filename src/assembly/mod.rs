@@ -122,7 +122,8 @@ fn agent_factory(
     let auth_token = read_secret("TWILIO_AUTH_TOKEN").map(|s| s.expose().to_owned());
     let call_control = Arc::new(CallControl::new(backend_tools, config.conversation.call_control.clone(), auth_token));
     // Loading a tokenizer takes a moment: once, here, before any call.
-    let tokens = crate::llm::context::tokens::TokenCounter::for_model(providers.llm.model());
+    let tokens =
+        crate::llm::context::tokens::TokenCounter::for_context(&config.conversation.context, providers.llm.model());
     let deps = CascadeDeps {
         stt: providers.stt,
         route: providers.route,

@@ -52,6 +52,18 @@ pub struct ContextConfig {
     pub summary_max_chars: usize,
     /// When turns leave, answered tool results of every turn but the newest are cut to this many characters.
     pub answered_tool_result_chars: usize,
+    /// How tokens are counted: with the model's own tokenizer where Parley has it (exact; OpenAI's o200k table costs
+    /// about 45 MiB of memory per process and a quarter of a second at start-up), or by the estimate.
+    pub count_with: TokenCounting,
+}
+
+/// [`ContextConfig::count_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenCounting {
+    #[default]
+    Tokenizer,
+    Estimate,
 }
 
 impl Default for ContextConfig {
@@ -63,6 +75,7 @@ impl Default for ContextConfig {
             summary: true,
             summary_max_chars: 1_500,
             answered_tool_result_chars: 300,
+            count_with: TokenCounting::Tokenizer,
         }
     }
 }

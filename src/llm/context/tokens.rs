@@ -50,6 +50,14 @@ impl TokenCounter {
         }
     }
 
+    /// The counter a context configuration asks for: none is loaded when there is no budget to count against.
+    pub fn for_context(context: &super::ContextConfig, model: &str) -> TokenCounter {
+        if context.max_tokens == 0 || context.count_with == super::TokenCounting::Estimate {
+            return TokenCounter::Estimate;
+        }
+        TokenCounter::for_model(model)
+    }
+
     /// Whether counts come from the model's own tokenizer.
     pub fn is_exact(&self) -> bool {
         matches!(self, TokenCounter::Bpe(_))
@@ -93,6 +101,18 @@ mod tests {
         assert!(TokenCounter::for_model("gpt-4.1").is_exact());
         assert!(!TokenCounter::for_model("claude-haiku-4-5").is_exact());
         assert!(!TokenCounter::for_model("llama-3.1-8b-instruct").is_exact());
+    }
+
+    #[test]
+    fn no_tokenizer_is_loaded_without_a_budget_or_when_the_estimate_is_asked_for() {
+        use super::super::{ContextConfig, TokenCounting};
+        let budget = ContextConfig::default();
+        assert!(TokenCounter::for_context(&budget, "gpt-4o-mini").is_exact());
+        assert!(
+            !TokenCounter::for_context(&ContextConfig { max_tokens: 0, ..budget.clone() }, "gpt-4o-mini").is_exact()
+        );
+        let estimate = ContextConfig { count_with: TokenCounting::Estimate, ..budget };
+        assert!(!TokenCounter::for_context(&estimate, "gpt-4o-mini").is_exact());
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl Rig {
         let llm = options.llm.unwrap_or_else(|| Arc::new(llm));
         let deps = CascadeDeps {
             stt,
-            tokens: parley::llm::context::tokens::TokenCounter::for_model(llm.model()),
+            tokens: parley::llm::context::tokens::TokenCounter::for_context(&options.conversation.context, llm.model()),
             route: options.route,
             prices: Arc::new(options.prices),
             llm,
