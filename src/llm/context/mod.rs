@@ -109,6 +109,8 @@ pub struct ContextWindow {
     /// A fold whose summary is being written: its id and plan.
     pending: Option<(u64, FoldPlan)>,
     next_fold: u64,
+    /// The fold the current summary was written for (later folds cover more of the call).
+    summary_fold: u64,
     /// Token counts of history messages already counted, by index, with the content length they were counted at.
     counts: Vec<(usize, u32)>,
     /// The tool list's tokens, with the length of the JSON they were counted from.
@@ -124,6 +126,7 @@ impl ContextWindow {
             summary: None,
             pending: None,
             next_fold: 1,
+            summary_fold: 0,
             counts: Vec::new(),
             tools_count: None,
         }
@@ -190,10 +193,13 @@ impl ContextWindow {
     }
 
     /// A fold's summary arrived (`None`: writing it failed). The folded turns leave the window now, if they have not
-    /// already; a summary of a superseded fold is still the newest account of the call, so it is kept too.
+    /// already. A summary of a superseded fold is kept when it is the newest account of the call so far; one that
+    /// arrives after a later fold's summary is not.
     pub fn summary_ready(&mut self, history: &mut [ChatMessage], id: u64, summary: Option<String>) {
-        if let Some(text) = summary.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()) {
+        let text = summary.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty());
+        if let Some(text) = text.filter(|_| id > self.summary_fold) {
             self.summary = Some(cut_chars(&text, self.config.summary_max_chars));
+            self.summary_fold = id;
         }
         if let Some((pending, plan)) = self.pending {
             if pending == id {

@@ -164,3 +164,23 @@ fn a_failed_summary_still_lets_the_turns_leave() {
     assert!(window.messages(&history).len() < before);
     assert_eq!(window.summary(), None);
 }
+
+#[test]
+fn a_late_summary_of_an_earlier_fold_does_not_replace_a_newer_one() {
+    let mut history = vec![ChatMessage::system("You are a phone agent.")];
+    let mut window = ContextWindow::new(config(1_500, true), TokenCounter::Estimate);
+    let mut folds = Vec::new();
+    for turn in 1..60 {
+        play_turn(&mut history, turn);
+        folds.extend(window.fit(&mut history, &tools()));
+        folds.extend(window.between_turns(&mut history, &tools()));
+        if folds.len() >= 2 {
+            break;
+        }
+    }
+    assert!(folds.len() >= 2, "two folds were started");
+    let (first, second) = (folds[0].id, folds[1].id);
+    window.summary_ready(&mut history, second, Some("notes up to the second fold".into()));
+    window.summary_ready(&mut history, first, Some("notes up to the first fold".into()));
+    assert_eq!(window.summary(), Some("notes up to the second fold"));
+}
