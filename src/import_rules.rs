@@ -23,6 +23,7 @@ const BELOW_THE_ENGINE: &[&str] = &[
     "settings",
     "stt",
     "telemetry",
+    "text",
     "tool_executor",
     "transcribe",
     "tts",

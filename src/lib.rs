@@ -43,6 +43,7 @@ pub mod mcp;
 pub mod settings;
 pub mod stt;
 pub mod telemetry;
+pub mod text;
 pub mod tool_executor;
 pub mod transcribe;
 pub mod tts;

@@ -89,7 +89,7 @@ fn handshake_error(error: WsError) -> HandshakeError {
             let detail = if body.is_empty() {
                 status.canonical_reason().unwrap_or("handshake refused").to_owned()
             } else {
-                excerpt(body, MAX_REJECT_BODY_CHARS)
+                crate::text::excerpt(body, MAX_REJECT_BODY_CHARS)
             };
             HandshakeError::Rejected { status: status.as_u16(), detail }
         }
@@ -102,13 +102,6 @@ pub fn close_detail(close: Option<&CloseFrame>) -> String {
     match close {
         Some(frame) => format!("close frame {}: {}", u16::from(frame.code), frame.reason.as_str()),
         None => "close frame without a reason".to_owned(),
-    }
-}
-
-fn excerpt(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
     }
 }
 

@@ -302,10 +302,7 @@ fn finish_reason(wire: Option<&str>, has_calls: bool) -> FinishReason {
 }
 
 fn excerpt(text: &str) -> String {
-    match text.char_indices().nth(EXCERPT_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+    crate::text::excerpt(text, EXCERPT_CHARS)
 }
 
 #[cfg(test)]

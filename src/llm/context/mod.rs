@@ -27,6 +27,7 @@ use self::shorten::shorten_answered_result;
 use self::summary::{summary_message, SummaryRequest};
 use self::tokens::TokenCounter;
 use super::{ChatMessage, Role, ToolSpec};
+use crate::text::prefix_chars;
 
 /// Share of the budget at which the window starts folding between turns.
 pub const FOLD_EARLY_PERCENT: u32 = 85;
@@ -198,7 +199,7 @@ impl ContextWindow {
     pub fn summary_ready(&mut self, history: &mut [ChatMessage], id: u64, summary: Option<String>) {
         let text = summary.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty());
         if let Some(text) = text.filter(|_| id > self.summary_fold) {
-            self.summary = Some(cut_chars(&text, self.config.summary_max_chars));
+            self.summary = Some(prefix_chars(&text, self.config.summary_max_chars).to_owned());
             self.summary_fold = id;
         }
         if let Some((pending, plan)) = self.pending {
@@ -317,14 +318,6 @@ impl ContextWindow {
         let tokens = self.counter.message(message);
         self.counts[index] = (key, tokens);
         tokens
-    }
-}
-
-/// At most `max_chars` characters.
-fn cut_chars(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((at, _)) => text[..at].to_owned(),
-        None => text.to_owned(),
     }
 }
 

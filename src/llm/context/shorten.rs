@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+use crate::text::excerpt;
+
 /// Put before a shortened result.
 pub const SHORTENED_MARK: &str = "[shortened; the fields the answer used] ";
 
@@ -22,7 +24,7 @@ pub fn shorten_answered_result(result: &str, answer: &str, max_chars: usize) -> 
         _ => used_lines(result, &answer),
     };
     let kept = if used.is_empty() { result } else { used.as_str() };
-    format!("{SHORTENED_MARK}{}", cut(kept, max_chars))
+    format!("{SHORTENED_MARK}{}", excerpt(kept, max_chars))
 }
 
 /// The leaves of a JSON value whose text the answer mentions, as `path=value` pairs.
@@ -79,14 +81,6 @@ fn contains_word(text: &str, needle: &str) -> bool {
     let alone = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
     text.match_indices(needle)
         .any(|(at, _)| alone(text[..at].chars().next_back()) && alone(text[at + needle.len()..].chars().next()))
-}
-
-/// At most `max_chars` characters, with an ellipsis when cut.
-fn cut(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
 }
 
 #[cfg(test)]

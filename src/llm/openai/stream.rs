@@ -310,10 +310,7 @@ pub fn error_message_from_text(body: &str) -> String {
 }
 
 fn excerpt(text: &str) -> String {
-    match text.char_indices().nth(EXCERPT_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+    crate::text::excerpt(text, EXCERPT_CHARS)
 }
 
 #[cfg(test)]
