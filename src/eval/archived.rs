@@ -14,11 +14,12 @@ pub fn archived_call_score(
     caller: &[i16],
     agent: &[i16],
 ) -> ScenarioScore {
+    let agent_stretches = speech_stretches(agent);
     let agent_speech: Vec<SpanMs> =
-        speech_stretches(agent).into_iter().map(|(start_ms, end_ms)| SpanMs { start_ms, end_ms }).collect();
+        agent_stretches.iter().map(|&(start_ms, end_ms)| SpanMs { start_ms, end_ms }).collect();
     let clear_at_ms: Vec<u64> =
         timeline.iter().filter(|e| matches!(e.event, TimelineEvent::AgentAudioCleared)).map(|e| e.ms).collect();
-    let cut = cut_lines(timeline, caller, agent);
+    let cut = cut_lines(timeline, &speech_stretches(caller), &agent_stretches);
     let lines: Vec<LineScore> = cut
         .iter()
         .enumerate()

@@ -121,7 +121,7 @@ pub fn scenario_from_call(
     thresholds: &EvalSettings,
 ) -> Result<ExportedScenario, ExportError> {
     let unusable = |message: &str| ExportError::Unusable { call: metadata.call_sid.clone(), message: message.into() };
-    let lines = cut_lines(timeline, caller, agent);
+    let lines = cut_lines(timeline, &speech_stretches(caller), &speech_stretches(agent));
     if lines.is_empty() {
         return Err(unusable("the caller said nothing the recording holds (no caller turn with speech)"));
     }
@@ -266,9 +266,12 @@ pub(crate) fn speech_stretches(leg: &[i16]) -> Vec<(u64, u64)> {
 }
 
 /// The caller's lines: the speech before each caller turn (since the one before), and whether it cut the agent off.
-pub(crate) fn cut_lines(timeline: &[TimelineEntry], caller: &[i16], agent: &[i16]) -> Vec<CutLine> {
-    let caller_speech = speech_stretches(caller);
-    let agent_speech = speech_stretches(agent);
+/// `caller_speech` and `agent_speech` are the legs' [`speech_stretches`].
+pub(crate) fn cut_lines(
+    timeline: &[TimelineEntry],
+    caller_speech: &[(u64, u64)],
+    agent_speech: &[(u64, u64)],
+) -> Vec<CutLine> {
     let barge_ins: Vec<u64> =
         timeline.iter().filter(|e| matches!(e.event, TimelineEvent::BargeIn { .. })).map(|e| e.ms).collect();
     let mut lines = Vec::new();
@@ -359,7 +362,7 @@ mod tests {
             entry(5_850, TimelineEvent::BargeIn { turn: 1, reaction_ms: 150.0 }),
             entry(7_300, TimelineEvent::CallerTurn { turn: 2, text: "When will it arrive?".into() }),
         ];
-        let lines = cut_lines(&timeline, &caller, &agent);
+        let lines = cut_lines(&timeline, &speech_stretches(&caller), &speech_stretches(&agent));
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!((lines[0].start_ms, lines[0].end_ms, lines[0].interrupt_after_ms), (2_000, 3_500, None));
         assert_eq!((lines[1].start_ms, lines[1].interrupt_after_ms), (5_700, Some(1_200)), "{lines:?}");
