@@ -126,29 +126,7 @@ pub fn render_call(metadata: &CallMetadata, entries: &[TimelineEntry]) -> String
     out.push('\n');
     for entry in entries {
         let at = format!("{:>8.2}s", entry.ms as f64 / 1000.0);
-        let line = match &entry.event {
-            TimelineEvent::CallStarted { .. } => "call started".to_owned(),
-            TimelineEvent::CallerTurn { turn, text } => format!("caller  [{turn}] {text}"),
-            TimelineEvent::AgentSaid { turn, text, interrupted } => {
-                format!("agent   [{turn}] {text}{}", if *interrupted { "  (interrupted)" } else { "" })
-            }
-            TimelineEvent::ToolCall { turn, name, arguments, .. } => format!("tool    [{turn}] {name}({arguments})"),
-            TimelineEvent::ToolResult { turn, content, is_error, .. } => {
-                format!("result  [{turn}] {}{content}", if *is_error { "error: " } else { "" })
-            }
-            TimelineEvent::BargeIn { turn, reaction_ms } => {
-                format!("barge-in [{turn}] the caller interrupted; agent stopped within {reaction_ms:.0} ms")
-            }
-            TimelineEvent::Latency { turn, stages } => {
-                let stages: Vec<String> = stages.iter().map(|(stage, ms)| format!("{stage} {ms:.0} ms")).collect();
-                format!("latency [{turn}] {}", stages.join(", "))
-            }
-            TimelineEvent::ProviderError { stage, provider, error } => format!("error   {stage} ({provider}): {error}"),
-            TimelineEvent::Dtmf { digit } => format!("key     {digit}"),
-            TimelineEvent::AgentAudioCleared => "agent audio cleared".to_owned(),
-            TimelineEvent::CallCost { cost } => cost_line(cost),
-            TimelineEvent::CallEnded { reason } => format!("call ended ({reason})"),
-        };
+        let line = event_line(&entry.event);
         let _ = writeln!(out, "{at}  {line}");
     }
     out
@@ -179,6 +157,33 @@ pub fn cost_line(cost: &crate::cost::CallCost) -> String {
 /// An amount with four decimals (calls cost fractions of a cent) and its currency.
 pub fn money(amount: f64, currency: &str) -> String {
     format!("{amount:.4} {currency}").trim_end().to_owned()
+}
+
+/// One timeline event in words, as `parley archive show` and the call viewer print it.
+pub fn event_line(event: &TimelineEvent) -> String {
+    match event {
+        TimelineEvent::CallStarted { .. } => "call started".to_owned(),
+        TimelineEvent::CallerTurn { turn, text } => format!("caller  [{turn}] {text}"),
+        TimelineEvent::AgentSaid { turn, text, interrupted } => {
+            format!("agent   [{turn}] {text}{}", if *interrupted { "  (interrupted)" } else { "" })
+        }
+        TimelineEvent::ToolCall { turn, name, arguments, .. } => format!("tool    [{turn}] {name}({arguments})"),
+        TimelineEvent::ToolResult { turn, content, is_error, .. } => {
+            format!("result  [{turn}] {}{content}", if *is_error { "error: " } else { "" })
+        }
+        TimelineEvent::BargeIn { turn, reaction_ms } => {
+            format!("barge-in [{turn}] the caller interrupted; agent stopped within {reaction_ms:.0} ms")
+        }
+        TimelineEvent::Latency { turn, stages } => {
+            let stages: Vec<String> = stages.iter().map(|(stage, ms)| format!("{stage} {ms:.0} ms")).collect();
+            format!("latency [{turn}] {}", stages.join(", "))
+        }
+        TimelineEvent::ProviderError { stage, provider, error } => format!("error   {stage} ({provider}): {error}"),
+        TimelineEvent::Dtmf { digit } => format!("key     {digit}"),
+        TimelineEvent::AgentAudioCleared => "agent audio cleared".to_owned(),
+        TimelineEvent::CallCost { cost } => cost_line(cost),
+        TimelineEvent::CallEnded { reason } => format!("call ended ({reason})"),
+    }
 }
 
 fn status(metadata: &CallMetadata) -> String {

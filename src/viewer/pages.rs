@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use quick_xml::escape::escape;
 
-use crate::archive::cli::{cost_line, money};
+use crate::archive::cli::{cost_line, event_line, money, utc_time};
 use crate::archive::{CallMetadata, CallStatus, TimelineEntry, TimelineEvent};
 use crate::telemetry::redact::phone_number;
 use crate::transcribe::CallTranscript;
@@ -78,7 +78,7 @@ pub fn calls_list(rows: &[CallRow], redact_numbers: bool) -> String {
             "<tr><td>{}</td><td><a href=\"/calls/{}\">{}</a></td><td>{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{}</td></tr>",
-            utc(m.started_at_ms),
+            utc_time(m.started_at_ms),
             escape(&row.name),
             escape(&m.call_sid),
             escape(number(m.from.as_deref(), redact_numbers)),
@@ -104,7 +104,7 @@ pub fn call_page(call: &CallPage, redact_numbers: bool) -> String {
         "<p class=\"meta\">from {} to {}, started {} UTC, {}, {} turn(s), {}</p>",
         escape(number(m.from.as_deref(), redact_numbers)),
         escape(number(m.to.as_deref(), redact_numbers)),
-        utc(m.started_at_ms),
+        utc_time(m.started_at_ms),
         m.duration_ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| "still open".into()),
         m.turns,
         escape(outcome(m)),
@@ -120,12 +120,12 @@ pub fn call_page(call: &CallPage, redact_numbers: bool) -> String {
     );
     body.push_str("<h2>Timeline</h2><table id=\"timeline\"><thead><tr><th>at</th><th>what</th></tr></thead><tbody>");
     for entry in &call.timeline {
-        let (class, text) = describe(&entry.event);
         let _ = write!(
             body,
-            "<tr class=\"{class}\"><td class=\"num\">{:.2} s</td><td>{}</td></tr>",
+            "<tr class=\"{}\"><td class=\"num\">{:.2} s</td><td>{}</td></tr>",
+            row_class(&entry.event),
             entry.ms as f64 / 1000.0,
-            escape(&text)
+            escape(event_line(&entry.event))
         );
     }
     body.push_str("</tbody></table>");
@@ -169,35 +169,19 @@ fn transcripts(body: &mut String, transcript: &CallTranscript) {
     }
 }
 
-/// A timeline row: its class (for highlighting) and its text.
-fn describe(event: &TimelineEvent) -> (&'static str, String) {
+/// A timeline row's class, for highlighting barge-ins and tool calls.
+fn row_class(event: &TimelineEvent) -> &'static str {
     match event {
-        TimelineEvent::CallStarted { .. } => ("", "call started".into()),
-        TimelineEvent::CallerTurn { turn, text } => ("caller", format!("caller [{turn}]: {text}")),
-        TimelineEvent::AgentSaid { turn, text, interrupted } => {
-            ("agent", format!("agent [{turn}]: {text}{}", if *interrupted { " (interrupted)" } else { "" }))
-        }
-        TimelineEvent::ToolCall { turn, name, arguments, .. } => {
-            ("tool", format!("tool [{turn}]: {name}({arguments})"))
-        }
-        TimelineEvent::ToolResult { turn, content, is_error, .. } => {
-            ("tool", format!("result [{turn}]: {}{content}", if *is_error { "error: " } else { "" }))
-        }
-        TimelineEvent::BargeIn { turn, reaction_ms } => (
-            "barge-in",
-            format!("barge-in [{turn}]: the caller interrupted; the agent stopped within {reaction_ms:.0} ms"),
-        ),
-        TimelineEvent::Latency { turn, stages } => {
-            let stages: Vec<String> = stages.iter().map(|(stage, ms)| format!("{stage} {ms:.0} ms")).collect();
-            ("latency", format!("latency [{turn}]: {}", stages.join(", ")))
-        }
-        TimelineEvent::ProviderError { stage, provider, error } => {
-            ("error", format!("error {stage} ({provider}): {error}"))
-        }
-        TimelineEvent::Dtmf { digit } => ("", format!("key {digit}")),
-        TimelineEvent::AgentAudioCleared => ("barge-in", "agent audio cleared".into()),
-        TimelineEvent::CallCost { cost } => ("", cost_line(cost)),
-        TimelineEvent::CallEnded { reason } => ("", format!("call ended ({reason})")),
+        TimelineEvent::CallerTurn { .. } => "caller",
+        TimelineEvent::AgentSaid { .. } => "agent",
+        TimelineEvent::ToolCall { .. } | TimelineEvent::ToolResult { .. } => "tool",
+        TimelineEvent::BargeIn { .. } | TimelineEvent::AgentAudioCleared => "barge-in",
+        TimelineEvent::Latency { .. } => "latency",
+        TimelineEvent::ProviderError { .. } => "error",
+        TimelineEvent::CallStarted { .. }
+        | TimelineEvent::Dtmf { .. }
+        | TimelineEvent::CallCost { .. }
+        | TimelineEvent::CallEnded { .. } => "",
     }
 }
 
@@ -211,10 +195,6 @@ fn outcome(metadata: &CallMetadata) -> String {
         (CallStatus::Sealed, Some(reason)) => reason.clone(),
         (CallStatus::Sealed, None) => "sealed".into(),
     }
-}
-
-fn utc(epoch_ms: u64) -> String {
-    crate::archive::cli::utc_time(epoch_ms)
 }
 
 #[cfg(test)]
