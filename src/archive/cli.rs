@@ -30,32 +30,26 @@ pub enum ArchiveCommand {
 }
 
 /// Runs an archive subcommand against the configured archive (local folder or bucket), printing to stdout.
+/// `serve` is carried out by the binary, which has the viewer; here it is refused.
 pub fn run(config: &ArchiveConfig, command: &ArchiveCommand) -> Result<(), ArchiveError> {
-    if config.store == StoreKind::Local && !config.root.exists() {
-        return match command {
-            ArchiveCommand::List { .. } => {
-                println!("no archive at {}", config.root.display());
-                Ok(())
-            }
-            ArchiveCommand::Show { call } => show_folder(Path::new(call)),
-            ArchiveCommand::Serve { .. } => {
-                Err(ArchiveError::Elsewhere("`parley archive serve` runs in the parley binary"))
-            }
-        };
-    }
-    let store = config.open_store()?;
+    let no_local_archive = config.store == StoreKind::Local && !config.root.exists();
     match command {
-        ArchiveCommand::List { limit } => {
-            print!("{}", list(store.as_ref(), *limit)?);
-            Ok(())
-        }
         ArchiveCommand::Serve { .. } => {
             Err(ArchiveError::Elsewhere("`parley archive serve` runs in the parley binary"))
         }
+        ArchiveCommand::List { .. } if no_local_archive => {
+            println!("no archive at {}", config.root.display());
+            Ok(())
+        }
+        ArchiveCommand::Show { call } if no_local_archive || Path::new(call).join(super::METADATA_FILE).is_file() => {
+            show_folder(Path::new(call))
+        }
+        ArchiveCommand::List { limit } => {
+            print!("{}", list(config.open_store()?.as_ref(), *limit)?);
+            Ok(())
+        }
         ArchiveCommand::Show { call } => {
-            if Path::new(call).join(super::METADATA_FILE).is_file() {
-                return show_folder(Path::new(call));
-            }
+            let store = config.open_store()?;
             let key = find_call(store.as_ref(), call)?;
             let metadata = super::meta::read(store.as_ref(), &key)?;
             let entries = super::timeline::read_from(store.as_ref(), &key)?;
