@@ -168,6 +168,9 @@ pub fn event_line(event: &TimelineEvent) -> String {
         TimelineEvent::BargeIn { turn, reaction_ms } => {
             format!("barge-in [{turn}] the caller interrupted; agent stopped within {reaction_ms:.0} ms")
         }
+        TimelineEvent::ReplyResumed { turn, paused_ms, backed_up_ms } => format!(
+            "resumed [{turn}] no words followed: the agent went on after {paused_ms:.0} ms, from {backed_up_ms:.0} ms back"
+        ),
         TimelineEvent::Latency { turn, stages } => {
             let stages: Vec<String> = stages.iter().map(|(stage, ms)| format!("{stage} {ms:.0} ms")).collect();
             format!("latency [{turn}] {}", stages.join(", "))

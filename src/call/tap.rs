@@ -64,6 +64,13 @@ pub enum ConversationEvent {
         turn: u64,
         reaction_ms: f64,
     },
+    /// A barge-in turned out to be noise (no words followed): the paused reply goes on, from `backed_up_ms` before
+    /// the point the caller last heard, after `paused_ms` of silence.
+    ReplyResumed {
+        turn: u64,
+        paused_ms: f64,
+        backed_up_ms: f64,
+    },
     /// Each stage's milliseconds for one turn.
     Latency {
         turn: u64,

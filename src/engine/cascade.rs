@@ -29,6 +29,7 @@ use super::links::{LinkEvent, SttLink, TtsLink};
 use super::outcome::CallOutcome;
 use super::replay::ReplayBuffer;
 use super::reply::{self, ReplyEvent, ReplyEvents, ReplyJob};
+use super::resume::{PauseVerdict, Paused};
 use super::tools::{ToolCallContext, ToolExecutor};
 use super::turn::{EndOfTurn, TurnDecision, TurnDetector};
 use super::vad::{energy_voiced, VadPool, VadSource, VadStream, VadVerdict};
@@ -149,6 +150,8 @@ struct Engine {
     replay: ReplayBuffer,
     /// This call's model, able to start a reply on the STT's eager end of turn (when enabled).
     speculative: Option<Arc<SpeculativeLlm>>,
+    /// The STT reported speech it has not yet answered with a result (words, or none).
+    stt_pending: bool,
 }
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
@@ -227,6 +230,7 @@ impl Engine {
             call_trace,
             turn_latencies: Vec::new(),
             speculative,
+            stt_pending: false,
             deps,
         };
         (engine, inputs)
@@ -241,7 +245,10 @@ impl Engine {
         }
         loop {
             let deadline =
-                [self.turn.next_deadline(), self.stt.retry_at(), self.keypad.deadline()].into_iter().flatten().min();
+                [self.turn.next_deadline(), self.stt.retry_at(), self.keypad.deadline(), self.resume_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min();
             tokio::select! {
                 event = inputs.call.recv() => match event {
                     Some(CallEvent::Audio(frame)) => self.on_caller_audio(frame).await,
@@ -253,10 +260,7 @@ impl Engine {
                     }
                     Some(CallEvent::Hangup) | None => break,
                 },
-                Some(verdict) = recv_unbounded(&mut inputs.vad) => {
-                    let decisions = self.turn.on_vad(verdict.voiced, Instant::now());
-                    self.apply(decisions).await;
-                }
+                Some(verdict) = recv_unbounded(&mut inputs.vad) => self.on_vad(verdict.voiced).await,
                 event = recv(&mut inputs.stt) => self.on_stt(event, inputs).await,
                 Some(event) = inputs.links.recv() => self.on_link(event, inputs),
                 Some((id, event)) = inputs.replies.recv() => self.on_reply_event(id, event),
@@ -282,6 +286,7 @@ impl Engine {
                     }
                     let decisions = self.turn.on_tick(now);
                     self.apply(decisions).await;
+                    self.check_paused_reply(now);
                 }
             }
             if let Some(action) = self.due_action.take() {
@@ -298,10 +303,7 @@ impl Engine {
             Vad::Pool(stream) => {
                 stream.push(frame.clone());
             }
-            Vad::Energy => {
-                let decisions = self.turn.on_vad(energy_voiced(&frame), Instant::now());
-                self.apply(decisions).await;
-            }
+            Vad::Energy => self.on_vad(energy_voiced(&frame)).await,
             Vad::Off => {}
         }
         self.replay.push(frame.clone());
@@ -314,18 +316,38 @@ impl Engine {
         }
     }
 
+    /// One VAD verdict on the caller's audio.
+    async fn on_vad(&mut self, voiced: bool) {
+        let now = Instant::now();
+        if voiced {
+            if let Some(paused) = self.reply.as_mut().and_then(|r| r.paused.as_mut()) {
+                paused.last_voiced = now;
+            }
+        }
+        let decisions = self.turn.on_vad(voiced, now);
+        self.apply(decisions).await;
+    }
+
     async fn on_stt(&mut self, event: Option<SttEvent>, inputs: &mut Inputs) {
         let now = Instant::now();
         match event {
             Some(SttEvent::Transcript(transcript)) => {
+                if transcript.is_final {
+                    self.stt_pending = false;
+                }
+                if self.reply.as_ref().is_some_and(InFlight::is_paused) && !self.turn.is_backchannel(&transcript.text) {
+                    tracing::info!(call_sid = %self.call.call_sid, text = %transcript.text, "words after the barge-in: the interruption was real");
+                    self.interrupt_reply(None).await;
+                }
                 let decisions = self.turn.on_transcript(&transcript, now);
                 self.apply(decisions).await;
             }
             Some(SttEvent::UtteranceEnd { .. }) => {
+                self.stt_pending = false;
                 let decisions = self.turn.on_utterance_end(now);
                 self.apply(decisions).await;
             }
-            Some(SttEvent::SpeechStarted { .. }) => {}
+            Some(SttEvent::SpeechStarted { .. }) => self.stt_pending = true,
             Some(SttEvent::TurnInfo { event, transcript }) => self.on_turn_info(event, &transcript),
             Some(SttEvent::Error(err)) => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.stt.provider(), %err, "speech-to-text failed; reconnecting");
@@ -361,6 +383,7 @@ impl Engine {
     /// the agent ask them to repeat (once the new session is up).
     fn stt_lost(&mut self, inputs: &mut Inputs) {
         inputs.stt = None;
+        self.stt_pending = false;
         let lost_words = self.turn.discard_pending();
         self.recheck_lost_words = self.turn.caller_speaking() || lost_words;
         self.stt.lost();
@@ -446,6 +469,13 @@ impl Engine {
             reply.audio_start = Some(self.playout.progress().enqueued_bytes);
         }
         reply.audio_bytes += mulaw.len() as u64;
+        if self.deps.config.turn.resume.enabled {
+            reply.audio.push(mulaw.clone());
+        }
+        if reply.is_paused() {
+            // Held until the caller is known to have meant the interruption or not.
+            return;
+        }
         self.playout.play(mulaw);
         reply.marks += 1;
         self.playout.mark(format!("{}-{}", reply.context, reply.marks));
@@ -472,6 +502,11 @@ impl Engine {
                 TurnDecision::EndOfTurn(end) if self.is_noise_over_the_agent() => {
                     tracing::info!(call_sid = %self.call.call_sid, text = ?end.text, "words over the agent's audio too short to interrupt it; not a turn");
                 }
+                TurnDecision::EndOfTurn(end)
+                    if self.reply.as_ref().is_some_and(InFlight::is_paused) && self.turn.is_backchannel(&end.text) =>
+                {
+                    tracing::info!(call_sid = %self.call.call_sid, text = ?end.text, "only a backchannel after the barge-in; not a turn");
+                }
                 TurnDecision::EndOfTurn(end) => self.on_end_of_turn(end).await,
             }
         }
@@ -481,7 +516,7 @@ impl Engine {
     /// long enough to interrupt it (real speech over the agent barges in first, which ends the reply). A cough the
     /// recogniser turned into a word must not cut the agent off. Without a VAD, words are all there is to go by.
     fn is_noise_over_the_agent(&self) -> bool {
-        !matches!(self.vad, Vad::Off) && self.reply.as_ref().is_some_and(InFlight::has_audio)
+        !matches!(self.vad, Vad::Off) && self.reply.as_ref().is_some_and(|r| r.has_audio() && !r.is_paused())
     }
 
     /// Keys the caller pressed become a caller turn, as if said.
@@ -691,7 +726,7 @@ impl Engine {
 
     /// Playback moved: note the reply's first audio sent, and finish the reply once everything was played.
     fn on_playout(&mut self, progress: PlayoutProgress) {
-        let Some(reply) = self.reply.as_mut() else { return };
+        let Some(reply) = self.reply.as_mut().filter(|r| !r.is_paused()) else { return };
         if reply.latency.first_audio_sent.is_none()
             && reply.audio_start.is_some_and(|start| progress.sent_bytes > start)
         {
@@ -725,6 +760,7 @@ impl Engine {
         }
         let report = self.playout.clear().await;
         let cleared_at = Instant::now();
+        let resume = self.deps.config.turn.resume.enabled;
         if let Some(reply) = self.reply.as_mut() {
             reply.latency.barge_in_onset = Some(onset);
             reply.latency.clear_sent = Some(cleared_at);
@@ -733,17 +769,73 @@ impl Engine {
         let reaction_ms = cleared_at.saturating_duration_since(onset).as_secs_f64() * 1000.0;
         tracing::info!(call_sid = %self.call.call_sid, reaction_ms, "barge-in: cleared the agent's audio");
         self.tap.conversation(ConversationEvent::BargeIn { turn: self.conversation.turn_index, reaction_ms });
-        self.interrupt_reply(report).await;
+        match (resume, report, self.reply.as_mut()) {
+            (true, Some(report), Some(reply)) => {
+                // Paused, not ended: words from the caller end it, silence resumes it (see `resume`).
+                reply.paused = Some(Paused::new(cleared_at, report));
+                self.turn.set_agent_speaking(false);
+            }
+            _ => self.interrupt_reply(report).await,
+        }
+    }
+
+    /// When a paused reply must be looked at again.
+    fn resume_deadline(&self) -> Option<Instant> {
+        let paused = self.reply.as_ref()?.paused.as_ref()?;
+        match paused.verdict(Instant::now(), self.stt_pending, &self.deps.config.turn.resume) {
+            PauseVerdict::Wait(until) => Some(until),
+            PauseVerdict::Resume => Some(Instant::now()),
+        }
+    }
+
+    /// Resumes a paused reply once the caller has been quiet long enough with no words.
+    fn check_paused_reply(&mut self, now: Instant) {
+        let Some(paused) = self.reply.as_ref().and_then(|r| r.paused.as_ref()) else { return };
+        let verdict = paused.verdict(now, self.stt_pending, &self.deps.config.turn.resume);
+        if verdict == PauseVerdict::Resume {
+            self.resume_reply(now);
+        }
+    }
+
+    /// Plays the rest of a paused reply, from the pause in its speech before the point the caller last heard.
+    fn resume_reply(&mut self, now: Instant) {
+        let Some(reply) = self.reply.as_mut() else { return };
+        let (Some(paused), Some(audio_start)) = (reply.paused.take(), reply.audio_start) else { return };
+        let heard = paused.report.heard_estimate_bytes.saturating_sub(audio_start);
+        let point = reply.audio.resume_point(heard, self.deps.config.turn.resume.max_backup_ms);
+        // The clear left the playout with nothing queued (and nothing was queued since): the rest goes on from the
+        // audio sent so far, so the reply's offsets keep mapping onto the playout's.
+        reply.audio_start = Some(paused.report.sent_bytes.saturating_sub(point));
+        for chunk in reply.audio.from_offset(point) {
+            self.playout.play(chunk);
+            reply.marks += 1;
+            self.playout.mark(format!("{}-{}", reply.context, reply.marks));
+        }
+        let paused_ms = now.saturating_duration_since(paused.at).as_secs_f64() * 1000.0;
+        let backed_up_ms = heard.saturating_sub(point) as f64 / 8.0;
+        tracing::info!(call_sid = %self.call.call_sid, paused_ms, backed_up_ms, "no words after the barge-in: resuming the reply");
+        self.tap.conversation(ConversationEvent::ReplyResumed {
+            turn: self.conversation.turn_index,
+            paused_ms,
+            backed_up_ms,
+        });
+        metrics::global().reply_resumed();
+        // Backchannels heard during the pause are not the caller's next turn.
+        self.turn.discard_pending();
+        self.turn.set_agent_speaking(true);
+        self.on_playout(self.playout.progress());
     }
 
     /// Cancels the reply in progress and keeps in the history only what the caller heard of it.
     async fn interrupt_reply(&mut self, report: Option<ClearReport>) {
         let Some(mut reply) = self.reply.take() else { return };
         reply.stop();
-        let report = match report {
-            Some(report) => Some(report),
-            None if reply.has_audio() => self.playout.clear().await,
-            None => None,
+        let report = match (report, reply.paused.take()) {
+            (Some(report), _) => Some(report),
+            // Paused by a barge-in: nothing has played since its clear.
+            (None, Some(paused)) => Some(paused.report),
+            (None, None) if reply.has_audio() => self.playout.clear().await,
+            (None, None) => None,
         };
         if reply.is_synthesizing() {
             self.tts.send(TtsInput::Cancel { context: reply.context.clone() });

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::call_control::CallAction;
 use super::latency::TurnLatency;
+use super::resume::{Paused, ReplyAudio};
 use crate::llm::history::ToolResult;
 use crate::llm::ToolCall;
 use crate::telemetry::spans::TurnTrace;
@@ -47,6 +48,10 @@ pub struct InFlight {
     pub synthesis_done_at: Option<Instant>,
     /// What the model asked to happen once this reply has been heard (dropped with the reply if it is interrupted).
     pub action: Option<CallAction>,
+    /// The reply's own copy of its audio, kept to resume it after a false interruption.
+    pub audio: ReplyAudio,
+    /// Set while a barge-in has paused the reply and it is not yet known whether the caller meant it.
+    pub paused: Option<Paused>,
 }
 
 impl InFlight {
@@ -84,6 +89,8 @@ impl InFlight {
             trace: TurnTrace::default(),
             synthesis_done_at: None,
             action: None,
+            audio: ReplyAudio::default(),
+            paused: None,
         }
     }
 
@@ -103,6 +110,11 @@ impl InFlight {
     /// Whether the caller may have heard any of it: audio of the reply reached the playout queue.
     pub fn has_audio(&self) -> bool {
         self.audio_start.is_some()
+    }
+
+    /// Whether a barge-in has paused the reply (see [`super::resume`]).
+    pub fn is_paused(&self) -> bool {
+        self.paused.is_some()
     }
 
     /// Whether TTS has text of this reply that a cancel would stop.

@@ -4,7 +4,7 @@
 //! fed in tasks), [`in_flight`] (the reply being spoken), [`conversation`] (the history as the caller heard it),
 //! [`outcome`] (giving up, call actions, transfers). [`turn`] decides end of turn and barge-in; [`vad`] classifies
 //! frames on worker threads; [`reply`] streams one LLM answer through the [`chunker`] and runs its tools; [`heard`]
-//! works out what the caller heard of an interrupted reply; [`latency`] accounts each turn; [`tools`] is what the
+//! works out what the caller heard of an interrupted reply; [`resume`] recovers from false interruptions; [`latency`] accounts each turn; [`tools`] is what the
 //! engine needs from a tool executor.
 
 pub mod call_control;
@@ -20,6 +20,7 @@ pub mod links;
 pub mod outcome;
 pub mod replay;
 pub mod reply;
+pub mod resume;
 pub mod turn;
 pub mod vad;
 

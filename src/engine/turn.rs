@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::resume::ResumeConfig;
 use crate::audio::FRAME_MILLIS;
 use crate::stt::Transcript;
 
@@ -46,6 +47,8 @@ pub struct TurnConfig {
     pub barge_in_min_words: usize,
     /// Words that never interrupt the agent on their own, and are not a turn while the agent speaks.
     pub backchannels: Vec<String>,
+    /// Resuming a reply after a false interruption (`[conversation.turn.resume]`).
+    pub resume: ResumeConfig,
 }
 
 impl Default for TurnConfig {
@@ -62,6 +65,7 @@ impl Default for TurnConfig {
             ]
             .map(String::from)
             .to_vec(),
+            resume: ResumeConfig::default(),
         }
     }
 }
@@ -209,7 +213,11 @@ impl TurnDetector {
     }
 
     /// The provider saw a gap after the last final word: the backstop for a missing `speech_final`.
+    /// With no words waiting it changes nothing (a wordless utterance, such as a cough Whisper heard no words in).
     pub fn on_utterance_end(&mut self, now: Instant) -> Vec<TurnDecision> {
+        if self.finals.is_empty() {
+            return Vec::new();
+        }
         self.end_turn(now).into_iter().collect()
     }
 
@@ -266,8 +274,8 @@ impl TurnDetector {
         Some(TurnDecision::BargeIn { onset })
     }
 
-    /// Every word is a backchannel ("uh-huh", "yeah okay").
-    fn is_backchannel(&self, text: &str) -> bool {
+    /// Every word is a backchannel ("uh-huh", "yeah okay"), or there are none.
+    pub fn is_backchannel(&self, text: &str) -> bool {
         let normalized: String =
             text.to_lowercase().chars().filter(|c| c.is_alphanumeric() || c.is_whitespace() || *c == '-').collect();
         let normalized = normalized.trim();

@@ -3,9 +3,9 @@
 //! Whisper is not a streaming model, so the caller's audio is cut into utterances by the energy
 //! [`Segmenter`](crate::local::segment::Segmenter): speech onset is reported at once as [`SttEvent::SpeechStarted`]
 //! (barge-in needs it early), and each finished utterance is transcribed on a blocking thread and reported as one
-//! final transcript with `speech_final` set, followed by [`SttEvent::UtteranceEnd`]. [`SttInput::Finalize`] cuts the
-//! utterance in progress and always answers with a `from_finalize` transcript (empty when nothing was heard), which
-//! the engine's VAD turn strategy waits for.
+//! final transcript with `speech_final` set, followed by [`SttEvent::UtteranceEnd`] (alone when it held no words).
+//! [`SttInput::Finalize`] cuts the utterance in progress and always answers with a `from_finalize` transcript (empty
+//! when nothing was heard), which the engine's VAD turn strategy waits for.
 //!
 //! Transcripts leave in the order their utterances ended: a per-session task transcribes them one after another.
 
@@ -123,7 +123,11 @@ async fn transcriber(
             }
         };
         if text.is_empty() && !from_finalize {
-            // Noise that Whisper heard no words in: not a turn.
+            // Noise that Whisper heard no words in: not a turn, but the speech it started is answered (a reply paused
+            // by a barge-in resumes on it instead of waiting out its longest wait).
+            if events.send(SttEvent::UtteranceEnd { last_word_end: start }).await.is_err() {
+                return;
+            }
             continue;
         }
         let transcript = Transcript { text, is_final: true, speech_final: true, from_finalize, start, duration };

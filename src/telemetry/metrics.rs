@@ -62,6 +62,7 @@ pub struct Metrics {
     calls_refused: Counter<u64>,
     turns: Counter<u64>,
     barge_ins: Counter<u64>,
+    replies_resumed: Counter<u64>,
     provider_errors: Counter<u64>,
     tool_errors: Counter<u64>,
     speculations: Counter<u64>,
@@ -174,6 +175,10 @@ impl Metrics {
                 .u64_counter("parley.barge_ins")
                 .with_description("Times the caller cut the agent off")
                 .build(),
+            replies_resumed: meter
+                .u64_counter("parley.replies.resumed")
+                .with_description("Barge-ins that turned out to be noise: the paused reply went on")
+                .build(),
             provider_errors: meter
                 .u64_counter("parley.provider.errors")
                 .with_description("STT, LLM and TTS failures, by stage and provider")
@@ -240,6 +245,11 @@ impl Metrics {
             self.barge_ins.add(1, &[]);
             self.barge_in_reaction.record(ms(d), &[]);
         }
+    }
+
+    /// A barge-in was a false interruption and the reply resumed (`parley_replies_resumed_total`).
+    pub fn reply_resumed(&self) {
+        self.replies_resumed.add(1, &[]);
     }
 
     pub fn provider_error(&self, stage: &str, provider: &str) {
@@ -328,6 +338,7 @@ mod tests {
         metrics.provider_error("llm", "openai");
         metrics.tool_finished("lookup_order", Duration::from_millis(40), true);
         metrics.speculation("discarded");
+        metrics.reply_resumed();
         let text = metrics.prometheus_text();
         for expected in [
             "parley_calls_total",
@@ -335,6 +346,7 @@ mod tests {
             "reason=\"capacity\"",
             "parley_turns_total",
             "parley_barge_ins_total",
+            "parley_replies_resumed_total",
             "parley_turn_first_audio_milliseconds_bucket",
             "parley_barge_in_reaction_milliseconds_count",
             "stage=\"llm_first_token\"",

@@ -176,7 +176,7 @@ fn row_class(event: &TimelineEvent) -> &'static str {
         TimelineEvent::AgentSaid { .. } => "agent",
         TimelineEvent::ToolCall { .. } | TimelineEvent::ToolResult { .. } => "tool",
         TimelineEvent::BargeIn { .. } | TimelineEvent::AgentAudioCleared => "barge-in",
-        TimelineEvent::Latency { .. } => "latency",
+        TimelineEvent::Latency { .. } | TimelineEvent::ReplyResumed { .. } => "latency",
         TimelineEvent::ProviderError { .. } => "error",
         TimelineEvent::CallStarted { .. }
         | TimelineEvent::Dtmf { .. }

@@ -223,6 +223,8 @@ impl TextToSpeech for TestTts {
 #[derive(Debug, Default)]
 pub struct TwilioLog {
     pub media_frames: usize,
+    /// When each media frame went out.
+    pub media_at: Vec<Instant>,
     pub clears: Vec<Instant>,
     pub first_media_at: Option<Instant>,
 }
@@ -237,6 +239,7 @@ pub fn twilio_side(mut out: mpsc::Receiver<OutboundMessage>, playout: PlayoutHan
                 OutboundMessage::Media { .. } => {
                     let mut log = lock(&seen);
                     log.media_frames += 1;
+                    log.media_at.push(Instant::now());
                     log.first_media_at.get_or_insert_with(Instant::now);
                 }
                 OutboundMessage::Mark { mark, .. } => {

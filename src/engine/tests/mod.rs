@@ -6,6 +6,7 @@
 
 mod context;
 mod doubles;
+mod resume;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
