@@ -27,6 +27,7 @@ const BELOW_THE_ENGINE: &[&str] = &[
     "tool_executor",
     "transcribe",
     "tts",
+    "turn_model",
     "twilio",
     "websocket",
 ];

@@ -47,6 +47,7 @@ pub mod text;
 pub mod tool_executor;
 pub mod transcribe;
 pub mod tts;
+pub mod turn_model;
 pub mod twilio;
 pub mod viewer;
 pub mod websocket;

@@ -169,6 +169,9 @@ async fn barge_in_during_a_slow_tool_cancels_the_tool_call() {
     })
     .await
     .unwrap();
+    // The line goes quiet (silence frames, as Twilio streams): the recogniser sends the words that make the
+    // barge-in real, and the paused reply with its tool call ends.
+    call.stream_audio(&sim_caller::silence(600)).await.unwrap();
     let interrupted = rig.next_report().await;
     assert!(interrupted.barge_in_onset.is_some());
     // The backend saw the call cancelled.
@@ -182,7 +185,6 @@ async fn barge_in_during_a_slow_tool_cancels_the_tool_call() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The next request answers the interrupted call as cancelled, so the history stays valid.
-    call.stream_audio(&sim_caller::silence(600)).await.unwrap();
     rig.next_report().await;
     let requests = rig.openai.requests();
     let messages = requests.last().expect("a request").body["messages"].as_array().cloned().expect("messages");

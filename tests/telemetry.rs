@@ -176,10 +176,11 @@ async fn a_call_is_traced_as_call_turn_and_stage_spans() {
     })
     .await
     .expect("clear");
+    // The line goes quiet: the recogniser sends the words that make the barge-in real.
+    call.stream_audio(&silence(600)).await.expect("silence sent");
     let interrupted = rig.next_report().await;
     assert!(interrupted.barge_in_onset.is_some());
     // Turn 2: heard to the end.
-    call.stream_audio(&silence(600)).await.expect("silence sent");
     let completed = rig.next_report().await;
     assert!(completed.first_audio_sent.is_some());
 

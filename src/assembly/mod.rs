@@ -129,6 +129,7 @@ fn agent_factory(
         route: providers.route,
         tokens,
         prices: Arc::new(config.cost.clone()),
+        turn_model: None,
         llm: providers.llm,
         tts: providers.tts,
         tools: call_control.clone(),

@@ -4,6 +4,7 @@ pub mod frame;
 pub mod jitter;
 pub mod mulaw;
 pub mod playout;
+pub mod recent;
 
 /// Samples per second of Twilio's Media Streams audio.
 pub const SAMPLE_RATE: u32 = 8_000;

@@ -31,9 +31,10 @@ use super::replay::ReplayBuffer;
 use super::reply::{self, ReplyEvent, ReplyEvents, ReplyJob};
 use super::resume::{PauseVerdict, Paused};
 use super::tools::{ToolCallContext, ToolExecutor};
-use super::turn::{EndOfTurn, TurnDecision, TurnDetector};
+use super::turn::{EndOfTurn, TurnDecision, TurnDetector, TurnStrategy};
 use super::vad::{energy_voiced, VadPool, VadSource, VadStream, VadVerdict};
 use crate::audio::playout::{ClearReport, PlayoutHandle, PlayoutProgress};
+use crate::audio::recent::RecentAudio;
 use crate::call::agent::{Agent, AgentContext, AgentFactory, CallEvent};
 use crate::call::tap::{CallTap, ConversationEvent};
 use crate::call::CallInfo;
@@ -47,6 +48,10 @@ use crate::stt::{SpeechToText, SttEvent, TurnEvent};
 use crate::telemetry::spans::{StageProviders, TurnEnd, TurnTrace};
 use crate::telemetry::{metrics, otel};
 use crate::tts::{TextToSpeech, TtsEvent, TtsInput};
+use crate::turn_model::{TurnJudgement, TurnModel};
+
+/// The caller's audio a turn model reads: its last 8 s (8 kHz μ-law).
+const TURN_MODEL_AUDIO_BYTES: usize = 8 * 8_000;
 
 /// The providers and settings every call of this server shares.
 #[derive(Clone)]
@@ -72,6 +77,9 @@ pub struct CascadeDeps {
     pub tokens: TokenCounter,
     /// `[cost]`: what each call's usage is priced at (empty: calls are not priced).
     pub prices: Arc<PriceTable>,
+    /// The turn model the `smart` end-of-turn strategy asks at each pause (none: pauses are not judged, and a
+    /// `smart` turn ends at its longest silence).
+    pub turn_model: Option<Arc<dyn TurnModel>>,
 }
 
 /// Makes a [`CascadeAgent`] per call.
@@ -115,6 +123,8 @@ struct Inputs {
     replies: mpsc::UnboundedReceiver<(u64, ReplyEvent)>,
     /// Running summaries written off the hot path: (fold id, summary).
     summaries: mpsc::UnboundedReceiver<(u64, WrittenSummary)>,
+    /// The turn model's answers: (pause id, judgement; `None` when it failed).
+    judgements: mpsc::UnboundedReceiver<(u64, Option<TurnJudgement>)>,
     progress: tokio::sync::watch::Receiver<PlayoutProgress>,
 }
 
@@ -152,6 +162,9 @@ struct Engine {
     speculative: Option<Arc<SpeculativeLlm>>,
     /// The STT reported speech it has not yet answered with a result (words, or none).
     stt_pending: bool,
+    judgements: mpsc::UnboundedSender<(u64, Option<TurnJudgement>)>,
+    /// The caller's last 8 s, for the turn model (only with the `smart` strategy and a model).
+    recent_audio: Option<RecentAudio>,
 }
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
@@ -173,6 +186,7 @@ impl Engine {
     fn start(deps: CascadeDeps, ctx: AgentContext) -> (Engine, Inputs) {
         let (replies, replies_rx) = mpsc::unbounded_channel();
         let (summaries, summaries_rx) = mpsc::unbounded_channel();
+        let (judgements, judgements_rx) = mpsc::unbounded_channel();
         let (links, links_rx) = mpsc::unbounded_channel();
         let call_trace = otel::enabled().then(|| {
             // The agent task runs inside the call's span (src/edge/session.rs).
@@ -204,6 +218,7 @@ impl Engine {
             links: links_rx,
             replies: replies_rx,
             summaries: summaries_rx,
+            judgements: judgements_rx,
             progress: ctx.playout.watch(),
         };
         let engine = Engine {
@@ -231,6 +246,9 @@ impl Engine {
             turn_latencies: Vec::new(),
             speculative,
             stt_pending: false,
+            judgements,
+            recent_audio: (deps.config.turn.strategy == TurnStrategy::Smart && deps.turn_model.is_some())
+                .then(|| RecentAudio::new(TURN_MODEL_AUDIO_BYTES)),
             deps,
         };
         (engine, inputs)
@@ -264,6 +282,17 @@ impl Engine {
                 event = recv(&mut inputs.stt) => self.on_stt(event, inputs).await,
                 Some(event) = inputs.links.recv() => self.on_link(event, inputs),
                 Some((id, event)) = inputs.replies.recv() => self.on_reply_event(id, event),
+                Some((id, judgement)) = inputs.judgements.recv() => {
+                    let decisions = match judgement {
+                        Some(judgement) => {
+                            tracing::debug!(call_sid = %self.call.call_sid, probability = judgement.complete_probability,
+                                inference_ms = judgement.inference.as_secs_f64() * 1000.0, "turn model judged a pause");
+                            self.turn.on_judgement(id, judgement.complete, Instant::now())
+                        }
+                        None => Vec::new(),
+                    };
+                    self.apply(decisions).await;
+                }
                 Some((fold, summary)) = inputs.summaries.recv() => {
                     if let Some(usage) = &summary.usage {
                         self.usage.add_tokens(self.deps.llm.name(), self.deps.llm.model(), usage);
@@ -305,6 +334,9 @@ impl Engine {
             }
             Vad::Energy => self.on_vad(energy_voiced(&frame)).await,
             Vad::Off => {}
+        }
+        if let Some(recent) = &mut self.recent_audio {
+            recent.push(&frame);
         }
         self.replay.push(frame.clone());
         let sent = self.stt.send_audio(frame);
@@ -498,6 +530,7 @@ impl Engine {
             match decision {
                 TurnDecision::SpeechStarted { .. } => {}
                 TurnDecision::RequestFinalize => self.stt.finalize(),
+                TurnDecision::JudgeTurn { id } => self.judge_turn(id),
                 TurnDecision::BargeIn { onset } => self.barge_in(onset).await,
                 TurnDecision::EndOfTurn(end) if self.is_noise_over_the_agent() => {
                     tracing::info!(call_sid = %self.call.call_sid, text = ?end.text, "words over the agent's audio too short to interrupt it; not a turn");
@@ -510,6 +543,26 @@ impl Engine {
                 TurnDecision::EndOfTurn(end) => self.on_end_of_turn(end).await,
             }
         }
+    }
+
+    /// Asks the turn model about the caller's pause, in a task: the answer comes back as an event. Without a model
+    /// the pause goes unjudged and the turn ends at its longest silence.
+    fn judge_turn(&self, id: u64) {
+        let (Some(model), Some(recent)) = (&self.deps.turn_model, &self.recent_audio) else { return };
+        let answer = model.judge(recent.to_vec());
+        let judgements = self.judgements.clone();
+        let call_sid = self.call.call_sid.clone();
+        tokio::spawn(async move {
+            let judgement = match answer.await {
+                Ok(Ok(judgement)) => Some(judgement),
+                Ok(Err(error)) => {
+                    tracing::warn!(%call_sid, %error, "the turn model failed; the turn ends at its longest silence");
+                    None
+                }
+                Err(_) => None,
+            };
+            let _ = judgements.send((id, judgement));
+        });
     }
 
     /// Whether words the STT heard now can only be noise: the agent's audio is playing and the VAD never saw speech

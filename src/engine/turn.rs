@@ -6,6 +6,9 @@
 //!   backstop when `speech_final` never comes.
 //! - `vad`: Parley's own silence timeout — after `vad_silence_ms` of silence ask the STT to finalize, and end the turn
 //!   on the flushed result (or after `finalize_timeout_ms` with what is there).
+//! - `smart`: a turn model — after `smart_pause_ms` of silence the engine asks the model (over the caller's recent
+//!   audio) whether the turn is complete; if so, finalize as `vad` does, else wait for more speech, finalizing after
+//!   `smart_max_silence_ms` of silence whatever the model said.
 //!
 //! Barge-in: while the agent speaks, caller speech that lasts `barge_in_min_speech_ms` (and, optionally, carries
 //! `barge_in_min_words` words that are not all backchannels like "uh-huh") interrupts it. Shorter noise does not.
@@ -28,6 +31,8 @@ pub enum TurnStrategy {
     /// The STT provider's endpointing (`speech_final`, `UtteranceEnd`).
     #[default]
     Stt,
+    /// A turn model judges each pause in the caller's speech, then an STT finalize.
+    Smart,
 }
 
 /// Thresholds for turn-taking and barge-in.
@@ -39,8 +44,12 @@ pub struct TurnConfig {
     pub min_speech_ms: u64,
     /// `vad` strategy: silence that ends the caller's speech.
     pub vad_silence_ms: u64,
-    /// `vad` strategy: how long to wait for the STT's finalized text.
+    /// `vad` and `smart` strategies: how long to wait for the STT's finalized text.
     pub finalize_timeout_ms: u64,
+    /// `smart` strategy: the pause in the caller's speech at which the turn model is asked.
+    pub smart_pause_ms: u64,
+    /// `smart` strategy: silence that ends the turn whatever the model judged.
+    pub smart_max_silence_ms: u64,
     /// Caller speech during agent audio that interrupts it.
     pub barge_in_min_speech_ms: u64,
     /// Words of interim transcript that must confirm a barge-in (0: VAD alone decides, fastest).
@@ -58,6 +67,8 @@ impl Default for TurnConfig {
             min_speech_ms: 100,
             vad_silence_ms: 500,
             finalize_timeout_ms: 800,
+            smart_pause_ms: 200,
+            smart_max_silence_ms: 2_000,
             barge_in_min_speech_ms: 140,
             barge_in_min_words: 0,
             backchannels: [
@@ -81,6 +92,9 @@ pub enum TurnDecision {
     BargeIn { onset: Instant },
     /// The caller's turn is over.
     EndOfTurn(EndOfTurn),
+    /// `smart` strategy: the caller paused; ask the turn model, and report its answer with this id
+    /// ([`TurnDetector::on_judgement`]).
+    JudgeTurn { id: u64 },
 }
 
 /// A finished caller turn, with the timestamps latency accounting needs.
@@ -107,6 +121,13 @@ pub struct TurnDetector {
     finals: Vec<String>,
     interim: String,
     awaiting_finalize_since: Option<Instant>,
+    /// Speech was heard since the last end of turn (the `smart` strategy judges only such pauses).
+    turn_open: bool,
+    /// The pause the turn model is judging now; voice before its answer makes the answer stale.
+    judging: Option<u64>,
+    judgements_asked: u64,
+    /// The turn model was asked about the current pause.
+    pause_judged: bool,
 }
 
 const FRAME_MS: u64 = FRAME_MILLIS as u64;
@@ -125,6 +146,10 @@ impl TurnDetector {
             finals: Vec::new(),
             interim: String::new(),
             awaiting_finalize_since: None,
+            turn_open: false,
+            judging: None,
+            judgements_asked: 0,
+            pause_judged: false,
         }
     }
 
@@ -161,8 +186,12 @@ impl TurnDetector {
             self.voiced_run_ms += FRAME_MS;
             self.unvoiced_run_ms = 0;
             self.last_voiced_at = Some(now);
+            // The caller goes on: a judgement of the pause before is stale.
+            self.judging = None;
+            self.pause_judged = false;
             if !self.in_speech && self.voiced_run_ms >= self.config.min_speech_ms {
                 self.in_speech = true;
+                self.turn_open = true;
                 self.awaiting_finalize_since = None;
                 let onset = now - Duration::from_millis(self.voiced_run_ms - FRAME_MS);
                 self.onset = Some(onset);
@@ -182,11 +211,52 @@ impl TurnDetector {
                     decisions.push(TurnDecision::RequestFinalize);
                 }
             }
+            if self.config.strategy == TurnStrategy::Smart {
+                decisions.extend(self.smart_pause(now));
+            }
         }
         if voiced {
             decisions.extend(self.check_barge_in());
         }
         decisions
+    }
+
+    /// `smart` strategy: at the pause, ask the model; at the longest silence, finalize whatever it said.
+    fn smart_pause(&mut self, now: Instant) -> Option<TurnDecision> {
+        if !self.turn_open || self.awaiting_finalize_since.is_some() {
+            return None;
+        }
+        let silence = self.unvoiced_run_ms;
+        if silence >= self.config.smart_max_silence_ms.max(self.config.smart_pause_ms) {
+            self.judging = None;
+            return Some(self.request_finalize(now));
+        }
+        // Speech over the agent's audio is not a turn to judge (it barges in, or it is noise).
+        if silence >= self.config.smart_pause_ms && !self.pause_judged && !self.agent_speaking {
+            self.pause_judged = true;
+            self.judgements_asked += 1;
+            self.judging = Some(self.judgements_asked);
+            return Some(TurnDecision::JudgeTurn { id: self.judgements_asked });
+        }
+        None
+    }
+
+    /// `smart` strategy: the turn model's answer about the pause `id`. A complete turn is finalized now, unless the
+    /// caller spoke again since the pause.
+    pub fn on_judgement(&mut self, id: u64, complete: bool, now: Instant) -> Vec<TurnDecision> {
+        if self.judging != Some(id) {
+            return Vec::new();
+        }
+        self.judging = None;
+        if !complete || self.awaiting_finalize_since.is_some() || !self.turn_open {
+            return Vec::new();
+        }
+        vec![self.request_finalize(now)]
+    }
+
+    fn request_finalize(&mut self, now: Instant) -> TurnDecision {
+        self.awaiting_finalize_since = Some(now);
+        TurnDecision::RequestFinalize
     }
 
     /// A transcript from the STT.
@@ -204,7 +274,9 @@ impl TurnDetector {
         decisions.extend(self.check_barge_in());
         let ends_turn = match self.config.strategy {
             TurnStrategy::Stt => transcript.speech_final,
-            TurnStrategy::Vad => transcript.from_finalize && self.awaiting_finalize_since.is_some(),
+            TurnStrategy::Vad | TurnStrategy::Smart => {
+                transcript.from_finalize && self.awaiting_finalize_since.is_some()
+            }
         };
         if ends_turn {
             decisions.extend(self.end_turn(now));
@@ -241,6 +313,8 @@ impl TurnDetector {
 
     fn end_turn(&mut self, now: Instant) -> Option<TurnDecision> {
         self.awaiting_finalize_since = None;
+        self.turn_open = false;
+        self.judging = None;
         // Whatever the VAD still counts belongs to this turn; speech after it needs a fresh onset.
         self.in_speech = false;
         self.voiced_run_ms = 0;
@@ -371,6 +445,71 @@ mod tests {
         let deadline = d.next_deadline().expect("waiting for finalize");
         assert!(d.on_tick(deadline - Duration::from_millis(1)).is_empty());
         assert!(matches!(d.on_tick(deadline).as_slice(), [TurnDecision::EndOfTurn(e)] if e.text == "hello there"));
+    }
+
+    fn smart() -> TurnDetector {
+        TurnDetector::new(TurnConfig { strategy: TurnStrategy::Smart, ..TurnConfig::default() })
+    }
+
+    fn judge_id(decisions: &[TurnDecision]) -> Option<u64> {
+        decisions.iter().find_map(|d| match d {
+            TurnDecision::JudgeTurn { id } => Some(*id),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn smart_strategy_finalizes_when_the_model_judges_the_pause_complete() {
+        let mut d = smart();
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        assert!(feed(&mut d, &mut now, false, 9).is_empty());
+        let id = judge_id(&feed(&mut d, &mut now, false, 1)).expect("asked at 200 ms of silence");
+        assert_eq!(d.on_judgement(id, true, now), vec![TurnDecision::RequestFinalize]);
+        let flushed = Transcript { from_finalize: true, ..transcript("where is my order", true, true) };
+        assert!(
+            matches!(d.on_transcript(&flushed, now).as_slice(), [TurnDecision::EndOfTurn(e)] if e.text == "where is my order")
+        );
+    }
+
+    #[test]
+    fn smart_strategy_waits_through_a_pause_the_model_judges_incomplete() {
+        let mut d = smart();
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked");
+        assert!(d.on_judgement(id, false, now).is_empty(), "incomplete: keep listening");
+        // The provider's own end of speech does not end a smart turn.
+        assert!(d.on_transcript(&transcript("my order number is", true, true), now).is_empty());
+        assert!(feed(&mut d, &mut now, false, 30).is_empty(), "800 ms pause");
+        let next = feed(&mut d, &mut now, true, 20);
+        assert!(judge_id(&next).is_none());
+        let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked again at the next pause");
+        assert_eq!(d.on_judgement(id, true, now), vec![TurnDecision::RequestFinalize]);
+        let flushed = Transcript { from_finalize: true, ..transcript("four five six", true, true) };
+        assert!(matches!(d.on_transcript(&flushed, now).as_slice(),
+            [TurnDecision::EndOfTurn(e)] if e.text == "my order number is four five six"));
+    }
+
+    #[test]
+    fn smart_strategy_drops_a_stale_judgement_and_finalizes_at_the_longest_silence() {
+        let mut d = smart();
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        let stale = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked");
+        feed(&mut d, &mut now, true, 5);
+        assert!(d.on_judgement(stale, true, now).is_empty(), "the caller spoke again before the answer");
+        let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked");
+        assert!(d.on_judgement(id, false, now).is_empty());
+        let silence = feed(&mut d, &mut now, false, 90);
+        assert_eq!(silence, vec![TurnDecision::RequestFinalize], "2 s of silence ends the turn");
+    }
+
+    #[test]
+    fn smart_strategy_judges_nothing_before_any_speech() {
+        let mut d = smart();
+        let mut now = Instant::now();
+        assert!(feed(&mut d, &mut now, false, 200).is_empty());
     }
 
     #[test]

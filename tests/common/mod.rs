@@ -235,8 +235,9 @@ pub async fn talk_over_the_agent(rig: &mut loadgen::Rig, mut call: SimCall, hear
     })
     .await
     .expect("clear");
-    rig.next_report().await;
+    // Twilio's stream goes on with silence: the recogniser sends the words, which make the barge-in real.
     call.stream_audio(&silence(600)).await.expect("silence sent");
+    rig.next_report().await;
     rig.next_report().await;
     call.hang_up().await;
 }

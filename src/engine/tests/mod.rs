@@ -7,6 +7,7 @@
 mod context;
 mod doubles;
 mod resume;
+mod smart_turn;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -89,6 +90,7 @@ impl Call {
             route: None,
             tokens: crate::llm::context::tokens::TokenCounter::Estimate,
             prices: Default::default(),
+            turn_model: None,
         };
         adjust(&mut deps);
         let call = CallInfo {

@@ -37,19 +37,20 @@ async fn a_cough_that_interrupts_with_no_words_after_resumes_the_same_reply() {
     // No words follow.
     call.silence(1_000).await;
     tokio::time::sleep(Duration::from_millis(8_000)).await;
-    let log = call.twilio();
-    assert_eq!(log.clears.len(), 1, "one clear, for the cough");
-    let sent_after = log.media_at.iter().filter(|&&at| at > cleared_at).count();
-    // The rest was played, from a little before the point the caller last heard.
-    assert!(
-        sent_before + sent_after >= reply_frames(&text),
-        "{sent_before} + {sent_after} frames, the reply is {}",
-        reply_frames(&text)
-    );
-    let resumed_at = log.media_at.iter().find(|&&at| at > cleared_at).copied().expect("the reply resumed");
-    let quiet_for = resumed_at.duration_since(cleared_at);
-    assert!(quiet_for >= Duration::from_millis(400) && quiet_for < Duration::from_millis(1_000), "{quiet_for:?}");
-    drop(log);
+    {
+        let log = call.twilio();
+        assert_eq!(log.clears.len(), 1, "one clear, for the cough");
+        let sent_after = log.media_at.iter().filter(|&&at| at > cleared_at).count();
+        // The rest was played, from a little before the point the caller last heard.
+        assert!(
+            sent_before + sent_after >= reply_frames(&text),
+            "{sent_before} + {sent_after} frames, the reply is {}",
+            reply_frames(&text)
+        );
+        let resumed_at = log.media_at.iter().find(|&&at| at > cleared_at).copied().expect("the reply resumed");
+        let quiet_for = resumed_at.duration_since(cleared_at);
+        assert!(quiet_for >= Duration::from_millis(400) && quiet_for < Duration::from_millis(1_000), "{quiet_for:?}");
+    }
     assert!(call.tts.cancels().is_empty(), "the reply's synthesis was not cancelled");
     let report = call.next_report().await;
     assert!(report.barge_in_onset.is_some(), "the clear is still a barge-in in the turn's record");

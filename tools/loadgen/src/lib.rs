@@ -52,6 +52,8 @@ pub struct RigOptions {
     pub tts: Option<Arc<dyn TextToSpeech>>,
     /// Use this recogniser instead of the Deepgram client of the fake Deepgram, when given.
     pub stt: Option<Arc<dyn SpeechToText>>,
+    /// The turn model of the `smart` end-of-turn strategy, when given.
+    pub turn_model: Option<Arc<dyn parley::turn_model::TurnModel>>,
 }
 
 impl Default for RigOptions {
@@ -71,6 +73,7 @@ impl Default for RigOptions {
             prices: parley::cost::PriceTable::default(),
             tts: None,
             stt: None,
+            turn_model: None,
         }
     }
 }
@@ -124,6 +127,7 @@ impl Rig {
             tokens: parley::llm::context::tokens::TokenCounter::for_context(&options.conversation.context, llm.model()),
             route: options.route,
             prices: Arc::new(options.prices),
+            turn_model: options.turn_model.clone(),
             llm,
             tts: options.tts.unwrap_or_else(|| {
                 Arc::new(Cartesia::new(CartesiaConfig {
