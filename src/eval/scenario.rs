@@ -7,6 +7,7 @@
 //! audio = "order-456.wav"          # next to this file: PCM16 WAV at any rate, mono or stereo
 //! say = "Can you look up order four five six?"  # what the audio says (spoken with espeak-ng when there is no audio)
 //! expect_words = ["shipped"]       # the agent's answer to this line says these words
+//! one_turn = true                  # a pause inside the line must not end the caller's turn
 //!
 //! [[line]]
 //! audio = "cough.wav"
@@ -92,6 +93,10 @@ pub struct ScenarioLine {
     /// Words the agent's answer to this line must contain (case-insensitive).
     #[serde(default)]
     pub expect_words: Vec<String>,
+    /// The line has a pause inside (a caller thinking before a number): Parley must make one caller turn of it,
+    /// not answer the first half.
+    #[serde(default)]
+    pub one_turn: bool,
 }
 
 /// What the call as a whole must achieve.

@@ -295,6 +295,15 @@ fn checks(
                 detail,
             );
         }
+        if spec.one_turn {
+            let (passed, detail) = match line.turns.len() {
+                _ if !archived => (false, NO_ARCHIVE.to_owned()),
+                1 => (true, String::new()),
+                0 => (false, "Parley made no caller turn of it".to_owned()),
+                n => (false, format!("Parley ended the caller's turn at a pause: {n} turns, heard as {:?}", line.heard)),
+            };
+            check(format!("{quoted} is one caller turn, pause and all"), passed, detail);
+        }
         for word in &spec.expect_words {
             let (passed, detail) = if !archived {
                 (false, NO_ARCHIVE.to_owned())
@@ -543,6 +552,24 @@ mod tests {
         assert!(failures.contains("says \"shipped\""), "{failures}");
         assert!(failures.contains("does not interrupt"), "{failures}");
         assert!(!score.task_success);
+    }
+
+    #[test]
+    fn a_line_with_a_pause_inside_must_be_one_caller_turn() {
+        let scenario = scenario(&SCENARIO.replacen("expect_words", "one_turn = true\n        expect_words", 1));
+        let (report, mut timeline) = good_call();
+        let score_of = |timeline: &[TimelineEntry]| score(&scenario, "CA1", &report, Some(timeline));
+        assert!(score_of(&timeline).passed, "{:#?}", score_of(&timeline).failures);
+        // The agent answered the first half: the line became two turns.
+        timeline.insert(0, entry(2_000, TimelineEvent::CallerTurn { turn: 1, text: "where is order".into() }));
+        if let TimelineEvent::CallerTurn { turn, .. } = &mut timeline[1].event {
+            *turn = 2;
+        }
+        let score = score_of(&timeline);
+        assert!(!score.passed);
+        let failures = score.failures.join("\n");
+        assert!(failures.contains("is one caller turn, pause and all"), "{failures}");
+        assert!(failures.contains("2 turns"), "{failures}");
     }
 
     #[test]
