@@ -151,3 +151,25 @@ pub fn phone_to_model_audio(mulaw_8k: &[u8]) -> Result<Vec<f32>, SmartTurnError>
     let pcm: Vec<f32> = kept.iter().map(|&b| f32::from(mulaw::decode_sample(b)) / 32768.0).collect();
     Ok(resample::resample(&pcm, PHONE_RATE, SAMPLE_RATE)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_audio_becomes_16_khz_and_at_most_8_s() {
+        let second = vec![mulaw::encode_sample(1000); PHONE_RATE];
+        assert_eq!(phone_to_model_audio(&second).map(|a| a.len()).ok(), Some(SAMPLE_RATE));
+        let twelve = second.repeat(12);
+        assert_eq!(phone_to_model_audio(&twelve).map(|a| a.len()).ok(), Some(WINDOW_SAMPLES));
+        assert_eq!(phone_to_model_audio(&[]).map(|a| a.len()).ok(), Some(0));
+    }
+
+    #[test]
+    fn the_last_8_s_are_kept() {
+        let mut audio = vec![mulaw::encode_sample(8000); PHONE_RATE * 4];
+        audio.extend(vec![mulaw::encode_sample(0); PHONE_RATE * 8]);
+        let model_audio = phone_to_model_audio(&audio).unwrap_or_default();
+        assert!(model_audio.iter().all(|x| x.abs() < 0.01), "loud audio from before the window leaked in");
+    }
+}
