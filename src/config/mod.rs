@@ -102,6 +102,7 @@ pub struct EvalSettings {
 pub struct LocalConfig {
     pub whisper: crate::local::WhisperSettings,
     pub espeak: crate::local::EspeakSettings,
+    pub smart_turn: crate::local::SmartTurnSettings,
     pub transcribe: crate::transcribe::TranscribeConfig,
 }
 

@@ -6,6 +6,10 @@
 //! model = "/var/lib/parley/whisper-tiny.en"   # default: $PARLEY_WHISPER_MODEL, else ~/.cache/parley/models/whisper-tiny.en
 //! threads = 2
 //!
+//! [local.smart_turn]
+//! model = "/var/lib/parley/smart-turn-v3.2-cpu.onnx"  # default: $PARLEY_SMART_TURN_MODEL, else ~/.cache/parley/models/…
+//! threads = 1
+//!
 //! [local.espeak]
 //! voice = "en-us"
 //!
@@ -101,4 +105,47 @@ impl Default for EspeakSettings {
     fn default() -> Self {
         EspeakSettings { binary: PathBuf::from("espeak-ng"), voice: "en-us".into(), speed: 160, pitch: 50 }
     }
+}
+
+/// Where the smart-turn end-of-turn model and ONNX Runtime are, and how they run: `[local.smart_turn]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmartTurnSettings {
+    /// The model file (`smart-turn-v3.2-cpu.onnx`); default `$PARLEY_SMART_TURN_MODEL`, else
+    /// `~/.cache/parley/models/smart-turn-v3.2-cpu.onnx`, where `scripts/fetch-smart-turn-model` installs it.
+    pub model: Option<PathBuf>,
+    /// ONNX Runtime's shared library, loaded at run time; default `$PARLEY_ONNXRUNTIME_LIB`, else
+    /// `~/.cache/parley/lib/libonnxruntime.so`, where `scripts/fetch-onnxruntime` installs it.
+    pub onnxruntime: Option<PathBuf>,
+    /// Worker threads, each with the model loaded and judging one turn at a time on one core.
+    pub threads: usize,
+    /// The probability above which a turn counts as complete (the model's own calibration point is 0.5).
+    pub threshold: f32,
+}
+
+impl Default for SmartTurnSettings {
+    fn default() -> Self {
+        SmartTurnSettings { model: None, onnxruntime: None, threads: 1, threshold: 0.5 }
+    }
+}
+
+impl SmartTurnSettings {
+    /// The model file: the configured one, else the default install location.
+    pub fn model_path(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(default_smart_turn_model)
+    }
+
+    /// ONNX Runtime's library: the configured one, else the default install location.
+    pub fn onnxruntime_path(&self) -> PathBuf {
+        self.onnxruntime.clone().unwrap_or_else(super::smart_turn::default_library_path)
+    }
+}
+
+/// Where `scripts/fetch-smart-turn-model` installs the model unless told otherwise.
+pub fn default_smart_turn_model() -> PathBuf {
+    if let Some(path) = std::env::var_os("PARLEY_SMART_TURN_MODEL") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache/parley/models/smart-turn-v3.2-cpu.onnx")
 }
