@@ -129,7 +129,7 @@ fn agent_factory(
         route: providers.route,
         tokens,
         prices: Arc::new(config.cost.clone()),
-        turn_model: None,
+        turn_model: providers.turn_model,
         llm: providers.llm,
         tts: providers.tts,
         tools: call_control.clone(),

@@ -30,6 +30,9 @@ pub struct Providers {
     pub tts: Arc<dyn TextToSpeech>,
     /// The larger model of `[llm.route]`, when configured.
     pub route: Option<Arc<ModelRoute>>,
+    /// The turn model of the `smart` end-of-turn strategy (`[local.smart_turn]`), loaded once when that strategy is
+    /// configured.
+    pub turn_model: Option<Arc<dyn crate::turn_model::TurnModel>>,
 }
 
 /// Builds every provider in use; on failure, one sentence per problem, naming the setting that uses the provider.
@@ -43,10 +46,21 @@ pub fn build(config: &Config) -> Result<Providers, Vec<String>> {
     let tts = chain("tts", config.tts.provider, &config.tts.fallback, |kind| tts_for(kind, config), &mut errors)
         .map(|list| failover(list, |list| Arc::new(FailoverTts::new(list, DEFAULT_COOLDOWN)) as Arc<dyn TextToSpeech>));
     let route = large_model(config).map_err(|problems| errors.extend(problems)).ok().flatten();
+    let turn_model = turn_model(config).map_err(|problem| errors.push(problem)).ok().flatten();
     match (stt, llm, tts) {
-        (Some(stt), Some(llm), Some(tts)) if errors.is_empty() => Ok(Providers { stt, llm, tts, route }),
+        (Some(stt), Some(llm), Some(tts)) if errors.is_empty() => Ok(Providers { stt, llm, tts, route, turn_model }),
         _ => Err(errors),
     }
+}
+
+/// The smart-turn model's worker pool, when `conversation.turn.strategy = "smart"`.
+fn turn_model(config: &Config) -> Result<Option<Arc<dyn crate::turn_model::TurnModel>>, String> {
+    if config.conversation.turn.strategy != crate::engine::turn::TurnStrategy::Smart {
+        return Ok(None);
+    }
+    let pool = crate::local::smart_turn::SmartTurnPool::start(&config.local.smart_turn)
+        .map_err(|e| format!("conversation.turn.strategy = \"smart\" needs the turn model: {e}"))?;
+    Ok(Some(pool as Arc<dyn crate::turn_model::TurnModel>))
 }
 
 /// The larger model of `[llm.route]`: `[llm].provider`'s client (endpoint, key, timeouts) with the route's model.

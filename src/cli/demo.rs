@@ -21,6 +21,7 @@ use crate::archive::cli::render_call;
 use crate::archive::{read_metadata, read_timeline, Archive, SealedCalls, TimelineEntry, TimelineEvent};
 use crate::config::providers::{LlmProvider, SttProvider, TtsProvider};
 use crate::config::{read_secret, AgentKind, Config, Secrets};
+use crate::engine::turn::TurnStrategy;
 use crate::mcp::{McpServerConfig, McpTransportConfig};
 use crate::transcribe::after_call::outcome_call;
 use crate::transcribe::{AfterCall, CallTranscript, JobOutcome, TRANSCRIPT_FILE};
@@ -168,12 +169,23 @@ pub fn configure_offline(config: &mut Config) -> Result<PathBuf, DemoError> {
     Ok(backend_db)
 }
 
+/// How long a turn waits for local Whisper's answer to a finalize (a debug build on a busy machine takes seconds).
+const WHISPER_FINALIZE_TIMEOUT_MS: u64 = 15_000;
+
 /// Turns the loaded configuration into the demo's: local engines, the demo backend, a loopback listener, no
 /// signatures (there is no Twilio account). Returns whether the scripted policy stands in for the LLM.
 fn configure(config: &mut Config, backend: &Path, backend_db: &Path) -> bool {
     config.agent.kind = AgentKind::Cascade;
     config.stt.provider = SttProvider::Whisper;
     config.tts.provider = TtsProvider::Espeak;
+    let turn = &mut config.conversation.turn;
+    if turn.strategy == TurnStrategy::Stt {
+        // Whisper's own end of speech is a fixed silence; the local turn model judges each pause instead (a
+        // configured "vad" stays, for comparison).
+        turn.strategy = TurnStrategy::Smart;
+    }
+    // Whisper answers every finalize, after transcribing on the CPU: wait for it rather than end the turn empty.
+    turn.finalize_timeout_ms = turn.finalize_timeout_ms.max(WHISPER_FINALIZE_TIMEOUT_MS);
     let scripted = !llm_configured(config);
     if scripted {
         config.llm.provider = LlmProvider::Scripted;

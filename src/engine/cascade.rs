@@ -567,9 +567,12 @@ impl Engine {
 
     /// Whether words the STT heard now can only be noise: the agent's audio is playing and the VAD never saw speech
     /// long enough to interrupt it (real speech over the agent barges in first, which ends the reply). A cough the
-    /// recogniser turned into a word must not cut the agent off. Without a VAD, words are all there is to go by.
+    /// recogniser turned into a word must not cut the agent off. Without a VAD, words are all there is to go by. A
+    /// reply that resumed after a barge-in is the exception: its words came late (a slow recogniser), and they are
+    /// what the caller said when they cut in.
     fn is_noise_over_the_agent(&self) -> bool {
-        !matches!(self.vad, Vad::Off) && self.reply.as_ref().is_some_and(|r| r.has_audio() && !r.is_paused())
+        !matches!(self.vad, Vad::Off)
+            && self.reply.as_ref().is_some_and(|r| r.has_audio() && !r.is_paused() && !r.resumed)
     }
 
     /// Keys the caller pressed become a caller turn, as if said.
@@ -854,6 +857,7 @@ impl Engine {
     fn resume_reply(&mut self, now: Instant) {
         let Some(reply) = self.reply.as_mut() else { return };
         let (Some(paused), Some(audio_start)) = (reply.paused.take(), reply.audio_start) else { return };
+        reply.resumed = true;
         let heard = paused.report.heard_estimate_bytes.saturating_sub(audio_start);
         let point = reply.audio.resume_point(heard, self.deps.config.turn.resume.max_backup_ms);
         // The clear left the playout with nothing queued (and nothing was queued since): the rest goes on from the

@@ -52,6 +52,8 @@ pub struct InFlight {
     pub audio: ReplyAudio,
     /// Set while a barge-in has paused the reply and it is not yet known whether the caller meant it.
     pub paused: Option<Paused>,
+    /// A barge-in paused the reply and it resumed: words the STT returns late for that speech still interrupt it.
+    pub resumed: bool,
 }
 
 impl InFlight {
@@ -91,6 +93,7 @@ impl InFlight {
             action: None,
             audio: ReplyAudio::default(),
             paused: None,
+            resumed: false,
         }
     }
 

@@ -300,7 +300,9 @@ fn checks(
                 _ if !archived => (false, NO_ARCHIVE.to_owned()),
                 1 => (true, String::new()),
                 0 => (false, "Parley made no caller turn of it".to_owned()),
-                n => (false, format!("Parley ended the caller's turn at a pause: {n} turns, heard as {:?}", line.heard)),
+                n => {
+                    (false, format!("Parley ended the caller's turn at a pause: {n} turns, heard as {:?}", line.heard))
+                }
             };
             check(format!("{quoted} is one caller turn, pause and all"), passed, detail);
         }

@@ -127,3 +127,29 @@ async fn with_resuming_off_a_barge_in_ends_the_reply_at_once() {
     let report = call.next_report().await;
     assert!(report.barge_in_onset.is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_recogniser_holds_the_resume_and_its_late_words_still_interrupt() {
+    let mut call = Call::start(Call::quiet(), |_, _| {});
+    let stt = call.next_session().await;
+    let turn = call.caller_turn(&stt, "Where is my order?").await;
+    let text = REPLY.repeat(4);
+    turn.say(&text);
+    turn.finish();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The recogniser heard speech start (as local Whisper reports it) and is slow to say what it was.
+    let _ = stt.events.send(crate::stt::SttEvent::SpeechStarted { timestamp: 1.0 }).await;
+    call.speak(400).await;
+    let cleared_at = *call.twilio().clears.first().expect("barged in");
+    call.silence(1_000).await;
+    assert!(!call.twilio().media_at.iter().any(|&at| at > cleared_at), "resumed while the recogniser was busy");
+    // Past the longest wait the reply resumes; the words arrive after that and still end it.
+    call.silence(1_400).await;
+    assert!(call.twilio().media_at.iter().any(|&at| at > cleared_at), "the reply resumed after the longest wait");
+    stt.final_words("Actually, cancel it.").await;
+    let next = call.next_request().await;
+    assert_eq!(next.last_user_text(), "Actually, cancel it.");
+    let lines = agent_lines(&next);
+    assert!(lines.len() == 1 && lines[0].len() < text.trim().len(), "{lines:?}");
+    assert_eq!(call.twilio().clears.len(), 2, "the resumed audio was cleared again");
+}

@@ -6,9 +6,11 @@
 
 use std::path::PathBuf;
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
+
+use crate::turn_model::TurnModel;
 
 use super::features::{FeatureExtractor, FEATURES_LEN, SAMPLE_RATE, WINDOW_SAMPLES};
 use super::model::SmartTurnModel;
@@ -20,17 +22,9 @@ use crate::local::resample;
 /// The phone's sample rate.
 const PHONE_RATE: usize = 8000;
 
-/// The model's verdict on the caller's turn so far.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TurnJudgement {
-    /// How sure the model is that the caller has finished (0 to 1).
-    pub complete_probability: f32,
-    /// `complete_probability` is above the configured threshold.
-    pub complete: bool,
-    /// The worker's time on the job (decoding, resampling, features and inference), not counting the wait for a free
-    /// worker: what a judgement costs.
-    pub inference: Duration,
-}
+/// The model's verdict (the engine's type: `inference` is the worker's whole time on the job — decoding, resampling,
+/// features and inference — not counting the wait for a free worker).
+pub use crate::turn_model::TurnJudgement;
 
 struct Job {
     mulaw: Vec<u8>,
@@ -150,6 +144,23 @@ pub fn phone_to_model_audio(mulaw_8k: &[u8]) -> Result<Vec<f32>, SmartTurnError>
     let kept = &mulaw_8k[mulaw_8k.len().saturating_sub(WINDOW_SAMPLES * PHONE_RATE / SAMPLE_RATE)..];
     let pcm: Vec<f32> = kept.iter().map(|&b| f32::from(mulaw::decode_sample(b)) / 32768.0).collect();
     Ok(resample::resample(&pcm, PHONE_RATE, SAMPLE_RATE)?)
+}
+
+/// The engine's view of the pool: judgements for the `smart` end-of-turn strategy.
+impl TurnModel for SmartTurnPool {
+    fn judge(&self, mulaw_8k: Vec<u8>) -> oneshot::Receiver<Result<TurnJudgement, String>> {
+        let answer = SmartTurnPool::judge(self, mulaw_8k);
+        let (reply, receiver) = oneshot::channel();
+        // A plain thread-free hand-over: the pool answers on its own worker; this task only maps the error.
+        tokio::spawn(async move {
+            let judgement = match answer.await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(SmartTurnError::Stopped.to_string()),
+            };
+            let _ = reply.send(judgement);
+        });
+        receiver
+    }
 }
 
 #[cfg(test)]
