@@ -172,7 +172,12 @@ pub(crate) fn decode_legs(bytes: &[u8], path: &Path) -> Result<(Vec<i16>, Vec<i1
 
 /// Rewrites a recording a crash left unsealed: its whole 20 ms frames (the recorder only ever writes whole frames;
 /// anything after the last is a torn write) under a header with its sizes. Returns the bytes and the sample pairs.
+///
+/// A crash while the header itself was being written leaves a prefix of it: that is an empty recording.
 pub(crate) fn reseal(bytes: &[u8], path: &Path) -> Result<(Vec<u8>, u64), ArchiveError> {
+    if bytes.len() < HEADER_LEN && header(None).starts_with(bytes) {
+        return Ok((header(Some(0)).to_vec(), 0));
+    }
     let parsed = parse(bytes, path)?;
     let whole = parsed.data.len() - parsed.data.len() % FRAME_BYTES;
     let data = &parsed.data[..whole];
@@ -249,6 +254,17 @@ mod tests {
         let parsed = parse(&sealed, Path::new("x")).unwrap();
         assert!(parsed.complete);
         assert_eq!(parsed.data, &bytes[HEADER_LEN..HEADER_LEN + 2 * FRAME_BYTES]);
+    }
+
+    #[test]
+    fn a_header_cut_short_reseals_as_an_empty_recording() {
+        for cut in [0, 3, 30, HEADER_LEN - 1] {
+            let (sealed, pairs) = reseal(&header(None)[..cut], Path::new("x")).unwrap();
+            assert_eq!(pairs, 0);
+            let parsed = parse(&sealed, Path::new("x")).unwrap();
+            assert!(parsed.complete && parsed.data.is_empty(), "{cut}");
+        }
+        assert!(reseal(b"OggS", Path::new("x")).is_err(), "not a prefix of Parley's header");
     }
 
     #[test]

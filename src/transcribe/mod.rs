@@ -33,6 +33,7 @@ pub use compare::{compare, Comparison, TurnComparison};
 pub use openai::{OpenAiTranscribeSettings, OpenAiTranscriber};
 pub use queue::{Claim, Queue, QueuedJob};
 
+use crate::archive::compress::Legs;
 use crate::archive::{ArchiveError, ArchiveStore, CallKey, CallStatus};
 use crate::local::WhisperError;
 
@@ -124,7 +125,7 @@ pub trait CallReader: Send + Sync {
     fn legs(&self, call: &CallKey) -> Result<(Vec<i16>, Vec<i16>), TranscribeError>;
     /// Makes the call's Opus recording from its μ-law one, when it still has one, and returns the legs it decoded
     /// (so they are not read twice); `None` when there was nothing to do. Readers without an archive do nothing.
-    fn compress(&self, _call: &CallKey) -> Result<Option<(Vec<i16>, Vec<i16>)>, TranscribeError> {
+    fn compress(&self, _call: &CallKey) -> Result<Option<Legs>, TranscribeError> {
         Ok(None)
     }
     /// The hot path's caller turns.
@@ -153,7 +154,7 @@ impl CallReader for ArchiveReader {
         }
     }
 
-    fn compress(&self, call: &CallKey) -> Result<Option<(Vec<i16>, Vec<i16>)>, TranscribeError> {
+    fn compress(&self, call: &CallKey) -> Result<Option<Legs>, TranscribeError> {
         Ok(crate::archive::compress_recording(self.store.as_ref(), call)?)
     }
 
