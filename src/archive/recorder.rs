@@ -158,20 +158,32 @@ impl Aligner {
     /// Appends every whole frame before `upto` to `out`, interleaved (caller, agent) sample by sample; returns how
     /// many frames.
     pub(crate) fn take_until(&mut self, upto: u64, out: &mut Vec<u8>) -> u64 {
-        let mut frames = 0;
-        while self.written + FRAME_SAMPLES as u64 <= upto {
-            for _ in 0..FRAME_SAMPLES {
-                out.push(self.caller.pop_front().unwrap_or(SILENCE));
-                out.push(self.agent.pop_front().unwrap_or(SILENCE));
-            }
-            self.written += FRAME_SAMPLES as u64;
-            frames += 1;
+        let frames = upto.saturating_sub(self.written) / FRAME_SAMPLES as u64;
+        let samples = frames as usize * FRAME_SAMPLES;
+        let start = out.len();
+        out.resize(start + 2 * samples, SILENCE);
+        let interleaved = &mut out[start..];
+        // Whatever a leg has queued goes in; past its end the leg is silent.
+        let queued = samples.min(self.caller.len());
+        for (slot, sample) in interleaved.iter_mut().step_by(2).zip(self.caller.drain(..queued)) {
+            *slot = sample;
         }
+        let queued = samples.min(self.agent.len());
+        for (slot, sample) in interleaved.iter_mut().skip(1).step_by(2).zip(self.agent.drain(..queued)) {
+            *slot = sample;
+        }
+        self.written += samples as u64;
         frames
     }
 }
 
 fn place(buffer: &mut VecDeque<u8>, offset: usize, ulaw: &[u8]) {
+    // The usual case, a frame right after the audio queued (or after a gap): appended, one copy.
+    if offset >= buffer.len() {
+        buffer.resize(offset, SILENCE);
+        buffer.extend(ulaw);
+        return;
+    }
     if buffer.len() < offset + ulaw.len() {
         buffer.resize(offset + ulaw.len(), SILENCE);
     }
