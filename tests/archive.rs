@@ -159,6 +159,54 @@ async fn a_clear_cuts_the_agent_leg_where_it_came() {
     assert!(timeline.iter().any(|e| e.event == TimelineEvent::AgentAudioCleared && e.ms.abs_diff(500) <= 2));
 }
 
+/// The recording is the wire audio itself: μ-law bytes copied, not re-encoded, so both legs decode to exactly what
+/// was sent, where it was sent, and the file is a stereo μ-law WAV whose sizes were patched at the seal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recording_is_the_wire_audio_sample_for_sample_on_both_legs() {
+    let root = tempfile::tempdir().unwrap();
+    let archive = Archive::new(Arc::new(LocalStore::new(root.path()).unwrap()), false);
+    let call = CallInfo { call_sid: "CAwire".into(), stream_sid: "MZwire".into(), ..CallInfo::default() };
+    let t0 = Instant::now();
+    let tap = archive.open(&call);
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    // The caller speaks a second of a sweep of tones (every frame different); the agent answers at 400 ms with
+    // 300 ms of its own.
+    let caller_frames: Vec<Bytes> = (0..50u64).map(|i| Bytes::from(tone(200.0 + 20.0 * i as f32, 20, 8_000))).collect();
+    let agent_frames: Vec<Bytes> = (0..15u64).map(|i| Bytes::from(tone(700.0 + 30.0 * i as f32, 20, 8_000))).collect();
+    for (i, frame) in caller_frames.iter().enumerate() {
+        tap.send(TapEvent::CallerAudio { at: ms(20 * (i as u64 + 1)), frame: frame.clone() });
+    }
+    for frame in &agent_frames {
+        tap.send(TapEvent::AgentAudioSent { at: ms(400), frame: frame.clone() });
+    }
+    tap.send(TapEvent::Ended { at: ms(1_000), reason: "Stopped".into() });
+
+    let (dir, metadata) = wait_sealed(root.path(), "CAwire").await;
+    assert!(!dir.join("recording.opus").exists(), "nothing is encoded during the call");
+    let wav = std::fs::read(dir.join("recording.wav")).unwrap();
+    let u16_at = |at: usize| u16::from_le_bytes([wav[at], wav[at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes(wav[at..at + 4].try_into().unwrap());
+    assert_eq!((&wav[..4], &wav[8..16]), (&b"RIFF"[..], &b"WAVEfmt "[..]));
+    assert_eq!((u16_at(20), u16_at(22), u32_at(24), u16_at(34)), (7, 2, 8_000, 8), "stereo 8 kHz 8-bit μ-law");
+    assert_eq!(u32_at(4) as usize, wav.len() - 8, "the RIFF size is patched");
+    assert_eq!(&wav[50..54], b"data");
+    assert_eq!(u32_at(54) as usize, wav.len() - 58, "the data size is patched");
+    assert_eq!(u32_at(46) as usize, (wav.len() - 58) / 2, "the fact chunk counts the sample pairs");
+
+    let (caller, agent) = read_legs(&dir).unwrap();
+    assert_eq!(metadata.duration_ms, Some(1_000));
+    assert_eq!((caller.len(), agent.len()), (8_000, 8_000));
+    let sent_caller: Vec<i16> = caller_frames.iter().flat_map(|f| parley::audio::mulaw::decode(f)).collect();
+    assert!(caller == sent_caller, "the caller leg is the caller's audio, from the call's first sample");
+    // The agent's audio starts where it was sent (the test's clock runs a little ahead of the recorder's, so up to a
+    // few ms early) and is exactly what was sent, back to back; silence around it.
+    let sent_agent: Vec<i16> = agent_frames.iter().flat_map(|f| parley::audio::mulaw::decode(f)).collect();
+    let start =
+        (0..=8 * 40).map(|early| 8 * 400 - early).find(|&at| agent[at..at + sent_agent.len()] == sent_agent[..]);
+    let start = start.expect("the agent's audio is on the agent leg, unchanged, near 400 ms");
+    assert!(agent[..start].iter().chain(&agent[start + sent_agent.len()..]).all(|&s| s == 0), "silence elsewhere");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_barge_in_silences_the_agent_channel_at_the_clear() {
     init_logs();

@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use parley::archive::{
-    list_calls, read_call_legs, read_call_timeline, ArchiveStore, CallKey, CallMetadata, CallStatus, TimelineEvent,
-    RECORDING_FILE,
+    call_recording_form, compress_recording, list_calls, read_call_legs, read_call_recording, read_call_timeline,
+    ArchiveStore, CallKey, CallMetadata, CallStatus, RecordingForm, TimelineEvent, OPUS_RECORDING_FILE,
+    WAV_RECORDING_FILE,
 };
 use sim_caller::{tone, StartOptions};
 use tokio::time::Instant;
@@ -138,12 +139,31 @@ async fn a_call_on_the_bucket_is_recorded_in_parts_and_sealed_when_it_ends() {
     let timeline = read_call_timeline(store.as_ref(), &key).unwrap();
     assert!(timeline.iter().any(|e| e.event == TimelineEvent::Dtmf { digit: "5".into() }), "{timeline:?}");
     assert!(matches!(timeline.last().map(|e| &e.event), Some(TimelineEvent::CallEnded { .. })), "{timeline:?}");
-    let recording = store.get(&key, RECORDING_FILE).unwrap().len() as u64;
+    // The call is recorded in its wire form: μ-law, its header patched at the seal (the first part rewritten).
     let duration_ms = metadata.duration_ms.unwrap();
+    assert_eq!(leg_ms(&caller), duration_ms);
+    let (form, wav) = read_call_recording(store.as_ref(), &key).unwrap();
+    assert_eq!(form, RecordingForm::Mulaw);
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(u32::from_le_bytes(wav[4..8].try_into().unwrap()) as usize, wav.len() - 8, "RIFF size patched");
+    let data_size = u32::from_le_bytes(wav[wav.len() - caller.len() * 2 - 4..][..4].try_into().unwrap());
+    assert_eq!(data_size as usize, caller.len() * 2, "data size patched");
+    let recording = wav.len() as u64;
+
+    // The after-call step makes recording.opus from it, checks it and deletes the μ-law file.
+    let legs = compress_recording(store.as_ref(), &key).unwrap().expect("a sealed μ-law recording is compressed");
+    assert_eq!(legs.0, caller, "the legs handed on are the μ-law ones");
+    assert_eq!(call_recording_form(store.as_ref(), &key).unwrap(), Some(RecordingForm::Opus));
+    assert!(!store.has(&key, WAV_RECORDING_FILE).unwrap());
+    let (opus_caller, opus_agent) = read_call_legs(store.as_ref(), &key).unwrap();
+    assert_eq!((opus_caller.len(), opus_agent.len()), (caller.len(), agent.len()), "the Opus copy lasts as long");
+    assert!(compress_recording(store.as_ref(), &key).unwrap().is_none(), "done once");
+    let compressed = store.get(&key, OPUS_RECORDING_FILE).unwrap().len() as u64;
     eprintln!(
-        "figures: sealed {seal_ms} ms after the stop; recording {recording} bytes for {duration_ms} ms = {} bytes per \
-         call-minute",
-        recording * 60_000 / duration_ms
+        "figures: sealed {seal_ms} ms after the stop; recording {recording} bytes μ-law, {compressed} bytes Opus for \
+         {duration_ms} ms = {} and {} bytes per call-minute",
+        recording * 60_000 / duration_ms,
+        compressed * 60_000 / duration_ms
     );
 }
 
@@ -174,6 +194,7 @@ async fn a_call_killed_on_the_bucket_is_sealed_by_lease_expiry_with_its_audio() 
     let sealed_after_ms = killed.elapsed().as_millis();
     assert_eq!(metadata.ended_by.as_deref(), Some("recovered"));
     let (caller, _) = read_call_legs(store.as_ref(), &key).expect("the resealed recording decodes");
+    assert_eq!(call_recording_form(store.as_ref(), &key).unwrap(), Some(RecordingForm::Mulaw));
     let kept = leg_ms(&caller);
     assert!(kept + 2_000 >= killed_at_ms, "{kept} ms kept of a call killed at {killed_at_ms} ms");
     assert_eq!(metadata.duration_ms, Some(kept));

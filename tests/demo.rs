@@ -44,7 +44,10 @@ fn the_demo_places_a_whole_offline_call_and_leaves_it_transcribed() {
     let calls = call_dirs(archive.path());
     assert_eq!(calls.len(), 1, "{calls:?}");
     let call = &calls[0];
+    // The after-call worker made the Opus recording from the μ-law one and deleted that.
     assert!(call.join("recording.opus").metadata().unwrap().len() > 10_000);
+    assert!(!call.join("recording.wav").exists());
+    assert!(stdout.contains(&format!("listen to {}", call.join("recording.opus").display())), "{stdout}");
 
     let timeline = read_timeline(call).unwrap();
     let lookup = timeline.iter().find_map(|e| match &e.event {

@@ -15,10 +15,16 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
-use parley::archive::{ArchiveStore, CallKey, LocalStore};
+use parley::archive::{
+    read_call_legs, read_call_metadata, read_legs, seal_abandoned_calls, Archive, ArchiveStore, CallKey, CallMetadata,
+    CallStatus, LocalStore, OPUS_RECORDING_FILE, WAV_RECORDING_FILE,
+};
 use parley::audio::mulaw;
+use parley::call::tap::{TapEvent, TapFactory};
+use parley::call::CallInfo;
 use parley::local::{EspeakSettings, WhisperEngine, WhisperSettings};
 use parley::transcribe::wer::wer;
+use parley::transcribe::ArchiveReader;
 use parley::transcribe::{
     transcribe_call, CallReader, CallTranscript, HotTurn, JobOutcome, LocalWhisper, OpenAiTranscribeSettings,
     OpenAiTranscriber, Queue, Segment, TranscribeError, TranscriptionBackend, Worker, TRANSCRIPT_FILE,
@@ -93,6 +99,154 @@ fn archive_with_a_call(root: &Path) -> (Arc<dyn ArchiveStore>, CallKey) {
 
 fn read_transcript(store: &dyn ArchiveStore, key: &CallKey) -> CallTranscript {
     serde_json::from_slice(&store.get(key, TRANSCRIPT_FILE).unwrap()).unwrap()
+}
+
+/// A backend that keeps the length of each leg it is given.
+#[derive(Default)]
+struct Measuring(Mutex<Vec<usize>>);
+
+#[async_trait]
+impl TranscriptionBackend for Measuring {
+    fn describe(&self) -> String {
+        "measuring".into()
+    }
+    async fn transcribe_leg(&self, pcm: Vec<i16>) -> Result<Vec<Segment>, TranscribeError> {
+        self.0.lock().unwrap().push(pcm.len());
+        Ok(Vec::new())
+    }
+}
+
+/// Runs one after-call worker over `key` in `store`: the μ-law recording becomes `recording.opus`, then the
+/// transcript; returns the leg lengths the backend was given.
+async fn after_call(store: &Arc<dyn ArchiveStore>, key: &CallKey) -> Vec<usize> {
+    let queue = Queue::new(Arc::clone(store), "worker", Duration::from_secs(30));
+    queue.enqueue(key).unwrap();
+    let backend = Arc::new(Measuring::default());
+    let worker = Worker::new(queue, backend.clone(), Arc::new(ArchiveReader::new(Arc::clone(store))), 1);
+    let outcomes = worker.drain(|_| {}).await.unwrap();
+    assert!(matches!(outcomes.as_slice(), [JobOutcome::Done { .. }]), "{outcomes:?}");
+    assert!(store.get(key, TRANSCRIPT_FILE).is_ok());
+    let lengths = backend.0.lock().unwrap().clone();
+    lengths
+}
+
+/// A recorded call's μ-law recording is turned into Ogg Opus by the after-call worker, which transcribes the μ-law
+/// legs and deletes the μ-law file once the Opus one is written and checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_makes_the_opus_recording_and_transcribes_the_wire_audio() {
+    let root = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ArchiveStore> = Arc::new(LocalStore::new(root.path()).unwrap());
+    let archive = Archive::new(Arc::clone(&store), false);
+    let call = CallInfo { call_sid: "CAopus".into(), stream_sid: "MZopus".into(), ..CallInfo::default() };
+    let t0 = tokio::time::Instant::now();
+    let tap = archive.open(&call);
+    let tone = |frequency: f32| {
+        (0..160)
+            .map(|i| {
+                mulaw::encode_sample(((i as f32 / 8000.0 * frequency * std::f32::consts::TAU).sin() * 8000.0) as i16)
+            })
+            .collect::<Vec<u8>>()
+    };
+    for i in 1..=100u64 {
+        let at = t0 + Duration::from_millis(20 * i);
+        tap.send(TapEvent::CallerAudio { at, frame: tone(440.0).into() });
+        if i > 50 {
+            tap.send(TapEvent::AgentAudioSent { at, frame: tone(660.0).into() });
+        }
+    }
+    tap.send(TapEvent::Ended { at: t0 + Duration::from_millis(2_000), reason: "Stopped".into() });
+    let key = loop {
+        let calls = parley::archive::list_calls(store.as_ref()).unwrap();
+        if let Some((key, _)) = calls.into_iter().find(|(_, m)| m.status == CallStatus::Sealed) {
+            break key;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the call was not sealed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let dir = store.local_dir(&key).unwrap();
+    let (wire_caller, wire_agent) = read_legs(&dir).unwrap();
+    assert!(dir.join(WAV_RECORDING_FILE).is_file() && !dir.join(OPUS_RECORDING_FILE).exists());
+
+    let transcribed = after_call(&store, &key).await;
+    assert_eq!(transcribed, vec![wire_caller.len(), wire_agent.len()], "both legs, as long as the call");
+    assert!(!dir.join(WAV_RECORDING_FILE).exists(), "the μ-law file goes once the Opus one is written");
+    let opus = std::fs::read(dir.join(OPUS_RECORDING_FILE)).unwrap();
+    assert!(opus.starts_with(b"OggS") && opus.windows(8).any(|w| w == b"OpusHead"));
+    let (caller, agent) = read_legs(&dir).unwrap();
+    let duration_ms = read_call_metadata(store.as_ref(), &key).unwrap().duration_ms.unwrap();
+    assert_eq!(duration_ms, 2_000);
+    assert_eq!(
+        (caller.len() as u64, agent.len() as u64),
+        (duration_ms * 8, duration_ms * 8),
+        "the Opus copy lasts as long"
+    );
+    // The Opus copy carries the same audio on the same legs: the agent is silent, then answers, the caller speaks on.
+    let energy = |leg: &[i16], from_ms: usize, to_ms: usize| {
+        let part = &leg[from_ms * 8..to_ms * 8];
+        (part.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / part.len() as f64).sqrt()
+    };
+    assert!(energy(&caller, 100, 1_900) > 2_000.0, "caller {}", energy(&caller, 100, 1_900));
+    assert!(energy(&agent, 100, 900) < 300.0, "agent before its answer {}", energy(&agent, 100, 900));
+    assert!(energy(&agent, 1_100, 1_900) > 2_000.0, "agent answer {}", energy(&agent, 1_100, 1_900));
+}
+
+/// A call cut by a crash (the μ-law header's sizes never patched, half a frame and a torn byte at the end) reads,
+/// is resealed to its whole frames, and the worker makes an Opus recording as long as what was kept.
+#[tokio::test]
+async fn a_recording_cut_by_a_crash_is_resealed_and_compressed() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, key) = archive_with_a_call(root.path());
+    let dir = store.local_dir(&key).unwrap();
+    let metadata = CallMetadata {
+        call_sid: "CA0001".into(),
+        stream_sid: "MZ0001".into(),
+        from: None,
+        to: None,
+        started_at_ms: 1_764_028_800_000,
+        ended_at_ms: None,
+        duration_ms: None,
+        status: CallStatus::Open,
+        ended_by: None,
+        turns: 0,
+        cost: None,
+        owner: None,
+    };
+    std::fs::write(dir.join("metadata.json"), serde_json::to_vec(&metadata).unwrap()).unwrap();
+    // The header as the recorder writes it when the call starts: every size a placeholder.
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF\xff\xff\xff\xffWAVEfmt \x12\0\0\0");
+    wav.extend_from_slice(&[7, 0, 2, 0]);
+    wav.extend_from_slice(&8_000u32.to_le_bytes());
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&[2, 0, 8, 0, 0, 0]);
+    wav.extend_from_slice(b"fact\x04\0\0\0\xff\xff\xff\xffdata\xff\xff\xff\xff");
+    // 1.5 s of a tone on the caller leg, then half a frame and a byte of a torn write.
+    let frame: Vec<u8> = (0..160)
+        .flat_map(|i| {
+            [mulaw::encode_sample(((i as f32 / 8000.0 * 500.0 * std::f32::consts::TAU).sin() * 8000.0) as i16), 0xFF]
+        })
+        .collect();
+    for _ in 0..75 {
+        wav.extend_from_slice(&frame);
+    }
+    wav.extend_from_slice(&frame[..160]);
+    wav.push(0x42);
+    std::fs::write(dir.join(WAV_RECORDING_FILE), &wav).unwrap();
+    let (live, _) = read_call_legs(store.as_ref(), &key).expect("the cut recording reads");
+    assert_eq!(live.len(), 75 * 160 + 80, "whole sample pairs, as far as they go");
+
+    let sealed = seal_abandoned_calls(store.as_ref(), store.list().unwrap(), std::time::SystemTime::now()).unwrap();
+    assert_eq!(sealed, vec![key.clone()]);
+    let metadata = read_call_metadata(store.as_ref(), &key).unwrap();
+    assert_eq!((metadata.status, metadata.duration_ms), (CallStatus::Sealed, Some(1_500)));
+    let resealed = std::fs::read(dir.join(WAV_RECORDING_FILE)).unwrap();
+    assert_eq!(resealed.len(), 58 + 75 * 320, "cut to its whole frames");
+    assert_eq!(u32::from_le_bytes(resealed[54..58].try_into().unwrap()), 75 * 320, "the data size is set");
+
+    assert_eq!(after_call(&store, &key).await, vec![12_000, 12_000]);
+    assert!(!dir.join(WAV_RECORDING_FILE).exists());
+    let (caller, agent) = read_call_legs(store.as_ref(), &key).unwrap();
+    assert_eq!((caller.len(), agent.len()), (12_000, 12_000), "the Opus recording lasts the 1.5 s kept");
 }
 
 #[tokio::test]

@@ -29,12 +29,19 @@ async fn archived_call(root: &Path) -> String {
     loop {
         let sealed = list_calls(&store).unwrap().into_iter().find(|(_, m)| m.call_sid == call_sid);
         if let Some((key, metadata)) = sealed.filter(|(_, m)| m.status == CallStatus::Sealed) {
-            assert!(store.get(&key, "recording.opus").is_ok(), "{metadata:?}");
+            // No after-call worker runs here: the call has its μ-law recording.
+            assert!(store.get(&key, "recording.wav").is_ok(), "{metadata:?}");
             return call_sid;
         }
         assert!(tokio::time::Instant::now() < deadline, "the call was not sealed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The call's folder, relative to the archive's root.
+fn call_folder(root: &Path, call_sid: &str) -> PathBuf {
+    let store = LocalStore::new(root).unwrap();
+    parley::archive::cli::find_call(&store, call_sid).unwrap().relative_path()
 }
 
 /// Headless Chromium: the page's DOM once loaded, and a screenshot of it.
@@ -77,17 +84,32 @@ async fn the_viewer_shows_calls_in_a_browser_and_only_with_the_token() {
     // Without the token, or with a wrong one, nothing is shown.
     let http = reqwest::Client::new();
     let base = format!("http://{addr}");
-    for path in ["/calls", &format!("/calls/{call_sid}"), &format!("/calls/{call_sid}/recording.opus")] {
+    for path in ["/calls", &format!("/calls/{call_sid}"), &format!("/calls/{call_sid}/recording")] {
         let url = format!("{base}{path}");
         assert_eq!(http.get(&url).send().await.unwrap().status(), 401, "{path} without a token");
         let wrong = http.get(&url).bearer_auth("wrong").send().await.unwrap();
         assert_eq!(wrong.status(), 401, "{path} with a wrong token");
     }
-    let recording =
-        http.get(format!("{base}/calls/{call_sid}/recording.opus")).bearer_auth(TOKEN).send().await.unwrap();
+    // The μ-law recording is served as 16-bit PCM WAV, which every browser plays.
+    let recording = http.get(format!("{base}/calls/{call_sid}/recording")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(recording.status(), 200);
-    assert_eq!(recording.headers()["content-type"], "audio/ogg; codecs=opus");
-    assert!(recording.bytes().await.unwrap().starts_with(b"OggS"));
+    assert_eq!(recording.headers()["content-type"], "audio/wav");
+    let wav = recording.bytes().await.unwrap();
+    assert!(wav.starts_with(b"RIFF") && &wav[8..16] == b"WAVEfmt ");
+    assert_eq!((wav[20], wav[22], wav[34]), (1, 2, 16), "PCM, two channels, 16 bits");
+    let (caller, _) = parley::archive::read_legs(&root.path().join(call_folder(root.path(), &call_sid))).unwrap();
+    assert_eq!(wav.len(), 44 + caller.len() * 4, "both legs, the whole call");
+
+    // Once the after-call worker has made the Opus recording, that is served.
+    let store_again = LocalStore::new(root.path()).unwrap();
+    let key = parley::archive::cli::find_call(&store_again, &call_sid).unwrap();
+    parley::archive::compress_recording(&store_again, &key).unwrap().expect("compressed");
+    for path in [format!("/calls/{call_sid}/recording"), format!("/calls/{call_sid}/recording.opus")] {
+        let recording = http.get(format!("{base}{path}")).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(recording.status(), 200);
+        assert_eq!(recording.headers()["content-type"], "audio/ogg; codecs=opus");
+        assert!(recording.bytes().await.unwrap().starts_with(b"OggS"));
+    }
 
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let list = chromium(&format!("http://viewer:{TOKEN}@{addr}/calls"), &shots.join("viewer-calls.png")).await;

@@ -54,6 +54,7 @@ pub fn run(config: &ArchiveConfig, command: &ArchiveCommand) -> Result<(), Archi
             let metadata = super::meta::read(store.as_ref(), &key)?;
             let entries = super::timeline::read_from(store.as_ref(), &key)?;
             print!("{}", render_call(&metadata, &entries));
+            println!("\n{}", recording_line(super::call_recording_form(store.as_ref(), &key)?));
             Ok(())
         }
     }
@@ -65,7 +66,19 @@ fn show_folder(dir: &Path) -> Result<(), ArchiveError> {
         return Err(ArchiveError::NotFound(dir.display().to_string()));
     }
     print!("{}", render_call(&read_metadata(dir)?, &read_timeline(dir)?));
+    println!("\n{}", recording_line(super::recording_in(dir).map(|(form, _)| form)));
     Ok(())
+}
+
+/// Which recording the call has: the μ-law one until the after-call worker has made the Opus one.
+pub fn recording_line(form: Option<super::RecordingForm>) -> String {
+    match form {
+        Some(form @ super::RecordingForm::Mulaw) => {
+            format!("recording: {} (G.711 μ-law as on the wire; the Opus copy is not made yet)", form.file_name())
+        }
+        Some(form @ super::RecordingForm::Opus) => format!("recording: {} (Ogg Opus)", form.file_name()),
+        None => "recording: none".into(),
+    }
 }
 
 /// The table `parley archive list` prints.

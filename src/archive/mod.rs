@@ -7,9 +7,13 @@
 //!
 //! ```text
 //! <root>/<YYYY>/<MM>/<DD>/<CallSid>/
-//!     recording.opus   stereo Ogg Opus; left = caller, right = agent; both legs time-aligned from the call start
-//!                      (silence where nobody speaks); input rate 8000 Hz (the phone's rate, no resampling), 20 ms
-//!                      packets, OpusHead pre-skip as the encoder reports it.
+//!     recording.wav    while the call lives and until the after-call worker has run: the legs in their wire form,
+//!                      G.711 μ-law, 8 kHz, stereo interleaved (WAVE format 7); left = caller, right = agent; both
+//!                      legs time-aligned from the call start (μ-law silence where nobody speaks). Appended as the
+//!                      audio becomes final; the header's sizes are patched when the call is sealed. See [`wav`].
+//!     recording.opus   after the call, made from recording.wav by the after-call worker, which then deletes the
+//!                      μ-law file (see [`compress`]): stereo Ogg Opus, the same two legs; input rate 8000 Hz (no
+//!                      resampling), 20 ms packets, OpusHead pre-skip as the encoder reports it.
 //!     timeline.jsonl   append-only JSON lines, one per event: {"ms": <since call start>, "type": "...", ...}.
 //!                      Types: call_started, caller_turn, agent_said, tool_call, tool_result, barge_in, latency,
 //!                      provider_error, dtmf, agent_audio_cleared, call_ended (see [`TimelineEvent`]).
@@ -20,11 +24,13 @@
 //! The agent leg holds the agent's audio where the caller actually heard it: a frame plays at the later of its send
 //! time and the end of the previous agent frame, and a `clear` (barge-in) cuts whatever had not played yet.
 //!
-//! Files are written while the call goes on: Ogg pages are flushed at least twice a second and timeline lines as they
-//! happen, so a crash loses at most about a second. A call whose metadata still says "open" when Parley starts was
-//! cut short by a crash: start-up seals it (the Ogg stream is finished properly, the timeline gets a `call_ended`
-//! line and the metadata says `"ended_by": "recovered"`). Calls older than `archive.retention_days` are deleted at
-//! start-up and once a day.
+//! Files are written while the call goes on: the recording is flushed every recorder tick (100 ms) with the audio
+//! older than the recorder's 0.3 s hold, timeline lines as they happen, so a crash loses at most about half a second.
+//! Recording costs no codec work during the call: the bytes that came off the wire are copied. A call whose metadata
+//! still says "open" when Parley starts was cut short by a crash: start-up seals it (the μ-law recording is cut to
+//! its whole frames and its header given its sizes — or, for a call recorded in Opus, the Ogg stream is finished —
+//! the timeline gets a `call_ended` line and the metadata says `"ended_by": "recovered"`). Calls older than
+//! `archive.retention_days` are deleted at start-up and once a day.
 //!
 //! # Several instances on one archive
 //!
@@ -39,11 +45,13 @@
 //!
 //! # Reading it back
 //!
-//! [`list_calls`] lists the archived calls, [`read_legs`] decodes a recording into its two 8 kHz PCM legs,
+//! [`list_calls`] lists the archived calls, [`read_legs`] decodes a recording (either form, the μ-law one first)
+//! into its two 8 kHz PCM legs,
 //! [`read_timeline`] and [`caller_turns`] read the timeline (the hot-path transcript per turn), [`read_metadata`] the
 //! metadata. `parley archive list` and `parley archive show` print them.
 
 pub mod cli;
+pub mod compress;
 pub mod lease;
 mod meta;
 mod opus;
@@ -52,6 +60,7 @@ mod recovery;
 pub mod s3;
 mod store;
 mod timeline;
+mod wav;
 mod workers;
 
 use std::path::{Path, PathBuf};
@@ -63,15 +72,17 @@ use serde::Deserialize;
 use crate::call::tap::{CallTap, TapFactory};
 use crate::call::CallInfo;
 
+pub use compress::compress_recording;
 pub use lease::Ownership;
 pub use meta::{CallMetadata, CallStatus, Owner};
-pub use opus::{read_legs, LEG_SAMPLE_RATE};
+pub use opus::LEG_SAMPLE_RATE;
 pub use recovery::{seal_abandoned_calls, sweep_expired, RECOVERED};
 pub use store::{ArchiveStore, CallKey, CallWriter, LocalStore};
 pub use timeline::{caller_turns, read_timeline, CallerTurn, TimelineEntry, TimelineEvent};
 
-/// File names inside a call's folder.
-pub const RECORDING_FILE: &str = "recording.opus";
+/// File names inside a call's folder. A call has one recording: μ-law until the after-call worker makes the Opus.
+pub const WAV_RECORDING_FILE: &str = "recording.wav";
+pub const OPUS_RECORDING_FILE: &str = "recording.opus";
 pub const TIMELINE_FILE: &str = "timeline.jsonl";
 pub const METADATA_FILE: &str = "metadata.json";
 
@@ -143,6 +154,8 @@ pub enum ArchiveError {
     Ogg { path: PathBuf, message: String },
     #[error("{path} is not an Ogg Opus recording Parley can read: {message}")]
     NotOpus { path: PathBuf, message: String },
+    #[error("{path} is not a μ-law recording Parley can read: {message}")]
+    NotWav { path: PathBuf, message: String },
     #[error("{path}: invalid JSON: {source}")]
     Json { path: PathBuf, source: serde_json::Error },
     #[error("no archived call matches `{0}`")]
@@ -297,7 +310,7 @@ fn seal_abandoned_logged(store: &dyn ArchiveStore, keys: Vec<CallKey>, hook: Opt
     }
 }
 
-/// One recorder thread per core: encoding the calls' audio is the archive's whole CPU cost.
+/// One recorder thread per core: the threads only copy bytes, but a slow disk or store stalls a thread's calls only.
 fn recorder_pool() -> Arc<workers::RecorderPool> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     Arc::new(workers::RecorderPool::start(cores))
@@ -351,10 +364,97 @@ pub fn read_call_timeline(store: &dyn ArchiveStore, key: &CallKey) -> Result<Vec
     timeline::read_from(store, key)
 }
 
-/// A call's two legs (caller, agent) as 8 kHz PCM, from any store; see [`read_legs`].
+/// The two forms a call's recording takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingForm {
+    /// `recording.wav`: μ-law as on the wire, written during the call.
+    Mulaw,
+    /// `recording.opus`: Ogg Opus, made after the call.
+    Opus,
+}
+
+impl RecordingForm {
+    /// The forms in the order readers look for them: the μ-law file, when there is one, is the call's audio as it
+    /// was heard (the Opus file is made from it and then replaces it).
+    pub const PREFERRED: [RecordingForm; 2] = [RecordingForm::Mulaw, RecordingForm::Opus];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            RecordingForm::Mulaw => WAV_RECORDING_FILE,
+            RecordingForm::Opus => OPUS_RECORDING_FILE,
+        }
+    }
+
+    /// The two legs (caller, agent) as 8 kHz PCM, from the file's bytes; `path` names it in errors.
+    pub fn decode_legs(self, bytes: &[u8], path: &Path) -> Result<(Vec<i16>, Vec<i16>), ArchiveError> {
+        match self {
+            RecordingForm::Mulaw => wav::decode_legs(bytes, path),
+            RecordingForm::Opus => opus::decode_legs(bytes, path),
+        }
+    }
+
+    /// What a browser can play, with its content type: the Opus file as it is, the μ-law file as 16-bit PCM WAV
+    /// (browsers do not all play μ-law).
+    pub fn playable(self, bytes: Vec<u8>, path: &Path) -> Result<(Vec<u8>, &'static str), ArchiveError> {
+        match self {
+            RecordingForm::Mulaw => Ok((wav::to_pcm16(&bytes, path)?, "audio/wav")),
+            RecordingForm::Opus => Ok((bytes, "audio/ogg; codecs=opus")),
+        }
+    }
+}
+
+fn not_found(err: &ArchiveError) -> bool {
+    matches!(err, ArchiveError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// A call's recording: which form it is in and its bytes, from any store (the μ-law form first).
+pub fn read_call_recording(store: &dyn ArchiveStore, key: &CallKey) -> Result<(RecordingForm, Vec<u8>), ArchiveError> {
+    for form in RecordingForm::PREFERRED {
+        match store.get(key, form.file_name()) {
+            Ok(bytes) => return Ok((form, bytes)),
+            Err(err) if not_found(&err) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(ArchiveError::Io {
+        path: key.relative_path().join(OPUS_RECORDING_FILE),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "the call has no recording"),
+    })
+}
+
+/// Which recording file the call has now, without reading it; `None` when it has none.
+pub fn call_recording_form(store: &dyn ArchiveStore, key: &CallKey) -> Result<Option<RecordingForm>, ArchiveError> {
+    for form in RecordingForm::PREFERRED {
+        if store.has(key, form.file_name())? {
+            return Ok(Some(form));
+        }
+    }
+    Ok(None)
+}
+
+/// A call's two legs (caller, agent) as 8 kHz PCM, from any store, whichever form the recording is in; each leg is as
+/// long as the call. A recording still being written (or cut by a crash) reads as far as it is whole.
 pub fn read_call_legs(store: &dyn ArchiveStore, key: &CallKey) -> Result<(Vec<i16>, Vec<i16>), ArchiveError> {
-    let bytes = store.get(key, RECORDING_FILE)?;
-    opus::decode_legs(&bytes, &key.relative_path().join(RECORDING_FILE))
+    let (form, bytes) = read_call_recording(store, key)?;
+    form.decode_legs(&bytes, &key.relative_path().join(form.file_name()))
+}
+
+/// The recording file in a call's folder on disk, whichever form it is in.
+pub fn recording_in(dir: &Path) -> Option<(RecordingForm, PathBuf)> {
+    RecordingForm::PREFERRED.into_iter().map(|form| (form, dir.join(form.file_name()))).find(|(_, path)| path.is_file())
+}
+
+/// A recording's two legs (caller, agent) as 8 kHz PCM, from the call's folder; see [`read_call_legs`].
+pub fn read_legs(dir: &Path) -> Result<(Vec<i16>, Vec<i16>), ArchiveError> {
+    let Some((form, path)) = recording_in(dir) else {
+        let path = dir.join(OPUS_RECORDING_FILE);
+        return Err(ArchiveError::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "the call has no recording"),
+        });
+    };
+    let bytes = std::fs::read(&path).map_err(ArchiveError::io(&path))?;
+    form.decode_legs(&bytes, &path)
 }
 
 /// A call's metadata, from its folder.

@@ -1,16 +1,17 @@
 //! `recording.opus`: a stereo Ogg Opus stream (RFC 7845) encoded at the phone's own 8 kHz (Opus accepts it directly,
 //! so nothing is resampled; players decode to 48 kHz themselves). One 20 ms packet per call frame; an Ogg page ends
-//! every [`PAGE_FRAMES`] packets and is flushed, which bounds what a crash can lose.
+//! every [`PAGE_FRAMES`] packets. It is made after the call from the μ-law recording ([`super::compress`]); calls
+//! archived before that was so have it written live, and a crash may have left one without its end ([`reseal`]).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use audiopus::coder::{Decoder, Encoder};
 use audiopus::{Application, Bitrate, Channels, SampleRate};
 use ogg::reading::PacketReader;
 use ogg::writing::{PacketWriteEndInfo, PacketWriter};
 
-use super::{ArchiveError, RECORDING_FILE};
+use super::{ArchiveError, OPUS_RECORDING_FILE};
 
 /// Sample rate of the legs written into and read out of a recording.
 pub const LEG_SAMPLE_RATE: u32 = 8_000;
@@ -111,16 +112,12 @@ impl<W: Write> OggOpusWriter<W> {
         Ok(self.packets.into_inner())
     }
 
-    pub(crate) fn frames(&self) -> u64 {
-        self.frames
-    }
-
     fn write(&mut self, packet: Vec<u8>, info: PacketWriteEndInfo, granule: u64) -> Result<(), ArchiveError> {
-        self.packets.write_packet(packet, SERIAL, info, granule).map_err(ArchiveError::io(RECORDING_FILE))
+        self.packets.write_packet(packet, SERIAL, info, granule).map_err(ArchiveError::io(OPUS_RECORDING_FILE))
     }
 
     fn flush(&mut self) -> Result<(), ArchiveError> {
-        self.packets.inner_mut().flush().map_err(ArchiveError::io(RECORDING_FILE))
+        self.packets.inner_mut().flush().map_err(ArchiveError::io(OPUS_RECORDING_FILE))
     }
 }
 
@@ -180,15 +177,6 @@ pub(crate) fn reseal(bytes: &[u8], path: &Path) -> Result<Vec<u8>, ArchiveError>
         writer.push_packet(packet)?;
     }
     writer.finish()
-}
-
-/// A recording's two legs (caller, agent) as 8 kHz PCM, from the call's folder; each leg is as long as the call.
-///
-/// A recording that is still being written (or that a crash cut) reads up to its last intact page.
-pub fn read_legs(dir: &Path) -> Result<(Vec<i16>, Vec<i16>), ArchiveError> {
-    let path: PathBuf = dir.join(RECORDING_FILE);
-    let bytes = std::fs::read(&path).map_err(ArchiveError::io(&path))?;
-    decode_legs(&bytes, &path)
 }
 
 pub(crate) fn decode_legs(bytes: &[u8], path: &Path) -> Result<(Vec<i16>, Vec<i16>), ArchiveError> {

@@ -1,6 +1,9 @@
 //! The per-call recorder: takes the call's tap events in steps (on a recorder thread, see [`super::workers`]: file
-//! writes and encoding never stall the call or the runtime) and writes the recording, the timeline and the metadata
-//! as the call goes on.
+//! writes never stall the call or the runtime) and writes the recording, the timeline and the metadata as the call
+//! goes on.
+//!
+//! The recording is kept in its wire form, μ-law bytes ([`super::wav`]): nothing is decoded or encoded while the
+//! call lives. The Opus form is made after the call ([`super::compress`]).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -12,11 +15,11 @@ use tokio::time::Instant;
 
 use super::lease::{millis_since_epoch, Ownership};
 use super::meta::{CallMetadata, CallStatus};
-use super::opus::{OggOpusWriter, FRAME_SAMPLES};
+use super::opus::FRAME_SAMPLES;
 use super::store::CallWriter;
 use super::timeline::{TimelineEntry, TimelineEvent};
-use super::{ArchiveError, ArchiveStore, CallKey, SealedCalls, METADATA_FILE, RECORDING_FILE, TIMELINE_FILE};
-use crate::audio::mulaw;
+use super::wav::{MulawWavWriter, SILENCE};
+use super::{ArchiveError, ArchiveStore, CallKey, SealedCalls, METADATA_FILE, TIMELINE_FILE, WAV_RECORDING_FILE};
 use crate::call::tap::{ConversationEvent, TapEvent};
 use crate::call::CallInfo;
 use crate::telemetry::redact;
@@ -25,6 +28,8 @@ use crate::telemetry::redact;
 /// (Agent audio before "now" is already final: it is only ever scheduled at or after its send time.)
 const HOLD: Duration = Duration::from_millis(300);
 const SAMPLES_PER_MS: u64 = 8;
+/// The step buffer's capacity kept between steps: a second of both legs (a step normally writes 100 ms).
+const SCRATCH_KEPT: usize = 16_000;
 
 /// A call to record: what the archive knows when the call starts, and the tap's events to come.
 pub(crate) struct RecordingJob {
@@ -104,16 +109,17 @@ impl LiveRecording {
 }
 
 /// Places both legs on the call's timeline, in 8 kHz samples since the call started, and hands out whole 20 ms
-/// frames once they can no longer change. The buffers are ring buffers: handing out a frame costs the frame, not
-/// the audio still queued behind it, so sealing a call is linear in its audio.
+/// frames once they can no longer change. Samples stay μ-law bytes as they came off the wire (gaps are μ-law
+/// silence). The buffers are ring buffers: handing out a frame costs the frame, not the audio still queued behind
+/// it, so sealing a call is linear in its audio.
 #[derive(Debug, Default)]
 pub(crate) struct Aligner {
     /// Samples already handed out; both buffers start here.
     written: u64,
-    caller: VecDeque<i16>,
+    caller: VecDeque<u8>,
     /// Where the next caller frame goes; `None` before the first.
     caller_next: Option<u64>,
-    agent: VecDeque<i16>,
+    agent: VecDeque<u8>,
     /// Where the agent's scheduled audio ends.
     agent_end: u64,
 }
@@ -121,18 +127,18 @@ pub(crate) struct Aligner {
 impl Aligner {
     /// A caller frame received at `at`: frames are consecutive 20 ms from the first one (which ended when it
     /// arrived), except that a frame never lands in audio already written (after a stall it starts there).
-    pub(crate) fn caller_frame(&mut self, at: u64, pcm: &[i16]) {
-        let next = *self.caller_next.get_or_insert_with(|| at.saturating_sub(pcm.len() as u64));
+    pub(crate) fn caller_frame(&mut self, at: u64, ulaw: &[u8]) {
+        let next = *self.caller_next.get_or_insert_with(|| at.saturating_sub(ulaw.len() as u64));
         let start = next.max(self.written);
-        place(&mut self.caller, (start - self.written) as usize, pcm);
-        self.caller_next = Some(start + pcm.len() as u64);
+        place(&mut self.caller, (start - self.written) as usize, ulaw);
+        self.caller_next = Some(start + ulaw.len() as u64);
     }
 
     /// An agent frame sent at `at`: it plays when it is sent or when the agent audio before it has played.
-    pub(crate) fn agent_frame(&mut self, at: u64, pcm: &[i16]) {
+    pub(crate) fn agent_frame(&mut self, at: u64, ulaw: &[u8]) {
         let start = at.max(self.agent_end).max(self.written);
-        place(&mut self.agent, (start - self.written) as usize, pcm);
-        self.agent_end = start + pcm.len() as u64;
+        place(&mut self.agent, (start - self.written) as usize, ulaw);
+        self.agent_end = start + ulaw.len() as u64;
     }
 
     /// Twilio dropped the agent audio not played at `at`.
@@ -149,31 +155,41 @@ impl Aligner {
         self.caller_next.unwrap_or(0).max(self.agent_end)
     }
 
-    /// Hands out every whole frame before `upto`, as (caller, agent).
-    pub(crate) fn take_until(&mut self, upto: u64) -> Vec<(Vec<i16>, Vec<i16>)> {
-        let mut frames = Vec::new();
-        while self.written + FRAME_SAMPLES as u64 <= upto {
-            frames.push((take_frame(&mut self.caller), take_frame(&mut self.agent)));
-            self.written += FRAME_SAMPLES as u64;
+    /// Appends every whole frame before `upto` to `out`, interleaved (caller, agent) sample by sample; returns how
+    /// many frames.
+    pub(crate) fn take_until(&mut self, upto: u64, out: &mut Vec<u8>) -> u64 {
+        let frames = upto.saturating_sub(self.written) / FRAME_SAMPLES as u64;
+        let samples = frames as usize * FRAME_SAMPLES;
+        let start = out.len();
+        out.resize(start + 2 * samples, SILENCE);
+        let interleaved = &mut out[start..];
+        // Whatever a leg has queued goes in; past its end the leg is silent.
+        let queued = samples.min(self.caller.len());
+        for (slot, sample) in interleaved.iter_mut().step_by(2).zip(self.caller.drain(..queued)) {
+            *slot = sample;
         }
+        let queued = samples.min(self.agent.len());
+        for (slot, sample) in interleaved.iter_mut().skip(1).step_by(2).zip(self.agent.drain(..queued)) {
+            *slot = sample;
+        }
+        self.written += samples as u64;
         frames
     }
 }
 
-fn place(buffer: &mut VecDeque<i16>, offset: usize, pcm: &[i16]) {
-    if buffer.len() < offset + pcm.len() {
-        buffer.resize(offset + pcm.len(), 0);
+fn place(buffer: &mut VecDeque<u8>, offset: usize, ulaw: &[u8]) {
+    // The usual case, a frame right after the audio queued (or after a gap): appended, one copy.
+    if offset >= buffer.len() {
+        buffer.resize(offset, SILENCE);
+        buffer.extend(ulaw);
+        return;
     }
-    for (slot, &sample) in buffer.range_mut(offset..offset + pcm.len()).zip(pcm) {
+    if buffer.len() < offset + ulaw.len() {
+        buffer.resize(offset + ulaw.len(), SILENCE);
+    }
+    for (slot, &sample) in buffer.range_mut(offset..offset + ulaw.len()).zip(ulaw) {
         *slot = sample;
     }
-}
-
-fn take_frame(buffer: &mut VecDeque<i16>) -> Vec<i16> {
-    let n = FRAME_SAMPLES.min(buffer.len());
-    let mut frame: Vec<i16> = buffer.drain(..n).collect();
-    frame.resize(FRAME_SAMPLES, 0);
-    frame
 }
 
 struct Recorder {
@@ -182,7 +198,9 @@ struct Recorder {
     started: Instant,
     metadata: CallMetadata,
     audio: Aligner,
-    recording: OggOpusWriter<Box<dyn CallWriter>>,
+    recording: MulawWavWriter,
+    /// The interleaved bytes of one step, kept between steps so a step does not allocate.
+    scratch: Vec<u8>,
     timeline: Box<dyn CallWriter>,
     ownership: Ownership,
     /// When the lease in the metadata was last written.
@@ -215,12 +233,13 @@ impl Recorder {
             owner: Some(ownership.claim(SystemTime::now())),
         };
         store.put(&key, METADATA_FILE, &metadata.to_json())?;
-        let recording = OggOpusWriter::new(store.create(&key, RECORDING_FILE)?)?;
+        let recording = MulawWavWriter::new(store.create(&key, WAV_RECORDING_FILE)?)?;
         let timeline = store.append(&key, TIMELINE_FILE)?;
         let audio = Aligner::default();
         let lease_written = Instant::now();
+        let scratch = Vec::new();
         let mut recorder =
-            Recorder { store, key, started, metadata, audio, recording, timeline, ownership, lease_written };
+            Recorder { store, key, started, metadata, audio, recording, scratch, timeline, ownership, lease_written };
         let event = TimelineEvent::CallStarted { call_sid: call.call_sid.clone(), stream_sid: call.stream_sid.clone() };
         recorder.log(started, event)?;
         tracing::debug!(call = %recorder.key, "archiving the call");
@@ -229,8 +248,8 @@ impl Recorder {
 
     fn on_event(&mut self, event: TapEvent) -> Result<(), ArchiveError> {
         match event {
-            TapEvent::CallerAudio { at, frame } => self.audio.caller_frame(self.samples(at), &mulaw::decode(&frame)),
-            TapEvent::AgentAudioSent { at, frame } => self.audio.agent_frame(self.samples(at), &mulaw::decode(&frame)),
+            TapEvent::CallerAudio { at, frame } => self.audio.caller_frame(self.samples(at), &frame),
+            TapEvent::AgentAudioSent { at, frame } => self.audio.agent_frame(self.samples(at), &frame),
             TapEvent::AgentAudioCleared { at } => {
                 self.audio.clear(self.samples(at));
                 self.log(at, TimelineEvent::AgentAudioCleared)?;
@@ -251,15 +270,16 @@ impl Recorder {
         Ok(())
     }
 
-    /// Encodes the audio that can no longer change.
+    /// Writes the audio that can no longer change.
     fn write_audio(&mut self, now: Instant) -> Result<(), ArchiveError> {
         let upto = self.samples(now).saturating_sub(HOLD.as_millis() as u64 * SAMPLES_PER_MS);
-        self.encode_until(upto)
+        self.write_until(upto)
     }
 
     /// Keeps the call's files current in the store (a store that uploads in parts decides when) and renews this
     /// instance's lease on the call before it can lapse.
     fn keep(&mut self, now: Instant) -> Result<(), ArchiveError> {
+        self.recording.flush()?;
         self.timeline.flush().map_err(ArchiveError::io(TIMELINE_FILE))?;
         if now.saturating_duration_since(self.lease_written) >= self.ownership.renew_every() {
             self.metadata.owner = Some(self.ownership.claim(SystemTime::now()));
@@ -269,9 +289,14 @@ impl Recorder {
         Ok(())
     }
 
-    fn encode_until(&mut self, upto: u64) -> Result<(), ArchiveError> {
-        for (caller, agent) in self.audio.take_until(upto) {
-            self.recording.push_frame(&caller, &agent)?;
+    fn write_until(&mut self, upto: u64) -> Result<(), ArchiveError> {
+        self.scratch.clear();
+        if self.audio.take_until(upto, &mut self.scratch) > 0 {
+            self.recording.push(&self.scratch)?;
+        }
+        // A long stall's burst is not kept for the rest of the call.
+        if self.scratch.capacity() > SCRATCH_KEPT {
+            self.scratch = Vec::new();
         }
         Ok(())
     }
@@ -282,13 +307,12 @@ impl Recorder {
         self.audio.clear(end);
         let frame = FRAME_SAMPLES as u64;
         let upto = end.max(self.audio.end()).div_ceil(frame) * frame;
-        self.encode_until(upto)?;
+        self.write_until(upto)?;
         self.log(at, TimelineEvent::CallEnded { reason: reason.to_owned() })?;
-        let frames = self.recording.frames();
-        // Everything is in the store before the metadata says the call is sealed.
-        self.recording.finish()?.sync()?;
+        let duration_ms = self.recording.pairs() / SAMPLES_PER_MS;
+        // Everything is in the store, the recording's header patched, before the metadata says the call is sealed.
+        self.recording.finish()?;
         self.timeline.sync()?;
-        let duration_ms = frames * 20;
         self.metadata.duration_ms = Some(duration_ms);
         self.metadata.ended_at_ms = Some(self.metadata.started_at_ms + duration_ms);
         self.metadata.status = CallStatus::Sealed;
@@ -314,12 +338,25 @@ mod tests {
 
     const F: u64 = FRAME_SAMPLES as u64;
 
-    fn frame(value: i16) -> Vec<i16> {
+    /// Silence is the μ-law byte 0xFF; frames of other values stand for audio.
+    const S: u8 = SILENCE;
+
+    fn frame(value: u8) -> Vec<u8> {
         vec![value; FRAME_SAMPLES]
     }
 
+    /// The frames handed out until `upto`, each as its (caller, agent) samples.
+    fn take(aligner: &mut Aligner, upto: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        let frames = aligner.take_until(upto, &mut out);
+        assert_eq!(out.len() as u64, frames * 2 * F);
+        out.chunks(2 * FRAME_SAMPLES)
+            .map(|f| (f.iter().step_by(2).copied().collect(), f.iter().skip(1).step_by(2).copied().collect()))
+            .collect()
+    }
+
     /// The value of each frame handed out, per leg.
-    fn values(frames: &[(Vec<i16>, Vec<i16>)]) -> (Vec<i16>, Vec<i16>) {
+    fn values(frames: &[(Vec<u8>, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
         (frames.iter().map(|f| f.0[0]).collect(), frames.iter().map(|f| f.1[0]).collect())
     }
 
@@ -330,12 +367,12 @@ mod tests {
         aligner.caller_frame(2 * F, &frame(1));
         aligner.caller_frame(2 * F, &frame(2));
         aligner.caller_frame(2 * F, &frame(3));
-        let (caller, agent) = values(&aligner.take_until(5 * F));
-        assert_eq!(caller, vec![0, 1, 2, 3, 0]);
-        assert_eq!(agent, vec![0; 5]);
+        let (caller, agent) = values(&take(&mut aligner, 5 * F));
+        assert_eq!(caller, vec![S, 1, 2, 3, S]);
+        assert_eq!(agent, vec![S; 5]);
         // After a stall past what was written, the caller resumes where writing stands.
         aligner.caller_frame(9 * F, &frame(4));
-        assert_eq!(values(&aligner.take_until(6 * F)).0, vec![4]);
+        assert_eq!(values(&take(&mut aligner, 6 * F)).0, vec![4]);
     }
 
     #[test]
@@ -346,13 +383,13 @@ mod tests {
             aligner.agent_frame(F, &frame(value));
         }
         aligner.clear(2 * F + F / 2);
-        let frames = aligner.take_until(6 * F);
-        assert_eq!(values(&frames).1, vec![0, 1, 2, 0, 0, 0]);
+        let frames = take(&mut aligner, 6 * F);
+        assert_eq!(values(&frames).1, vec![S, 1, 2, S, S, S]);
         assert_eq!(&frames[2].1[..F as usize / 2], &frame(2)[..F as usize / 2]);
-        assert!(frames[2].1[F as usize / 2..].iter().all(|&s| s == 0));
+        assert!(frames[2].1[F as usize / 2..].iter().all(|&s| s == S));
         // Sent later than the queue ran dry: it plays when it is sent.
         aligner.agent_frame(8 * F, &frame(5));
-        assert_eq!(values(&aligner.take_until(10 * F)).1, vec![0, 0, 5, 0]);
+        assert_eq!(values(&take(&mut aligner, 10 * F)).1, vec![S, S, 5, S]);
     }
 
     #[test]
@@ -364,9 +401,9 @@ mod tests {
         for _ in 0..frames {
             aligner.caller_frame(0, &frame(7));
         }
-        let out = aligner.take_until(frames * F);
+        let out = take(&mut aligner, frames * F);
         assert_eq!(out.len() as u64, frames);
-        assert!(out.iter().all(|(caller, _)| caller[0] == 7));
+        assert!(out.iter().all(|(caller, agent)| caller[0] == 7 && agent[0] == S));
         assert!(aligner.caller.is_empty() && aligner.caller.capacity() >= FRAME_SAMPLES);
     }
 }

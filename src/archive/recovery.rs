@@ -6,9 +6,9 @@ use std::time::SystemTime;
 
 use super::lease::millis_since_epoch;
 use super::meta::{self, CallStatus};
-use super::opus;
 use super::timeline::{self, TimelineEntry, TimelineEvent};
-use super::{ArchiveError, ArchiveStore, CallKey, RECORDING_FILE, TIMELINE_FILE};
+use super::{opus, wav, RecordingForm};
+use super::{ArchiveError, ArchiveStore, CallKey, TIMELINE_FILE};
 
 /// The `ended_by` of a call sealed because the instance recording it stopped without sealing it.
 pub const RECOVERED: &str = "recovered";
@@ -36,17 +36,12 @@ pub fn seal_abandoned_calls(
     Ok(sealed)
 }
 
-/// Finishes the recording's Ogg stream, ends the timeline and marks the metadata sealed, in that order: should this
-/// be interrupted too, the metadata still says "open" and the next start-up tries again.
+/// Reseals the recording, ends the timeline and marks the metadata sealed, in that order: should this be interrupted
+/// too, the metadata still says "open" and the next start-up tries again.
 fn seal(store: &dyn ArchiveStore, key: &CallKey) -> Result<(), ArchiveError> {
     let mut metadata = meta::read(store, key)?;
-    let duration_ms = match store.get(key, RECORDING_FILE) {
-        Ok(bytes) => {
-            let path = key.relative_path().join(RECORDING_FILE);
-            let resealed = opus::reseal(&bytes, Path::new(&path))?;
-            store.put(key, RECORDING_FILE, &resealed)?;
-            opus::parse(&resealed, &path)?.packets.len().saturating_sub(1) as u64 * 20
-        }
+    let duration_ms = match super::read_call_recording(store, key) {
+        Ok((form, bytes)) => reseal_recording(store, key, form, &bytes)?,
         Err(_) => 0,
     };
     let entries = store.get(key, TIMELINE_FILE).map(|bytes| timeline::parse(&bytes)).unwrap_or_default();
@@ -74,6 +69,29 @@ fn seal(store: &dyn ArchiveStore, key: &CallKey) -> Result<(), ArchiveError> {
     store.put(key, super::METADATA_FILE, &metadata.to_json())
 }
 
+/// Rewrites a recording a crash cut, whole, and returns its length in milliseconds: the μ-law recording cut to its
+/// whole frames under a header with its sizes, or (a call recorded in Opus) the Ogg stream given its end.
+fn reseal_recording(
+    store: &dyn ArchiveStore,
+    key: &CallKey,
+    form: RecordingForm,
+    bytes: &[u8],
+) -> Result<u64, ArchiveError> {
+    let path = key.relative_path().join(form.file_name());
+    match form {
+        RecordingForm::Mulaw => {
+            let (resealed, pairs) = wav::reseal(bytes, Path::new(&path))?;
+            store.put(key, form.file_name(), &resealed)?;
+            Ok(pairs / 8)
+        }
+        RecordingForm::Opus => {
+            let resealed = opus::reseal(bytes, Path::new(&path))?;
+            store.put(key, form.file_name(), &resealed)?;
+            Ok(opus::parse(&resealed, &path)?.packets.len().saturating_sub(1) as u64 * 20)
+        }
+    }
+}
+
 /// Deletes the calls that started more than `retention_days` days before `now` (by their folder's date). Returns how
 /// many were deleted.
 pub fn sweep_expired(store: &dyn ArchiveStore, retention_days: u32, now: SystemTime) -> Result<usize, ArchiveError> {
@@ -95,7 +113,7 @@ mod tests {
     use super::*;
     use crate::archive::meta::CallMetadata;
     use crate::archive::opus::{OggOpusWriter, FRAME_SAMPLES};
-    use crate::archive::{LocalStore, METADATA_FILE};
+    use crate::archive::{LocalStore, METADATA_FILE, OPUS_RECORDING_FILE, WAV_RECORDING_FILE};
 
     fn open_call(store: &LocalStore, sid: &str, at: SystemTime) -> CallKey {
         let key = store.create_call(CallKey::new(sid, at)).unwrap();
@@ -118,11 +136,49 @@ mod tests {
     }
 
     #[test]
-    fn open_calls_are_sealed_with_what_they_hold() {
+    fn a_mulaw_recording_cut_by_a_crash_is_sealed_to_its_whole_frames() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path()).unwrap();
         let key = open_call(&store, "CA1", SystemTime::now());
-        let mut writer = OggOpusWriter::new(store.create(&key, RECORDING_FILE).unwrap()).unwrap();
+        // What a crash leaves: the header's placeholder sizes, 60 whole frames, half of the 61st and a torn pair.
+        let mut writer = wav::MulawWavWriter::new(store.create(&key, WAV_RECORDING_FILE).unwrap()).unwrap();
+        for n in 0..60u8 {
+            writer.push(&[n; 2 * FRAME_SAMPLES]).unwrap();
+        }
+        writer.push(&[0x11; FRAME_SAMPLES]).unwrap();
+        drop(writer);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(store.local_dir(&key).unwrap().join(WAV_RECORDING_FILE))
+            .unwrap();
+        file.write_all(&[0x22]).unwrap();
+        drop(file);
+        let call_dir = store.local_dir(&key).unwrap();
+        let (live, _) = crate::archive::read_legs(&call_dir).expect("an unsealed recording reads");
+        assert_eq!(live.len(), 60 * FRAME_SAMPLES + FRAME_SAMPLES / 2, "whole pairs as far as they go");
+
+        assert_eq!(seal_abandoned_calls(&store, store.list().unwrap(), SystemTime::now()).unwrap(), vec![key.clone()]);
+        let metadata = meta::read(&store, &key).unwrap();
+        assert_eq!((metadata.status, metadata.duration_ms), (CallStatus::Sealed, Some(1_200)));
+        let bytes = std::fs::read(call_dir.join(WAV_RECORDING_FILE)).unwrap();
+        let parsed = wav::parse(&bytes, Path::new("x")).unwrap();
+        assert!(parsed.complete, "the header has its sizes");
+        assert_eq!(parsed.pairs(), 60 * FRAME_SAMPLES as u64);
+        let (caller, agent) = crate::archive::read_legs(&call_dir).unwrap();
+        assert_eq!(caller.len(), 60 * FRAME_SAMPLES);
+        assert_eq!(
+            (caller[0], caller[FRAME_SAMPLES * 59]),
+            (crate::audio::mulaw::decode_sample(0), crate::audio::mulaw::decode_sample(59))
+        );
+        assert_eq!(agent, caller);
+    }
+
+    #[test]
+    fn open_calls_recorded_in_opus_are_sealed_with_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        let key = open_call(&store, "CA1", SystemTime::now());
+        let mut writer = OggOpusWriter::new(store.create(&key, OPUS_RECORDING_FILE).unwrap()).unwrap();
         for _ in 0..60 {
             writer.push_frame(&[100; FRAME_SAMPLES], &[0; FRAME_SAMPLES]).unwrap();
         }
@@ -145,7 +201,7 @@ mod tests {
         let entries = timeline::read_timeline(&call_dir).unwrap();
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[2].event, TimelineEvent::CallEnded { reason: RECOVERED.into() });
-        let (caller, agent) = opus::read_legs(&call_dir).unwrap();
+        let (caller, agent) = crate::archive::read_legs(&call_dir).unwrap();
         assert_eq!((caller.len(), agent.len()), (50 * FRAME_SAMPLES, 50 * FRAME_SAMPLES));
     }
 

@@ -4,12 +4,14 @@
 //! # Layout
 //!
 //! The same keys as on disk, under `prefix`: `<prefix>/<YYYY>/<MM>/<DD>/<CallSid>/<file>`. Objects cannot be appended
-//! to, so a file written as the call goes on (`recording.opus`, `timeline.jsonl`) is a series of part objects,
+//! to, so a file written as the call goes on (`recording.wav`, `timeline.jsonl`) is a series of part objects,
 //! `<file>.parts/<sequence>`, each what was written since the previous one; reading the file concatenates them in
-//! order. A part is uploaded at most every `upload_every_ms` (the recorder flushes Ogg pages every half second and
-//! timeline lines as they come), and everything left when the call ends, before its metadata says "sealed" — so a
-//! crash of Parley loses at most the last upload period plus the recorder's hold. A file replaced whole (`put`:
-//! `metadata.json`, a recording resealed after a crash) is one object at `<file>`, which takes precedence over parts.
+//! order. A part is uploaded at most every `upload_every_ms` (the recorder flushes its audio and timeline lines every
+//! tick), and everything left when the call ends, before its metadata says "sealed" — so a crash of Parley loses at
+//! most the last upload period plus the recorder's hold. The recording's header goes up alone as the first part when
+//! the call starts, and that part is replaced with the header's final sizes when the call is sealed. A file replaced
+//! whole (`put`: `metadata.json`, `recording.opus`, a recording resealed after a crash) is one object at `<file>`,
+//! which takes precedence over parts.
 //!
 //! # Credentials
 //!
@@ -50,7 +52,7 @@ pub struct S3Config {
     /// Region; unset, `AWS_REGION` / `AWS_DEFAULT_REGION`, else us-east-1.
     pub region: Option<String>,
     /// How often at most a part of a call's recording or timeline is uploaded while the call goes on, in
-    /// milliseconds (the recorder closes an Ogg page every 500 ms). Lower loses less in a crash and costs more
+    /// milliseconds (the recorder hands over its audio every 100 ms). Lower loses less in a crash and costs more
     /// requests.
     pub upload_every_ms: u64,
 }
@@ -116,6 +118,14 @@ impl Inner {
         let shown = path.to_string();
         self.block_on(async move { objects.put(&path, PutPayload::from(bytes)).await })?
             .map(|_| ())
+            .map_err(|e| object_error(&shown, e))
+    }
+
+    fn get(&self, path: ObjectPath) -> Result<Vec<u8>, ArchiveError> {
+        let objects = self.objects_handle();
+        let shown = path.to_string();
+        self.block_on(async move { objects.get(&path).await?.bytes().await })?
+            .map(|bytes| bytes.to_vec())
             .map_err(|e| object_error(&shown, e))
     }
 
@@ -236,6 +246,7 @@ impl S3Store {
             store: Arc::clone(&self.inner),
             parts: self.inner.parts(key, name),
             next,
+            from_start: next == 0,
             pending: Vec::new(),
             uploaded_at: Instant::now(),
         })
@@ -310,6 +321,28 @@ impl ArchiveStore for S3Store {
                     bytes.extend_from_slice(&objects.get(&part).await?.bytes().await?);
                 }
                 Ok::<_, object_store::Error>(bytes)
+            })?
+            .map_err(|e| object_error(&shown, e))
+    }
+
+    fn has(&self, key: &CallKey, name: &str) -> Result<bool, ArchiveError> {
+        Ok(self.exists(self.inner.file(key, name))? || !self.inner.list_parts(key, name)?.is_empty())
+    }
+
+    fn delete(&self, key: &CallKey, name: &str) -> Result<(), ArchiveError> {
+        let mut objects_to_delete = self.inner.list_parts(key, name)?;
+        objects_to_delete.push(self.inner.file(key, name));
+        let objects = self.inner.objects_handle();
+        let shown = self.inner.file(key, name).to_string();
+        self.inner
+            .block_on(async move {
+                for object in objects_to_delete {
+                    match objects.delete(&object).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok(())
             })?
             .map_err(|e| object_error(&shown, e))
     }
@@ -416,6 +449,8 @@ struct PartWriter {
     store: Arc<Inner>,
     parts: ObjectPath,
     next: u64,
+    /// Whether this writer wrote the file from its first part (so it may rewrite its start).
+    from_start: bool,
     pending: Vec<u8>,
     uploaded_at: Instant,
 }
@@ -459,6 +494,28 @@ impl Write for PartWriter {
 impl CallWriter for PartWriter {
     fn sync(&mut self) -> Result<(), ArchiveError> {
         self.upload()
+    }
+
+    /// The first part is replaced whole (one PUT, atomic) with its start overwritten; a writer that has not uploaded
+    /// anything yet patches what it holds.
+    fn rewrite_start(&mut self, bytes: &[u8]) -> Result<(), ArchiveError> {
+        if !self.from_start {
+            return Err(store_error("only a file written from its start can have its start rewritten"));
+        }
+        if self.next == 0 {
+            let Some(start) = self.pending.get_mut(..bytes.len()) else {
+                return Err(store_error("the file is shorter than the bytes to rewrite"));
+            };
+            start.copy_from_slice(bytes);
+            return Ok(());
+        }
+        let first = self.parts.child(format!("{:010}", 0));
+        let mut part = self.store.get(first.clone())?;
+        let Some(start) = part.get_mut(..bytes.len()) else {
+            return Err(store_error("the first part is shorter than the bytes to rewrite"));
+        };
+        start.copy_from_slice(bytes);
+        self.store.put(first, part)
     }
 }
 

@@ -74,12 +74,25 @@ impl fmt::Display for CallKey {
 pub trait CallWriter: Write + Send {
     /// Everything written so far is in the store when this returns.
     fn sync(&mut self) -> Result<(), ArchiveError>;
+    /// Overwrites the first `bytes.len()` bytes of a file opened with [`ArchiveStore::create`], in place (a header
+    /// whose sizes are known only once the call ends); the writer then goes on at the end. The store has the new
+    /// bytes when this returns.
+    fn rewrite_start(&mut self, bytes: &[u8]) -> Result<(), ArchiveError>;
 }
 
 impl CallWriter for fs::File {
     fn sync(&mut self) -> Result<(), ArchiveError> {
         // Writes go straight to the file; the page cache survives a crash of Parley.
         self.flush().map_err(ArchiveError::io("archive file"))
+    }
+
+    fn rewrite_start(&mut self, bytes: &[u8]) -> Result<(), ArchiveError> {
+        use std::io::{Seek, SeekFrom};
+        self.seek(SeekFrom::Start(0))
+            .and_then(|_| self.write_all(bytes))
+            .and_then(|()| self.seek(SeekFrom::End(0)))
+            .map(|_| ())
+            .map_err(ArchiveError::io("archive file"))
     }
 }
 
@@ -96,6 +109,11 @@ pub trait ArchiveStore: Send + Sync {
     fn put(&self, key: &CallKey, name: &str, bytes: &[u8]) -> Result<(), ArchiveError>;
     /// Reads a file of the call.
     fn get(&self, key: &CallKey, name: &str) -> Result<Vec<u8>, ArchiveError>;
+    /// Whether the call has this file, without reading it (a recording can be megabytes).
+    fn has(&self, key: &CallKey, name: &str) -> Result<bool, ArchiveError>;
+    /// Deletes a file of the call (the μ-law recording once its Opus form is written); one already gone is not an
+    /// error.
+    fn delete(&self, key: &CallKey, name: &str) -> Result<(), ArchiveError>;
     /// Every call in the archive.
     fn list(&self) -> Result<Vec<CallKey>, ArchiveError>;
     /// The calls in day folders from `since_day` (days since 1970-01-01) on; stores with many calls can answer it
@@ -182,6 +200,18 @@ impl ArchiveStore for LocalStore {
     fn get(&self, key: &CallKey, name: &str) -> Result<Vec<u8>, ArchiveError> {
         let path = self.path(key, name);
         fs::read(&path).map_err(ArchiveError::io(&path))
+    }
+
+    fn has(&self, key: &CallKey, name: &str) -> Result<bool, ArchiveError> {
+        Ok(self.path(key, name).is_file())
+    }
+
+    fn delete(&self, key: &CallKey, name: &str) -> Result<(), ArchiveError> {
+        let path = self.path(key, name);
+        match fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(ArchiveError::Io { path, source: err }),
+            _ => Ok(()),
+        }
     }
 
     fn list(&self) -> Result<Vec<CallKey>, ArchiveError> {

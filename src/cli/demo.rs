@@ -280,7 +280,10 @@ fn print_and_check(call_dir: &Path, caller_report: &str) -> Result<(), CliError>
     if !problems.is_empty() {
         return Err(DemoError::Incomplete(problems).into());
     }
-    println!("\nparley demo: done — listen to {}", call_dir.join(crate::archive::RECORDING_FILE).display());
+    // The Opus file once the after-call worker has made it, the μ-law one until then.
+    let recording = crate::archive::recording_in(call_dir)
+        .map_or_else(|| call_dir.join(crate::archive::OPUS_RECORDING_FILE), |(_, path)| path);
+    println!("\nparley demo: done — listen to {}", recording.display());
     Ok(())
 }
 

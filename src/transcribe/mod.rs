@@ -1,5 +1,7 @@
 //! Offline transcription of archived calls: a worker that transcribes each call's recording after the call, writes
-//! `transcript.json` beside it, and scores the hot path's live transcript against it.
+//! `transcript.json` beside it, and scores the hot path's live transcript against it. The same worker first turns the
+//! call's μ-law recording into `recording.opus` ([`crate::archive::compress`]): everything about a call that is not
+//! needed live is done here, off the machines taking calls if the workers run elsewhere.
 //!
 //! Nothing here runs on a live call's path: calls are queued in the archive's store ([`queue`], shared by any number
 //! of workers with expiring claims) and transcribed later (`parley transcribe --pending`, `--watch` for a standing
@@ -31,7 +33,8 @@ pub use compare::{compare, Comparison, TurnComparison};
 pub use openai::{OpenAiTranscribeSettings, OpenAiTranscriber};
 pub use queue::{Claim, Queue, QueuedJob};
 
-use crate::archive::{ArchiveError, ArchiveStore, CallKey, CallStatus, RECORDING_FILE};
+use crate::archive::compress::Legs;
+use crate::archive::{ArchiveError, ArchiveStore, CallKey, CallStatus};
 use crate::local::WhisperError;
 
 /// The transcript file written into each call's folder.
@@ -50,7 +53,7 @@ pub enum TranscribeError {
     Whisper(#[from] WhisperError),
     #[error("transcription backend: {0}")]
     Backend(String),
-    #[error("{0} is not an archived call folder (no {RECORDING_FILE})")]
+    #[error("{0} is not an archived call folder (no recording.wav or recording.opus)")]
     NotACall(PathBuf),
 }
 
@@ -120,6 +123,11 @@ pub struct CallTranscript {
 pub trait CallReader: Send + Sync {
     /// The caller and agent legs, 8 kHz PCM.
     fn legs(&self, call: &CallKey) -> Result<(Vec<i16>, Vec<i16>), TranscribeError>;
+    /// Makes the call's Opus recording from its μ-law one, when it still has one, and returns the legs it decoded
+    /// (so they are not read twice); `None` when there was nothing to do. Readers without an archive do nothing.
+    fn compress(&self, _call: &CallKey) -> Result<Option<Legs>, TranscribeError> {
+        Ok(None)
+    }
     /// The hot path's caller turns.
     fn hot_turns(&self, call: &CallKey) -> Result<Vec<HotTurn>, TranscribeError>;
 }
@@ -144,6 +152,10 @@ impl CallReader for ArchiveReader {
             }
             other => Ok(other?),
         }
+    }
+
+    fn compress(&self, call: &CallKey) -> Result<Option<Legs>, TranscribeError> {
+        Ok(crate::archive::compress_recording(self.store.as_ref(), call)?)
     }
 
     fn hot_turns(&self, call: &CallKey) -> Result<Vec<HotTurn>, TranscribeError> {
@@ -324,10 +336,14 @@ pub async fn transcribe_call(
 ) -> Result<CallTranscript, TranscribeError> {
     let owned = key.clone();
     let blocking_reader = Arc::clone(&reader);
-    // Decoding Opus is CPU work: off the runtime.
-    let (caller_pcm, agent_pcm) = tokio::task::spawn_blocking(move || blocking_reader.legs(&owned))
-        .await
-        .map_err(|e| TranscribeError::Backend(format!("decoding thread failed: {e}")))??;
+    // Encoding and decoding Opus is CPU work: off the runtime. The legs decoded from the μ-law recording to make the
+    // Opus one are the ones transcribed (the call's audio as it was heard, not the lossy copy).
+    let (caller_pcm, agent_pcm) = tokio::task::spawn_blocking(move || match blocking_reader.compress(&owned)? {
+        Some(legs) => Ok(legs),
+        None => blocking_reader.legs(&owned),
+    })
+    .await
+    .map_err(|e| TranscribeError::Backend(format!("decoding thread failed: {e}")))??;
     let turns = reader.hot_turns(key)?;
     let caller = backend.transcribe_leg(caller_pcm).await?;
     let agent = backend.transcribe_leg(agent_pcm).await?;

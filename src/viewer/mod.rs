@@ -22,7 +22,7 @@ use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
 use crate::archive::cli::find_call;
-use crate::archive::{list_calls, read_call_legs, read_call_timeline, ArchiveError, ArchiveStore, RECORDING_FILE};
+use crate::archive::{list_calls, read_call_legs, read_call_recording, read_call_timeline, ArchiveError, ArchiveStore};
 use crate::eval::archived::archived_call_score;
 use crate::transcribe::{CallTranscript, TRANSCRIPT_FILE};
 use pages::{CallPage, CallRow};
@@ -44,12 +44,14 @@ impl Viewer {
         Viewer { store, token: token.into(), redact_numbers }
     }
 
-    /// The viewer's routes (`/calls`, `/calls/<call>`, `/calls/<call>/recording.opus`), behind the token.
+    /// The viewer's routes (`/calls`, `/calls/<call>`, `/calls/<call>/recording`), behind the token.
+    /// `/calls/<call>/recording.opus`, the recording's earlier address, serves the same.
     pub fn router(self) -> Router {
         let state = Arc::new(self);
         Router::new()
             .route("/calls", get(list))
             .route("/calls/{call}", get(call))
+            .route("/calls/{call}/recording", get(recording))
             .route("/calls/{call}/recording.opus", get(recording))
             .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authorize))
             .with_state(state)
@@ -137,15 +139,18 @@ async fn call(State(viewer): State<Arc<Viewer>>, Path(name): Path<String>) -> Re
     }
 }
 
+/// The call's recording in whichever form it has now: the Opus file as `audio/ogg`, or the μ-law one (a call the
+/// after-call worker has not reached) converted to 16-bit PCM `audio/wav`, which every browser plays.
 async fn recording(State(viewer): State<Arc<Viewer>>, Path(name): Path<String>) -> Response {
     let store = Arc::clone(&viewer.store);
-    let bytes = blocking(move || {
+    let playable = blocking(move || {
         let key = find_call(store.as_ref(), &name)?;
-        store.get(&key, RECORDING_FILE)
+        let (form, bytes) = read_call_recording(store.as_ref(), &key)?;
+        form.playable(bytes, &key.relative_path().join(form.file_name()))
     })
     .await;
-    match bytes {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "audio/ogg; codecs=opus")], Body::from(bytes)).into_response(),
+    match playable {
+        Ok((bytes, content_type)) => ([(header::CONTENT_TYPE, content_type)], Body::from(bytes)).into_response(),
         Err(response) => response,
     }
 }

@@ -114,7 +114,7 @@ pub fn call_page(call: &CallPage, redact_numbers: bool) -> String {
     }
     let _ = write!(
         body,
-        "<h2>Recording</h2><audio id=\"recording\" controls preload=\"metadata\" src=\"/calls/{}/recording.opus\">\
+        "<h2>Recording</h2><audio id=\"recording\" controls preload=\"metadata\" src=\"/calls/{}/recording\">\
          </audio><p class=\"meta\">Stereo: the caller on the left, the agent on the right, as the caller heard it.</p>",
         escape(&call.name)
     );
@@ -281,7 +281,7 @@ mod tests {
             transcript: None,
         };
         let html = call_page(&call, false);
-        assert!(html.contains("<audio id=\"recording\"") && html.contains("src=\"/calls/CA1/recording.opus\""));
+        assert!(html.contains("<audio id=\"recording\"") && html.contains("src=\"/calls/CA1/recording\""));
         assert!(html.contains("<tr class=\"barge-in\">"), "{html}");
         assert!(html.contains("<svg id=\"w\"></svg>"));
         assert!(html.contains("No offline transcript yet."));
