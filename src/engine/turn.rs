@@ -67,7 +67,7 @@ impl Default for TurnConfig {
             min_speech_ms: 100,
             vad_silence_ms: 500,
             finalize_timeout_ms: 800,
-            smart_pause_ms: 200,
+            smart_pause_ms: 300,
             smart_max_silence_ms: 2_000,
             barge_in_min_speech_ms: 140,
             barge_in_min_words: 0,
@@ -448,7 +448,7 @@ mod tests {
     }
 
     fn smart() -> TurnDetector {
-        TurnDetector::new(TurnConfig { strategy: TurnStrategy::Smart, ..TurnConfig::default() })
+        TurnDetector::new(TurnConfig { strategy: TurnStrategy::Smart, smart_pause_ms: 200, ..TurnConfig::default() })
     }
 
     fn judge_id(decisions: &[TurnDecision]) -> Option<u64> {

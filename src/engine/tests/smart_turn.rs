@@ -71,7 +71,7 @@ async fn flushed(stt: &SttHandle, text: &str) {
 }
 
 fn smart_call(model: &Arc<ScriptedModel>) -> Call {
-    let turn = TurnConfig { strategy: TurnStrategy::Smart, ..TurnConfig::default() };
+    let turn = TurnConfig { strategy: TurnStrategy::Smart, smart_pause_ms: 200, ..TurnConfig::default() };
     let model = Arc::clone(model);
     Call::start_with(
         ConversationConfig { turn, ..Call::quiet() },
