@@ -131,7 +131,15 @@ fn stt_for(kind: SttProvider, config: &Config) -> Result<Arc<dyn SpeechToText>, 
                 ..config.local.whisper.clone()
             };
             let engine = crate::local::WhisperEngine::load(&live).map_err(|e| vec![e.to_string()])?;
-            Arc::new(WhisperStt::new(Arc::new(engine), config.local.whisper.segmenter.clone()))
+            let mut segmenter = config.local.whisper.segmenter.clone();
+            let turn = &config.conversation.turn;
+            if turn.strategy == crate::engine::turn::TurnStrategy::Smart {
+                // The turn model decides when the caller has finished, and its finalize cuts the utterance: Whisper's
+                // own silence must not cut a turn at a pause first (a number said after a pause, transcribed alone,
+                // loses its context).
+                segmenter.end_silence_ms = segmenter.end_silence_ms.max(turn.smart_max_silence_ms + 1_000);
+            }
+            Arc::new(WhisperStt::new(Arc::new(engine), segmenter))
         }
     })
 }

@@ -838,6 +838,10 @@ impl Engine {
     /// When a paused reply must be looked at again.
     fn resume_deadline(&self) -> Option<Instant> {
         let paused = self.reply.as_ref()?.paused.as_ref()?;
+        if self.turn.awaiting_finalize() {
+            // The STT was asked for the caller's words and will answer (or the finalize times out): wait for it.
+            return None;
+        }
         match paused.verdict(Instant::now(), self.stt_pending, &self.deps.config.turn.resume) {
             PauseVerdict::Wait(until) => Some(until),
             PauseVerdict::Resume => Some(Instant::now()),
@@ -847,6 +851,9 @@ impl Engine {
     /// Resumes a paused reply once the caller has been quiet long enough with no words.
     fn check_paused_reply(&mut self, now: Instant) {
         let Some(paused) = self.reply.as_ref().and_then(|r| r.paused.as_ref()) else { return };
+        if self.turn.awaiting_finalize() {
+            return;
+        }
         let verdict = paused.verdict(now, self.stt_pending, &self.deps.config.turn.resume);
         if verdict == PauseVerdict::Resume {
             self.resume_reply(now);

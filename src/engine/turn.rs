@@ -285,9 +285,11 @@ impl TurnDetector {
     }
 
     /// The provider saw a gap after the last final word: the backstop for a missing `speech_final`.
-    /// With no words waiting it changes nothing (a wordless utterance, such as a cough Whisper heard no words in).
+    /// With no words waiting it changes nothing (a wordless utterance, such as a cough Whisper heard no words in), and
+    /// under the `vad` and `smart` strategies Parley decides the end of turn itself: a gap the provider saw is only a
+    /// pause then.
     pub fn on_utterance_end(&mut self, now: Instant) -> Vec<TurnDecision> {
-        if self.finals.is_empty() {
+        if self.finals.is_empty() || self.config.strategy != TurnStrategy::Stt {
             return Vec::new();
         }
         self.end_turn(now).into_iter().collect()
@@ -304,6 +306,11 @@ impl TurnDetector {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// Parley asked the STT to finalize the turn and waits for its answer (which ends the turn).
+    pub fn awaiting_finalize(&self) -> bool {
+        self.awaiting_finalize_since.is_some()
     }
 
     /// When the next [`TurnDetector::on_tick`] could decide something.
@@ -412,6 +419,18 @@ mod tests {
             matches!(d.on_utterance_end(now).as_slice(), [TurnDecision::EndOfTurn(e)] if e.text == "cancel my order")
         );
         assert!(d.on_utterance_end(now).is_empty(), "nothing left to end");
+    }
+
+    #[test]
+    fn the_providers_gap_is_only_a_pause_when_parley_decides_the_end_of_turn() {
+        let mut d = smart();
+        let now = Instant::now();
+        d.on_transcript(&transcript("my order number is", true, true), now);
+        assert!(d.on_utterance_end(now).is_empty());
+        let flushed = Transcript { from_finalize: true, ..transcript("four five six", true, true) };
+        d.awaiting_finalize_since = Some(now);
+        assert!(matches!(d.on_transcript(&flushed, now).as_slice(),
+            [TurnDecision::EndOfTurn(e)] if e.text == "my order number is four five six"));
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct SegmenterConfig {
     pub pre_roll_ms: u64,
     /// Longest utterance: Whisper reads 30 s windows, so longer speech is cut into pieces below that.
     pub max_utterance_ms: u64,
+    /// Silence inside an utterance kept for Whisper; the rest of a longer pause is left out. Whisper tends to stop
+    /// transcribing at a long silence, so "my order number is, um … four five six" loses its number when the pause
+    /// is kept whole.
+    pub max_inner_silence_ms: u64,
 }
 
 impl Default for SegmenterConfig {
@@ -38,6 +42,7 @@ impl Default for SegmenterConfig {
             end_silence_ms: 700,
             pre_roll_ms: 300,
             max_utterance_ms: 25_000,
+            max_inner_silence_ms: 300,
         }
     }
 }
@@ -75,7 +80,8 @@ pub enum SegmentEvent {
 
 enum State {
     Idle { pre_roll: VecDeque<Vec<i16>>, voiced_run: usize },
-    Speaking { start_sample: u64, samples: Vec<i16>, silent_run: usize },
+    /// `kept_silence`: frames of the current silent run kept in `samples` (at most `max_inner_silence_ms` of them).
+    Speaking { start_sample: u64, samples: Vec<i16>, silent_run: usize, kept_silence: usize },
 }
 
 /// The utterance segmenter; push audio in any chunk sizes.
@@ -153,16 +159,22 @@ impl Segmenter {
                     let samples: Vec<i16> = pre_roll.drain(..).flatten().collect();
                     let start_sample = consumed - samples.len() as u64;
                     events.push(SegmentEvent::Started { start_sample });
-                    self.state = State::Speaking { start_sample, samples, silent_run: 0 };
+                    self.state = State::Speaking { start_sample, samples, silent_run: 0, kept_silence: 0 };
                 }
             }
-            State::Speaking { start_sample, samples, silent_run } => {
-                samples.extend_from_slice(&frame);
+            State::Speaking { start_sample, samples, silent_run, kept_silence } => {
                 *silent_run = if voiced { 0 } else { *silent_run + 1 };
+                if voiced {
+                    *kept_silence = 0;
+                }
+                if voiced || *kept_silence < frames_of(self.config.max_inner_silence_ms) {
+                    samples.extend_from_slice(&frame);
+                    *kept_silence += usize::from(!voiced);
+                }
                 let too_long = samples.len() >= frames_of(self.config.max_utterance_ms) * FRAME_SAMPLES;
                 if *silent_run >= frames_of(self.config.end_silence_ms) || too_long {
                     // Keep a little of the trailing silence (a natural decay), drop the rest.
-                    let tail = silent_run.saturating_sub(frames_of(200)) * FRAME_SAMPLES;
+                    let tail = kept_silence.saturating_sub(frames_of(200)) * FRAME_SAMPLES;
                     let mut samples = std::mem::take(samples);
                     samples.truncate(samples.len() - tail.min(samples.len()));
                     events.push(SegmentEvent::Ended(Utterance { start_sample: *start_sample, samples }));
@@ -183,6 +195,21 @@ mod tests {
 
     fn quiet(ms: usize) -> Vec<i16> {
         vec![20; ms * 8]
+    }
+
+    #[test]
+    fn a_long_pause_inside_an_utterance_is_kept_short() {
+        let config = SegmenterConfig { end_silence_ms: 3_000, ..SegmenterConfig::default() };
+        let mut segmenter = Segmenter::new(config);
+        let mut events = segmenter.push(&loud(1000));
+        events.extend(segmenter.push(&quiet(800)));
+        events.extend(segmenter.push(&loud(500)));
+        assert_eq!(events.len(), 1, "{events:?}");
+        let utterance = segmenter.flush().expect("in progress");
+        // 300 ms of pre-roll aside (the stream began loud: none), both stretches of speech and 300 ms of the pause.
+        assert_eq!(utterance.samples.len(), (1000 + 300 + 500) * 8);
+        assert!(utterance.samples[..8000].iter().all(|&s| s.abs() == 3000));
+        assert!(utterance.samples[8000 + 2400..].iter().all(|&s| s.abs() == 3000));
     }
 
     #[test]

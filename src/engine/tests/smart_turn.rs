@@ -136,3 +136,29 @@ async fn without_a_complete_judgement_the_longest_silence_ends_the_turn() {
     audio(&call, &mut stt, false, 400, &mut finalized).await;
     assert_eq!(finalized, 1, "2 s of silence");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_reply_waits_for_the_words_it_asked_the_recogniser_for() {
+    let model = Arc::new(ScriptedModel::default());
+    let mut call = smart_call(&model);
+    let mut stt = call.next_session().await;
+    let mut finalized = 0;
+    audio(&call, &mut stt, true, 1_000, &mut finalized).await;
+    audio(&call, &mut stt, false, 400, &mut finalized).await;
+    flushed(&stt, "Where is my order?").await;
+    let turn = call.next_request().await;
+    turn.say(&"Your order is on its way and should arrive by Friday, so keep an eye on the door. ".repeat(4));
+    turn.finish();
+    audio(&call, &mut stt, false, 600, &mut finalized).await;
+    // The caller cuts in; the turn model judges their words complete and the recogniser is asked for them.
+    audio(&call, &mut stt, true, 600, &mut finalized).await;
+    let cleared_at = *call.twilio().clears.first().expect("barged in");
+    audio(&call, &mut stt, false, 400, &mut finalized).await;
+    assert_eq!(finalized, 2, "the interruption's words were asked for");
+    // A slow recogniser: 3 s without an answer, far past the resume's longest wait; the reply stays paused.
+    audio(&call, &mut stt, false, 3_000, &mut finalized).await;
+    assert!(!call.twilio().media_at.iter().any(|&at| at > cleared_at), "resumed before the words came");
+    flushed(&stt, "Actually, cancel it.").await;
+    let next = call.next_request().await;
+    assert_eq!(next.last_user_text(), "Actually, cancel it.");
+}
