@@ -34,7 +34,7 @@ use parley::audio::mulaw;
 use parley::engine::turn::{TurnConfig, TurnDecision, TurnDetector, TurnStrategy};
 use parley::engine::vad::energy_voiced;
 use parley::local::smart_turn::{phone_to_model_audio, FeatureExtractor, SmartTurnModel, FEATURES_LEN};
-use parley::local::{resample, wav, SmartTurnSettings};
+use parley::local::{resample, wav, SmartTurnPool, SmartTurnSettings};
 use parley::stt::deepgram::{Deepgram, DeepgramConfig};
 use parley::stt::{SpeechToText, SttEvent, SttInput};
 use tokio::time::Instant;
@@ -612,7 +612,156 @@ fn main() {
             asked.iter().map(|(f, p)| format!("{:.0}:{p:.2}", *f as f64 * FRAME_MS - u.speech_end_ms)).collect();
         out.push_str(&format!(" {} |\n", ps.join(" ")));
     }
+    eprintln!("false interruptions through the engine…");
+    out.push_str(&runtime.block_on(interruptions()));
     out.push_str(&format!("\n(benchmark ran in {:.0} s)\n", started.elapsed().as_secs_f64()));
     println!("{out}");
     let _ = std::fs::write(bench_dir().join("results.md"), &out);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// False interruptions, through the engine
+// ---------------------------------------------------------------------------------------------------------------
+
+const LONG_REPLY: &str = "Your order four five six left our warehouse on Monday and is with the courier now. It \
+                          should reach you by Friday afternoon, and the courier will text you a one hour window on \
+                          the morning of the delivery. If nobody is home they will leave it with a neighbour or at \
+                          the depot nearest to you, where you can pick it up for a week.";
+
+/// One final, `speech_final` result of `text` and its `UtteranceEnd`, as the fake's script takes them.
+fn scripted(text: &str) -> Vec<serde_json::Value> {
+    let words: Vec<serde_json::Value> = text
+        .split_whitespace()
+        .enumerate()
+        .map(|(i, w)| {
+            let start = 0.1 + 0.25 * i as f64;
+            serde_json::json!({"word": w.to_lowercase(), "start": start, "end": start + 0.2, "confidence": 0.95,
+                "punctuated_word": w})
+        })
+        .collect();
+    let end = 0.1 + 0.25 * words.len() as f64;
+    vec![
+        serde_json::json!({"type": "Results", "channel_index": [0, 1], "duration": end, "start": 0.0,
+            "is_final": true, "speech_final": true, "from_finalize": false,
+            "channel": {"alternatives": [{"transcript": text, "confidence": 0.95, "languages": [], "words": words}]},
+            "metadata": {"request_id": "fake", "model_info": {"name": "nova-3", "version": "fake", "arch": "fake"},
+                "model_uuid": "fake"}}),
+        serde_json::json!({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": end}),
+    ]
+}
+
+/// 300 ms of decaying noise, as a cough on the line.
+fn cough() -> Vec<u8> {
+    let mut seed: u32 = 12345;
+    let pcm: Vec<i16> = (0..300 * RATE / 1000)
+        .map(|n| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let white = ((seed >> 16) as f64 / 32768.0) - 1.0;
+            let envelope = (-(n as f64) / (0.12 * RATE as f64)).exp();
+            (white * envelope * 14_000.0) as i16
+        })
+        .collect();
+    mulaw::encode(&pcm)
+}
+
+fn replies_resumed() -> f64 {
+    parley::telemetry::metrics::global()
+        .prometheus_text()
+        .lines()
+        .find(|l| l.starts_with("parley_replies_resumed_total"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The cough, "mm-hmm" and a real interruption over the agent's reply, with each strategy: what the engine did.
+async fn interruptions() -> String {
+    use loadgen::{listen_until, media_count, Rig, RigOptions};
+    use parley::twilio::messages::OutboundMessage;
+    use sim_caller::{silence, Received};
+
+    let speak = |text: &str| mulaw::encode(&espeak("en-us+m3", 140, text));
+    let question = speak("Where is my order?");
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("cough (300 ms of noise; the recogniser hears no words)", cough(), None),
+        ("\"mm-hmm\"", speak("mm-hmm"), Some("Mm-hmm.")),
+        ("real interruption: \"Actually, cancel it.\"", speak("Actually, cancel it."), Some("Actually, cancel it.")),
+    ];
+    let pool = SmartTurnPool::start(&SmartTurnSettings::default()).unwrap_or_else(|e| panic!("smart-turn: {e}"));
+    let mut out = String::from(
+        "\nFalse interruptions through the engine (loadgen rig: webrtc VAD pool, fake Deepgram with 350 ms minimum \
+         utterance, fake LLM and TTS; the caller speaks over the second second of a 20 s reply, then is silent for 4 s):\n\n\
+         | case | strategy | agent audio cleared | reply resumed | new turn (words sent to the LLM) | finalize requests in the call |\n|---|---|---|---|---|---:|\n",
+    );
+    for (case, audio, words) in &cases {
+        for strategy in [TurnStrategy::Vad, TurnStrategy::Stt, TurnStrategy::Smart] {
+            // What the recogniser hears: the question, the case's words (none for the cough: a finalize forced
+            // on it flushes an empty result), and nothing in any later stretch of sound, so the fake's scripted
+            // words are never replayed for a piece of the same speech.
+            let mut utterances = vec![scripted("Where is my order?"), scripted(words.unwrap_or(""))];
+            utterances.extend((0..4).map(|_| scripted("")));
+            let script = fake_providers::deepgram::Script::from_json(
+                &serde_json::json!({ "utterances": utterances }).to_string(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let mut conversation = RigOptions::default().conversation;
+            conversation.turn.strategy = strategy;
+            let turn_model =
+                (strategy == TurnStrategy::Smart).then(|| pool.clone() as Arc<dyn parley::turn_model::TurnModel>);
+            let options = RigOptions {
+                deepgram: FakeDeepgramOptions {
+                    script,
+                    min_utterance: Duration::from_millis(350),
+                    ..Default::default()
+                },
+                openai: fake_providers::openai::FakeOpenAiOptions::default()
+                    .rule("order", fake_providers::openai::FakeReply::text(LONG_REPLY))
+                    .fallback(fake_providers::openai::FakeReply::text("Okay.")),
+                conversation,
+                turn_model,
+                ..RigOptions::default()
+            };
+            let rig = Rig::start(options).await;
+            let mut call = rig.call(1).await;
+            let _ = call.stream_audio(&silence(300)).await;
+            let _ = call.stream_audio(&question).await;
+            let _ = call.stream_audio(&silence(300)).await;
+            listen_until(&mut call, "a second of the reply", |log| media_count(log) >= 50).await;
+            let resumed_before = replies_resumed();
+            let interrupted_at = tokio::time::Instant::now();
+            let _ = call.stream_audio(audio).await;
+            let _ = call.stream_audio(&silence(4_000)).await;
+            let log = call.received();
+            let cleared_at = log.iter().find_map(|r| match r {
+                Received::Message { at, message: OutboundMessage::Clear { .. } } if *at >= interrupted_at => Some(*at),
+                _ => None,
+            });
+            let resumed = replies_resumed() - resumed_before;
+            let requests = rig.openai.requests();
+            let new_turns: Vec<String> = requests
+                .iter()
+                .skip(1)
+                .filter_map(|r| {
+                    r.body["messages"].as_array()?.iter().rev().find(|m| m["role"] == "user")?["content"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect();
+            let cleared = match cleared_at {
+                Some(at) => format!(
+                    "yes, {:.0} ms after the caller began",
+                    at.duration_since(interrupted_at).as_secs_f64() * 1000.0
+                ),
+                None => "no".into(),
+            };
+            let resumed = if resumed > 0.0 { "yes" } else { "no" };
+            let finalizes =
+                rig.deepgram.connections().iter().flat_map(|c| c.control_types()).filter(|t| t == "Finalize").count();
+            let turn = if new_turns.is_empty() { "no".into() } else { format!("yes: {}", new_turns.join(" / ")) };
+            let name = format!("{strategy:?}").to_lowercase();
+            out.push_str(&format!("| {case} | `{name}` | {cleared} | {resumed} | {turn} | {finalizes} |\n"));
+            call.hang_up().await;
+        }
+    }
+    pool.shutdown();
+    out
 }
