@@ -628,7 +628,9 @@ const LONG_REPLY: &str = "Your order four five six left our warehouse on Monday 
                           the morning of the delivery. If nobody is home they will leave it with a neighbour or at \
                           the depot nearest to you, where you can pick it up for a week.";
 
-/// One final, `speech_final` result of `text` and its `UtteranceEnd`, as the fake's script takes them.
+/// One final, `speech_final` result of `text`, as the fake's script takes it. No `UtteranceEnd`: the fake would send
+/// it at once with the result, where Deepgram sends it after `utterance_end_ms` (1 s) without words, and it would
+/// end `vad` and `smart` turns before their own decision.
 fn scripted(text: &str) -> Vec<serde_json::Value> {
     let words: Vec<serde_json::Value> = text
         .split_whitespace()
@@ -640,14 +642,11 @@ fn scripted(text: &str) -> Vec<serde_json::Value> {
         })
         .collect();
     let end = 0.1 + 0.25 * words.len() as f64;
-    vec![
-        serde_json::json!({"type": "Results", "channel_index": [0, 1], "duration": end, "start": 0.0,
-            "is_final": true, "speech_final": true, "from_finalize": false,
-            "channel": {"alternatives": [{"transcript": text, "confidence": 0.95, "languages": [], "words": words}]},
-            "metadata": {"request_id": "fake", "model_info": {"name": "nova-3", "version": "fake", "arch": "fake"},
-                "model_uuid": "fake"}}),
-        serde_json::json!({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": end}),
-    ]
+    vec![serde_json::json!({"type": "Results", "channel_index": [0, 1], "duration": end, "start": 0.0,
+        "is_final": true, "speech_final": true, "from_finalize": false,
+        "channel": {"alternatives": [{"transcript": text, "confidence": 0.95, "languages": [], "words": words}]},
+        "metadata": {"request_id": "fake", "model_info": {"name": "nova-3", "version": "fake", "arch": "fake"},
+            "model_uuid": "fake"}})]
 }
 
 /// 300 ms of decaying noise, as a cough on the line.
