@@ -79,9 +79,17 @@ pub enum SegmentEvent {
 }
 
 enum State {
-    Idle { pre_roll: VecDeque<Vec<i16>>, voiced_run: usize },
+    Idle {
+        pre_roll: VecDeque<Vec<i16>>,
+        voiced_run: usize,
+    },
     /// `kept_silence`: frames of the current silent run kept in `samples` (at most `max_inner_silence_ms` of them).
-    Speaking { start_sample: u64, samples: Vec<i16>, silent_run: usize, kept_silence: usize },
+    Speaking {
+        start_sample: u64,
+        samples: Vec<i16>,
+        silent_run: usize,
+        kept_silence: usize,
+    },
 }
 
 /// The utterance segmenter; push audio in any chunk sizes.
