@@ -25,6 +25,14 @@ fn call_dirs(root: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// One whole offline call at a time: each runs Whisper and the turn model on the CPU, and calls that share two cores
+/// with each other answer late enough to change what the turn-taking tests measure.
+static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_call_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CALL_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The `parley` binary with no real model configured, whatever the machine's environment holds.
 fn offline_parley() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
@@ -34,6 +42,7 @@ fn offline_parley() -> Command {
 
 #[test]
 fn the_demo_places_a_whole_offline_call_and_leaves_it_transcribed() {
+    let _alone = one_call_at_a_time();
     let archive = tempfile::tempdir().unwrap();
     let output = offline_parley().args(["demo", "--archive"]).arg(archive.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -140,6 +149,7 @@ fn replaying_the_call_gates_on_what_happened(call: &Path) {
 /// eSpeak NG, the demo shop backend over stdio, the scripted policy), scored against its scenario file.
 #[test]
 fn the_offline_scenario_passes_its_gate() {
+    let _alone = one_call_at_a_time();
     let out = tempfile::tempdir().unwrap();
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/offline/order-status.toml");
     let output = offline_parley().args(["eval", "--offline", "--out"]).arg(out.path()).arg(&scenario).output().unwrap();
@@ -154,4 +164,34 @@ fn the_offline_scenario_passes_its_gate() {
     assert_eq!(scenario["false_interruptions"], 0);
     assert!(scenario["tool_calls"][0]["arguments"].to_string().contains("456"), "{stdout}");
     assert!(out.path().join("offline-order-status.svg").is_file());
+}
+
+/// The caller pauses 800 ms before the order number ("my order number is, um … four five six"). With the offline
+/// default, the `smart` turn strategy, the local turn model hears an unfinished sentence and Parley waits for the
+/// number: one caller turn, the order looked up. With a 500 ms silence timeout (`vad`) the agent answers the first
+/// half and asks for the number the caller was about to say.
+#[test]
+fn a_pause_before_the_number_is_waited_for_by_the_turn_model_and_cut_by_a_silence_timeout() {
+    let _alone = one_call_at_a_time();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/offline/pause-in-number.toml");
+    let eval = |strategy: Option<&str>| {
+        let out = tempfile::tempdir().unwrap();
+        let mut command = offline_parley();
+        if let Some(strategy) = strategy {
+            command.env("PARLEY__CONVERSATION__TURN__STRATEGY", strategy);
+        }
+        let output = command.args(["eval", "--offline", "--out"]).arg(out.path()).arg(&scenario).output().unwrap();
+        let printed =
+            format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+        (output.status.code(), report["scenarios"][0].clone(), printed)
+    };
+    let (code, smart, printed) = eval(None);
+    assert_eq!(code, Some(0), "the smart strategy failed the scenario:\n{printed}");
+    assert_eq!(smart["lines"][0]["turns"].as_array().map(Vec::len), Some(1), "{printed}");
+    assert!(smart["tool_calls"][0]["arguments"].to_string().contains("456"), "{printed}");
+    let (code, vad, printed) = eval(Some("vad"));
+    assert_eq!(code, Some(1), "a 500 ms silence timeout should answer before the number:\n{printed}");
+    assert!(!vad["tool_calls"].to_string().contains("456"), "the order was looked up after all:\n{printed}");
 }

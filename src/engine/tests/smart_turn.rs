@@ -71,7 +71,11 @@ async fn flushed(stt: &SttHandle, text: &str) {
 }
 
 fn smart_call(model: &Arc<ScriptedModel>) -> Call {
-    let turn = TurnConfig { strategy: TurnStrategy::Smart, smart_pause_ms: 200, ..TurnConfig::default() };
+    smart_call_with(model, TurnConfig::default())
+}
+
+fn smart_call_with(model: &Arc<ScriptedModel>, turn: TurnConfig) -> Call {
+    let turn = TurnConfig { strategy: TurnStrategy::Smart, smart_pause_ms: 200, ..turn };
     let model = Arc::clone(model);
     Call::start_with(
         ConversationConfig { turn, ..Call::quiet() },
@@ -140,7 +144,8 @@ async fn without_a_complete_judgement_the_longest_silence_ends_the_turn() {
 #[tokio::test(start_paused = true)]
 async fn a_paused_reply_waits_for_the_words_it_asked_the_recogniser_for() {
     let model = Arc::new(ScriptedModel::default());
-    let mut call = smart_call(&model);
+    // A recogniser that answers every finalize, however late (as local Whisper does): a long finalize wait.
+    let mut call = smart_call_with(&model, TurnConfig { finalize_timeout_ms: 10_000, ..TurnConfig::default() });
     let mut stt = call.next_session().await;
     let mut finalized = 0;
     audio(&call, &mut stt, true, 1_000, &mut finalized).await;
