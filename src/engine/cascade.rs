@@ -160,8 +160,10 @@ struct Engine {
     replay: ReplayBuffer,
     /// This call's model, able to start a reply on the STT's eager end of turn (when enabled).
     speculative: Option<Arc<SpeculativeLlm>>,
-    /// The STT reported speech it has not yet answered with a result (words, or none).
-    stt_pending: bool,
+    /// Where (stream seconds) the STT last reported speech starting, and how far its final results have answered:
+    /// speech that started after the last answer is still pending (its words, or none, are to come).
+    stt_speech_started: Option<f64>,
+    stt_answered_until: f64,
     judgements: mpsc::UnboundedSender<(u64, Option<TurnJudgement>)>,
     /// The caller's last 8 s, for the turn model (only with the `smart` strategy and a model).
     recent_audio: Option<RecentAudio>,
@@ -245,7 +247,8 @@ impl Engine {
             call_trace,
             turn_latencies: Vec::new(),
             speculative,
-            stt_pending: false,
+            stt_speech_started: None,
+            stt_answered_until: 0.0,
             judgements,
             recent_audio: (deps.config.turn.strategy == TurnStrategy::Smart && deps.turn_model.is_some())
                 .then(|| RecentAudio::new(TURN_MODEL_AUDIO_BYTES)),
@@ -365,7 +368,7 @@ impl Engine {
         match event {
             Some(SttEvent::Transcript(transcript)) => {
                 if transcript.is_final {
-                    self.stt_pending = false;
+                    self.stt_answered(transcript.start + transcript.duration);
                 }
                 if self.reply.as_ref().is_some_and(InFlight::is_paused) && !self.turn.is_backchannel(&transcript.text) {
                     tracing::info!(call_sid = %self.call.call_sid, text = %transcript.text, "words after the barge-in: the interruption was real");
@@ -374,12 +377,12 @@ impl Engine {
                 let decisions = self.turn.on_transcript(&transcript, now);
                 self.apply(decisions).await;
             }
-            Some(SttEvent::UtteranceEnd { .. }) => {
-                self.stt_pending = false;
+            Some(SttEvent::UtteranceEnd { last_word_end }) => {
+                self.stt_answered(last_word_end);
                 let decisions = self.turn.on_utterance_end(now);
                 self.apply(decisions).await;
             }
-            Some(SttEvent::SpeechStarted { .. }) => self.stt_pending = true,
+            Some(SttEvent::SpeechStarted { timestamp }) => self.stt_speech_started = Some(timestamp),
             Some(SttEvent::TurnInfo { event, transcript }) => self.on_turn_info(event, &transcript),
             Some(SttEvent::Error(err)) => {
                 tracing::error!(call_sid = %self.call.call_sid, provider = self.stt.provider(), %err, "speech-to-text failed; reconnecting");
@@ -415,7 +418,9 @@ impl Engine {
     /// the agent ask them to repeat (once the new session is up).
     fn stt_lost(&mut self, inputs: &mut Inputs) {
         inputs.stt = None;
-        self.stt_pending = false;
+        // A new session counts its stream from zero.
+        self.stt_speech_started = None;
+        self.stt_answered_until = 0.0;
         let lost_words = self.turn.discard_pending();
         self.recheck_lost_words = self.turn.caller_speaking() || lost_words;
         self.stt.lost();
@@ -835,6 +840,16 @@ impl Engine {
         }
     }
 
+    fn stt_answered(&mut self, until: f64) {
+        self.stt_answered_until = self.stt_answered_until.max(until);
+    }
+
+    /// The STT reported speech starting after its last final result: it has words (or none) to come. An answer to
+    /// earlier speech, arriving late, does not settle later speech.
+    fn stt_pending(&self) -> bool {
+        self.stt_speech_started.is_some_and(|started| started > self.stt_answered_until)
+    }
+
     /// When a paused reply must be looked at again.
     fn resume_deadline(&self) -> Option<Instant> {
         let paused = self.reply.as_ref()?.paused.as_ref()?;
@@ -842,7 +857,7 @@ impl Engine {
             // The STT was asked for the caller's words and will answer (or the finalize times out): wait for it.
             return None;
         }
-        match paused.verdict(Instant::now(), self.stt_pending, &self.deps.config.turn.resume) {
+        match paused.verdict(Instant::now(), self.stt_pending(), &self.deps.config.turn.resume) {
             PauseVerdict::Wait(until) => Some(until),
             PauseVerdict::Resume => Some(Instant::now()),
         }
@@ -854,7 +869,7 @@ impl Engine {
         if self.turn.awaiting_finalize() {
             return;
         }
-        let verdict = paused.verdict(now, self.stt_pending, &self.deps.config.turn.resume);
+        let verdict = paused.verdict(now, self.stt_pending(), &self.deps.config.turn.resume);
         if verdict == PauseVerdict::Resume {
             self.resume_reply(now);
         }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::doubles::SttHandle;
 use super::{Call, ConversationConfig};
 use crate::engine::resume::ResumeConfig;
 use crate::engine::turn::TurnConfig;
@@ -21,15 +22,21 @@ fn agent_lines(turn: &super::doubles::LlmTurn) -> Vec<String> {
     turn.request.messages.iter().filter(|m| m.role == Role::Assistant).map(|m| m.content.clone()).collect()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_cough_that_interrupts_with_no_words_after_resumes_the_same_reply() {
-    let mut call = Call::start(Call::quiet(), |_, _| {});
+/// A call whose agent is 600 ms into its long answer (`text`) to "Where is my order?".
+async fn agent_answering(config: ConversationConfig, text: &str) -> (Call, SttHandle) {
+    let mut call = Call::start(config, |_, _| {});
     let stt = call.next_session().await;
     let turn = call.caller_turn(&stt, "Where is my order?").await;
-    let text = REPLY.repeat(3);
-    turn.say(&text);
+    turn.say(text);
     turn.finish();
     tokio::time::sleep(Duration::from_millis(600)).await;
+    (call, stt)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cough_that_interrupts_with_no_words_after_resumes_the_same_reply() {
+    let text = REPLY.repeat(3);
+    let (mut call, stt) = agent_answering(Call::quiet(), &text).await;
     // A 300 ms cough: long enough to barge in.
     call.speak(300).await;
     let cleared_at = *call.twilio().clears.first().expect("the cough barged in");
@@ -61,13 +68,8 @@ async fn a_cough_that_interrupts_with_no_words_after_resumes_the_same_reply() {
 
 #[tokio::test(start_paused = true)]
 async fn words_after_a_barge_in_end_the_paused_reply_with_what_was_heard() {
-    let mut call = Call::start(Call::quiet(), |_, _| {});
-    let stt = call.next_session().await;
-    let turn = call.caller_turn(&stt, "Where is my order?").await;
     let text = REPLY.repeat(3);
-    turn.say(&text);
-    turn.finish();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (mut call, stt) = agent_answering(Call::quiet(), &text).await;
     call.speak(400).await;
     call.silence(100).await;
     let cleared_at = *call.twilio().clears.first().expect("barged in");
@@ -87,13 +89,8 @@ async fn words_after_a_barge_in_end_the_paused_reply_with_what_was_heard() {
 
 #[tokio::test(start_paused = true)]
 async fn a_backchannel_after_a_barge_in_is_no_turn_and_the_reply_resumes() {
-    let mut call = Call::start(Call::quiet(), |_, _| {});
-    let stt = call.next_session().await;
-    let turn = call.caller_turn(&stt, "Where is my order?").await;
     let text = REPLY.repeat(3);
-    turn.say(&text);
-    turn.finish();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (mut call, stt) = agent_answering(Call::quiet(), &text).await;
     call.speak(400).await;
     let cleared_at = *call.twilio().clears.first().expect("barged in");
     call.silence(100).await;
@@ -112,12 +109,7 @@ async fn a_backchannel_after_a_barge_in_is_no_turn_and_the_reply_resumes() {
 async fn with_resuming_off_a_barge_in_ends_the_reply_at_once() {
     let resume = ResumeConfig { enabled: false, ..ResumeConfig::default() };
     let config = ConversationConfig { turn: TurnConfig { resume, ..TurnConfig::default() }, ..Call::quiet() };
-    let mut call = Call::start(config, |_, _| {});
-    let stt = call.next_session().await;
-    let turn = call.caller_turn(&stt, "Where is my order?").await;
-    turn.say(&REPLY.repeat(3));
-    turn.finish();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (mut call, _stt) = agent_answering(config, &REPLY.repeat(3)).await;
     let onset = Instant::now();
     call.speak(300).await;
     call.silence(1_000).await;
@@ -130,15 +122,10 @@ async fn with_resuming_off_a_barge_in_ends_the_reply_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_recogniser_holds_the_resume_and_its_late_words_still_interrupt() {
-    let mut call = Call::start(Call::quiet(), |_, _| {});
-    let stt = call.next_session().await;
-    let turn = call.caller_turn(&stt, "Where is my order?").await;
     let text = REPLY.repeat(4);
-    turn.say(&text);
-    turn.finish();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (mut call, stt) = agent_answering(Call::quiet(), &text).await;
     // The recogniser heard speech start (as local Whisper reports it) and is slow to say what it was.
-    let _ = stt.events.send(crate::stt::SttEvent::SpeechStarted { timestamp: 1.0 }).await;
+    let _ = stt.events.send(crate::stt::SttEvent::SpeechStarted { timestamp: 5.0 }).await;
     call.speak(400).await;
     let cleared_at = *call.twilio().clears.first().expect("barged in");
     call.silence(1_000).await;
