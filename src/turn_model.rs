@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use futures_util::future::BoxFuture;
 
 /// The model's judgement of one pause.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,7 +21,8 @@ pub struct TurnJudgement {
 
 /// Judges a caller's turn from their audio, off the engine's task (a model takes tens of milliseconds).
 pub trait TurnModel: Send + Sync {
-    /// `mulaw_8k`: the caller's most recent audio, up to 8 s, as the call receives it (8 kHz G.711 μ-law). The answer
-    /// comes back on the receiver; an error (or a dropped sender) lets the engine fall back to the silence timeout.
-    fn judge(&self, mulaw_8k: Vec<u8>) -> oneshot::Receiver<Result<TurnJudgement, String>>;
+    /// `mulaw_8k`: the caller's most recent audio, up to 8 s, as the call receives it (8 kHz G.711 μ-law). The work
+    /// is handed over at once; the returned future only waits for the answer. An error lets the engine fall back to
+    /// the silence timeout.
+    fn judge(&self, mulaw_8k: Vec<u8>) -> BoxFuture<'static, Result<TurnJudgement, String>>;
 }

@@ -20,7 +20,7 @@ pub fn compress_recording(store: &dyn ArchiveStore, key: &CallKey) -> Result<Opt
     let path = key.relative_path().join(WAV_RECORDING_FILE);
     let bytes = match store.get(key, WAV_RECORDING_FILE) {
         Ok(bytes) => bytes,
-        Err(ArchiveError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) if super::not_found(&err) => return Ok(None),
         Err(err) => return Err(err),
     };
     if !wav::parse(&bytes, &path)?.complete {

@@ -407,6 +407,14 @@ fn not_found(err: &ArchiveError) -> bool {
     matches!(err, ArchiveError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
+/// The error of a call folder with neither recording file (named after the Opus one, which every call ends with).
+fn no_recording(call_dir: &Path) -> ArchiveError {
+    ArchiveError::Io {
+        path: call_dir.join(OPUS_RECORDING_FILE),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "the call has no recording"),
+    }
+}
+
 /// A call's recording: which form it is in and its bytes, from any store (the μ-law form first).
 pub fn read_call_recording(store: &dyn ArchiveStore, key: &CallKey) -> Result<(RecordingForm, Vec<u8>), ArchiveError> {
     for form in RecordingForm::PREFERRED {
@@ -416,10 +424,7 @@ pub fn read_call_recording(store: &dyn ArchiveStore, key: &CallKey) -> Result<(R
             Err(err) => return Err(err),
         }
     }
-    Err(ArchiveError::Io {
-        path: key.relative_path().join(OPUS_RECORDING_FILE),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "the call has no recording"),
-    })
+    Err(no_recording(&key.relative_path()))
 }
 
 /// Which recording file the call has now, without reading it; `None` when it has none.
@@ -446,13 +451,7 @@ pub fn recording_in(dir: &Path) -> Option<(RecordingForm, PathBuf)> {
 
 /// A recording's two legs (caller, agent) as 8 kHz PCM, from the call's folder; see [`read_call_legs`].
 pub fn read_legs(dir: &Path) -> Result<(Vec<i16>, Vec<i16>), ArchiveError> {
-    let Some((form, path)) = recording_in(dir) else {
-        let path = dir.join(OPUS_RECORDING_FILE);
-        return Err(ArchiveError::Io {
-            path,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "the call has no recording"),
-        });
-    };
+    let Some((form, path)) = recording_in(dir) else { return Err(no_recording(dir)) };
     let bytes = std::fs::read(&path).map_err(ArchiveError::io(&path))?;
     form.decode_legs(&bytes, &path)
 }

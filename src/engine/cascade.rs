@@ -559,12 +559,11 @@ impl Engine {
         let call_sid = self.call.call_sid.clone();
         tokio::spawn(async move {
             let judgement = match answer.await {
-                Ok(Ok(judgement)) => Some(judgement),
-                Ok(Err(error)) => {
+                Ok(judgement) => Some(judgement),
+                Err(error) => {
                     tracing::warn!(%call_sid, %error, "the turn model failed; the turn ends at its longest silence");
                     None
                 }
-                Err(_) => None,
             };
             let _ = judgements.send((id, judgement));
         });
@@ -850,27 +849,28 @@ impl Engine {
         self.stt_speech_started.is_some_and(|started| started > self.stt_answered_until)
     }
 
-    /// When a paused reply must be looked at again.
-    fn resume_deadline(&self) -> Option<Instant> {
+    /// What to do with the paused reply now; `None` when no reply is paused, or while the STT was asked for the
+    /// caller's words (it will answer, or the finalize times out).
+    fn paused_verdict(&self, now: Instant) -> Option<PauseVerdict> {
         let paused = self.reply.as_ref()?.paused.as_ref()?;
         if self.turn.awaiting_finalize() {
-            // The STT was asked for the caller's words and will answer (or the finalize times out): wait for it.
             return None;
         }
-        match paused.verdict(Instant::now(), self.stt_pending(), &self.deps.config.turn.resume) {
+        Some(paused.verdict(now, self.stt_pending(), &self.deps.config.turn.resume))
+    }
+
+    /// When a paused reply must be looked at again.
+    fn resume_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        match self.paused_verdict(now)? {
             PauseVerdict::Wait(until) => Some(until),
-            PauseVerdict::Resume => Some(Instant::now()),
+            PauseVerdict::Resume => Some(now),
         }
     }
 
     /// Resumes a paused reply once the caller has been quiet long enough with no words.
     fn check_paused_reply(&mut self, now: Instant) {
-        let Some(paused) = self.reply.as_ref().and_then(|r| r.paused.as_ref()) else { return };
-        if self.turn.awaiting_finalize() {
-            return;
-        }
-        let verdict = paused.verdict(now, self.stt_pending(), &self.deps.config.turn.resume);
-        if verdict == PauseVerdict::Resume {
+        if self.paused_verdict(now) == Some(PauseVerdict::Resume) {
             self.resume_reply(now);
         }
     }

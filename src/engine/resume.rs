@@ -69,20 +69,22 @@ impl ReplyAudio {
     /// The audio from `offset` (a multiple of a frame) to the end, chunk by chunk, to queue again with a mark after
     /// each.
     pub fn from_offset(&self, offset: u64) -> Vec<Bytes> {
-        let mut start = 0u64;
-        let mut out = Vec::new();
-        for chunk in &self.chunks {
-            let padded = padded_len(chunk.len()) as u64;
-            let end = start + padded;
-            if end > offset {
+        self.laid_out()
+            .filter(|(start, chunk)| start + padded_len(chunk.len()) as u64 > offset)
+            .filter_map(|(start, chunk)| {
                 let skip = offset.saturating_sub(start) as usize;
-                if skip < chunk.len() {
-                    out.push(chunk.slice(skip..));
-                }
-            }
-            start = end;
-        }
-        out
+                (skip < chunk.len()).then(|| chunk.slice(skip..))
+            })
+            .collect()
+    }
+
+    /// Each chunk with its offset in the reply's stretch of the playout.
+    fn laid_out(&self) -> impl Iterator<Item = (u64, &Bytes)> {
+        self.chunks.iter().scan(0u64, |next, chunk| {
+            let start = *next;
+            *next += padded_len(chunk.len()) as u64;
+            Some((start, chunk))
+        })
     }
 
     /// Where to resume after the caller last heard `heard` bytes of the reply: the end of the last pause in the
@@ -115,19 +117,15 @@ impl ReplyAudio {
     fn samples(&self, from: u64, to: u64) -> Vec<i16> {
         let to = to.min(self.len);
         let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
-        let mut start = 0u64;
-        for chunk in &self.chunks {
-            let padded = padded_len(chunk.len());
-            for i in 0..padded {
-                let at = start + i as u64;
-                if at >= from && at < to {
-                    let byte = chunk.get(i).copied().unwrap_or(crate::audio::MULAW_SILENCE);
-                    out.push(mulaw::decode_sample(byte));
-                }
-            }
-            start += padded as u64;
+        for (start, chunk) in self.laid_out() {
+            let end = start + padded_len(chunk.len()) as u64;
             if start >= to {
                 break;
+            }
+            let (first, last) = (from.max(start) - start, to.min(end).saturating_sub(start));
+            for i in first..last {
+                let byte = chunk.get(i as usize).copied().unwrap_or(crate::audio::MULAW_SILENCE);
+                out.push(mulaw::decode_sample(byte));
             }
         }
         out

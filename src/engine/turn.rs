@@ -207,8 +207,7 @@ impl TurnDetector {
                 self.in_speech = false;
                 self.voiced_run_ms = 0;
                 if self.config.strategy == TurnStrategy::Vad {
-                    self.awaiting_finalize_since = Some(now);
-                    decisions.push(TurnDecision::RequestFinalize);
+                    decisions.push(self.request_finalize(now));
                 }
             }
             if self.config.strategy == TurnStrategy::Smart {

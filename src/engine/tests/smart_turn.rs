@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use futures_util::future::BoxFuture;
 
 use super::doubles::SttHandle;
 use super::{Call, ConversationConfig};
@@ -21,18 +21,14 @@ struct ScriptedModel {
 }
 
 impl TurnModel for ScriptedModel {
-    fn judge(&self, mulaw_8k: Vec<u8>) -> oneshot::Receiver<Result<TurnJudgement, String>> {
+    fn judge(&self, mulaw_8k: Vec<u8>) -> BoxFuture<'static, Result<TurnJudgement, String>> {
         self.asked.lock().expect("asked").push(mulaw_8k.len());
         let complete = self.answers.lock().expect("answers").pop_front().unwrap_or(true);
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
+        Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(60)).await;
             let probability = if complete { 0.9 } else { 0.1 };
-            let judgement =
-                TurnJudgement { complete_probability: probability, complete, inference: Duration::from_millis(60) };
-            let _ = tx.send(Ok(judgement));
-        });
-        rx
+            Ok(TurnJudgement { complete_probability: probability, complete, inference: Duration::from_millis(60) })
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Instant;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::turn_model::TurnModel;
@@ -148,18 +149,14 @@ pub fn phone_to_model_audio(mulaw_8k: &[u8]) -> Result<Vec<f32>, SmartTurnError>
 
 /// The engine's view of the pool: judgements for the `smart` end-of-turn strategy.
 impl TurnModel for SmartTurnPool {
-    fn judge(&self, mulaw_8k: Vec<u8>) -> oneshot::Receiver<Result<TurnJudgement, String>> {
+    fn judge(&self, mulaw_8k: Vec<u8>) -> BoxFuture<'static, Result<TurnJudgement, String>> {
         let answer = SmartTurnPool::judge(self, mulaw_8k);
-        let (reply, receiver) = oneshot::channel();
-        // A plain thread-free hand-over: the pool answers on its own worker; this task only maps the error.
-        tokio::spawn(async move {
-            let judgement = match answer.await {
+        Box::pin(async move {
+            match answer.await {
                 Ok(result) => result.map_err(|e| e.to_string()),
                 Err(_) => Err(SmartTurnError::Stopped.to_string()),
-            };
-            let _ = reply.send(judgement);
-        });
-        receiver
+            }
+        })
     }
 }
 
