@@ -331,24 +331,42 @@ impl Engine {
     // ----- caller audio and speech-to-text ---------------------------------------------------------------------
 
     async fn on_caller_audio(&mut self, frame: bytes::Bytes) {
-        match &mut self.vad {
-            Vad::Pool(stream) => {
-                stream.push(frame.clone());
-            }
-            Vad::Energy => self.on_vad(energy_voiced(&frame)).await,
-            Vad::Off => {}
+        if let Vad::Energy = self.vad {
+            self.on_vad(energy_voiced(&frame)).await;
         }
         if let Some(recent) = &mut self.recent_audio {
             recent.push(&frame);
         }
         self.replay.push(frame.clone());
-        let sent = self.stt.send_audio(frame);
+        let may_wait = self.stt_may_wait(&frame);
+        // The pool decides a quiet frame at once; the verdict is handled after the frame went to the STT, as a verdict
+        // from the worker would be.
+        let decided = match &mut self.vad {
+            Vad::Pool(stream) => stream.push(frame.clone()),
+            Vad::Energy | Vad::Off => None,
+        };
+        let sent = self.stt.send_audio(frame, may_wait);
         if sent {
             self.usage.stt_seconds += 0.02;
         }
         if !sent && self.stt.is_open() && self.stt.dropped_frames.is_power_of_two() {
             tracing::warn!(call_sid = %self.call.call_sid, dropped = self.stt.dropped_frames, "speech-to-text is not keeping up");
         }
+        if let Some(verdict) = decided {
+            self.on_vad(verdict.voiced).await;
+        }
+    }
+
+    /// Whether a frame of caller audio may wait a little before going to the STT: it is quiet, and no result is
+    /// waited for — no speech since the last turn ended, no finalize asked, nothing the STT heard unanswered, no paused
+    /// reply waiting for words.
+    fn stt_may_wait(&self, frame: &[u8]) -> bool {
+        !self.turn.caller_speaking()
+            && !self.turn.turn_in_progress()
+            && !self.turn.awaiting_finalize()
+            && !self.stt_pending()
+            && !self.reply.as_ref().is_some_and(InFlight::is_paused)
+            && !energy_voiced(frame)
     }
 
     /// One VAD verdict on the caller's audio.

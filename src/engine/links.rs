@@ -3,7 +3,9 @@
 //! - [`SttLink`] opens a recognition session in a task that reports back as a [`LinkEvent`]. Caller audio goes to a
 //!   bounded feed that a task drains into the session, so a slow provider never stalls the loop; a new session is
 //!   first fed the caller's audio since the last turn (the engine's replay buffer), so no word is lost while it
-//!   connects. A failed open is retried after [`STT_RETRY`].
+//!   connects. A failed open is retried after [`STT_RETRY`]. Quiet audio between turns, which no result waits for,
+//!   goes in batches of [`QUIET_BATCH_FRAMES`] frames (one message instead of five); anything else goes at once, with
+//!   whatever quiet audio was held before it.
 //! - [`TtsLink`] is a task that owns the synthesis session: it opens one at the start of the call, takes the
 //!   engine's text and cancels without ever making the engine wait, reopens after a loss when more text comes, and
 //!   reports the session's events back as [`LinkEvent::Tts`].
@@ -11,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -22,6 +24,9 @@ use crate::tts::{ContextId, TextToSpeech, TtsError, TtsEvent, TtsInput, TtsSessi
 pub const STT_RETRY: Duration = Duration::from_secs(2);
 /// Frames a session's feed holds beyond the replay: about five seconds of a provider not keeping up.
 const FEED_MARGIN_FRAMES: usize = 256;
+/// Quiet frames sent to the provider as one message: 100 ms, a fifth of the messages (and of the provider task's
+/// wake-ups and socket writes) while nobody speaks.
+pub const QUIET_BATCH_FRAMES: usize = 5;
 
 /// What the link tasks report to the engine.
 pub enum LinkEvent {
@@ -55,6 +60,9 @@ pub struct SttLink {
     report: mpsc::UnboundedSender<LinkEvent>,
     /// Audio frames the feed could not take (the provider is not keeping up).
     pub dropped_frames: u64,
+    /// Quiet frames held back to go with the next ones (see [`SttLink::send_audio`]).
+    held: BytesMut,
+    held_frames: usize,
 }
 
 impl SttLink {
@@ -67,6 +75,8 @@ impl SttLink {
             feed_capacity: replay_frames + FEED_MARGIN_FRAMES,
             report,
             dropped_frames: 0,
+            held: BytesMut::new(),
+            held_frames: 0,
         }
     }
 
@@ -76,6 +86,8 @@ impl SttLink {
 
     /// Starts opening a session in a task; the result comes back as [`LinkEvent::SttOpened`].
     pub fn open(&mut self) {
+        // Held audio is in the engine's replay buffer too: a new session is fed from there.
+        self.drop_held();
         self.generation += 1;
         let generation = self.generation;
         self.state = SttState::Opening { generation };
@@ -119,6 +131,7 @@ impl SttLink {
 
     /// The session is gone: open a new one at once.
     pub fn lost(&mut self) {
+        self.drop_held();
         self.state = SttState::Down { retry_at: None };
         self.open();
     }
@@ -142,18 +155,53 @@ impl SttLink {
         }
     }
 
-    /// Feeds one frame of caller audio (dropped, and counted, when the provider is not keeping up).
-    pub fn send_audio(&mut self, frame: Bytes) -> bool {
+    /// Feeds one frame of caller audio (dropped, and counted, when the provider is not keeping up). With `may_wait`
+    /// (a quiet frame no result depends on) the frame is held until [`QUIET_BATCH_FRAMES`] have gathered; any other
+    /// frame goes at once, after the held ones. Returns whether the frame was taken.
+    pub fn send_audio(&mut self, frame: Bytes, may_wait: bool) -> bool {
+        if !self.is_open() {
+            return false;
+        }
+        if may_wait && self.held_frames + 1 < QUIET_BATCH_FRAMES {
+            self.held.extend_from_slice(&frame);
+            self.held_frames += 1;
+            return true;
+        }
+        let (audio, frames) = if self.held_frames == 0 {
+            (frame, 1)
+        } else {
+            self.held.extend_from_slice(&frame);
+            (self.held.split().freeze(), std::mem::take(&mut self.held_frames) as u64 + 1)
+        };
+        self.feed(SttInput::Audio(audio), frames)
+    }
+
+    /// Sends the held quiet frames now (before a control message, which must follow all the audio).
+    fn flush_held(&mut self) {
+        if self.held_frames > 0 {
+            let frames = std::mem::take(&mut self.held_frames) as u64;
+            let audio = self.held.split().freeze();
+            self.feed(SttInput::Audio(audio), frames);
+        }
+    }
+
+    fn drop_held(&mut self) {
+        self.held.clear();
+        self.held_frames = 0;
+    }
+
+    fn feed(&mut self, input: SttInput, frames: u64) -> bool {
         let SttState::Open { feed } = &self.state else { return false };
-        if feed.try_send(SttInput::Audio(frame)).is_err() {
-            self.dropped_frames += 1;
+        if feed.try_send(input).is_err() {
+            self.dropped_frames += frames;
             return false;
         }
         true
     }
 
     /// Asks the session to flush what it heard as a final result.
-    pub fn finalize(&self) {
+    pub fn finalize(&mut self) {
+        self.flush_held();
         if let SttState::Open { feed } = &self.state {
             let _ = feed.try_send(SttInput::Finalize);
         }
@@ -161,6 +209,7 @@ impl SttLink {
 
     /// Ends the session politely.
     pub fn close(&mut self) {
+        self.flush_held();
         if let SttState::Open { feed } = &self.state {
             let _ = feed.try_send(SttInput::Close);
         }

@@ -8,8 +8,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::vad::mean_amplitude;
-use crate::audio::mulaw;
+use super::vad::mulaw_level;
 
 /// Mean absolute amplitude (of 32767) above which a dropped frame counts as speech.
 const SPEECH_AMPLITUDE: f64 = 300.0;
@@ -62,12 +61,13 @@ impl ReplayBuffer {
 }
 
 fn is_speech(frame: &[u8]) -> bool {
-    mean_amplitude(&mulaw::decode(frame)) > SPEECH_AMPLITUDE
+    mulaw_level(frame) > SPEECH_AMPLITUDE
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::mulaw;
 
     fn loud() -> Bytes {
         Bytes::from(mulaw::encode(&[8000i16, -8000].repeat(80)))

@@ -170,6 +170,11 @@ impl TurnDetector {
         self.in_speech
     }
 
+    /// Speech or words came since the last end of turn: the turn is not over.
+    pub fn turn_in_progress(&self) -> bool {
+        self.turn_open || !self.finals.is_empty() || !self.interim.is_empty()
+    }
+
     /// Forgets words heard so far (their recognition session was lost). Returns whether there were any.
     pub fn discard_pending(&mut self) -> bool {
         let had_words = !self.finals.is_empty() || !self.interim.trim().is_empty();

@@ -51,13 +51,18 @@ impl SttHandle {
         let _ = self.events.send(SttEvent::Transcript(transcript)).await;
     }
 
-    /// Frames of audio received so far (without waiting).
+    /// 20 ms frames of audio received so far (without waiting), however they were grouped into messages.
     pub fn audio_frames(&mut self) -> usize {
-        let mut frames = 0;
+        self.inputs().iter().map(|input| if let SttInput::Audio(audio) = input { audio.len() / 160 } else { 0 }).sum()
+    }
+
+    /// Everything the engine sent the session so far (without waiting).
+    pub fn inputs(&mut self) -> Vec<SttInput> {
+        let mut inputs = Vec::new();
         while let Ok(input) = self.audio.try_recv() {
-            frames += usize::from(matches!(input, SttInput::Audio(_)));
+            inputs.push(input);
         }
-        frames
+        inputs
     }
 }
 

@@ -322,3 +322,49 @@ async fn a_cough_the_recogniser_hears_as_a_word_does_not_cut_the_agent_off() {
     let report = call.next_report().await;
     assert!(report.barge_in_onset.is_none(), "{report:?}");
 }
+
+/// What the STT session was sent, in order: audio messages by their length in frames, and control messages.
+fn stt_messages(stt: &mut SttHandle) -> Vec<String> {
+    use crate::stt::SttInput;
+    stt.inputs()
+        .into_iter()
+        .map(|input| match input {
+            SttInput::Audio(audio) => format!("audio {}", audio.len() / 160),
+            SttInput::Finalize => "finalize".to_owned(),
+            SttInput::Close => "close".to_owned(),
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn quiet_audio_between_turns_goes_in_batches_and_speech_goes_at_once() {
+    let config = ConversationConfig {
+        turn: super::turn::TurnConfig { strategy: super::turn::TurnStrategy::Vad, ..Default::default() },
+        ..Call::quiet()
+    };
+    let mut call = Call::start(config, |_, _| {});
+    let mut stt = call.next_session().await;
+    stt.inputs();
+    // Quiet, nobody spoke: 8 frames go as one message of five, three are held.
+    call.silence(160).await;
+    assert_eq!(stt_messages(&mut stt), ["audio 5"]);
+    // The first loud frame goes at once, with the three quiet ones before it.
+    call.speak(20).await;
+    assert_eq!(stt_messages(&mut stt), ["audio 4"]);
+    // Within the turn every frame goes alone, the silence after the speech too, and the finalize follows it.
+    call.speak(300).await;
+    assert_eq!(stt_messages(&mut stt), vec!["audio 1"; 15]);
+    call.silence(100).await;
+    assert_eq!(stt_messages(&mut stt), vec!["audio 1"; 5]);
+    let silence_ms = super::turn::TurnConfig::default().vad_silence_ms;
+    call.silence(silence_ms).await;
+    let sent = stt_messages(&mut stt);
+    assert_eq!(sent.iter().filter(|m| *m == "finalize").count(), 1, "{sent:?}");
+    assert_eq!(sent.iter().filter(|m| *m == "audio 1").count(), silence_ms as usize / 20, "{sent:?}");
+    // Once the turn is over, quiet audio is batched again.
+    stt.final_words("Hello there.").await;
+    let _ = call.next_request().await;
+    stt.inputs();
+    call.silence(200).await;
+    assert_eq!(stt_messages(&mut stt), ["audio 5", "audio 5"]);
+}
