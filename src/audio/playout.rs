@@ -72,6 +72,8 @@ pub struct PlayoutHandle {
     progress: watch::Receiver<PlayoutProgress>,
     /// Audio, mark and clear commands issued through any clone of this handle.
     issued: Arc<AtomicU64>,
+    /// See [`PlayoutHandle::watch_sent_past`].
+    watched_offset: Arc<AtomicU64>,
 }
 
 impl PlayoutHandle {
@@ -119,9 +121,17 @@ impl PlayoutHandle {
         *self.progress.borrow()
     }
 
-    /// A receiver that wakes on every progress change.
+    /// A receiver that wakes on progress changes: every command taken, mark echoed and clear, the queue running dry,
+    /// and the first frame sent past the offset given to [`PlayoutHandle::watch_sent_past`]. Other frames sent do
+    /// not wake it (that would wake the watcher fifty times a second); [`PlayoutHandle::progress`] has them.
     pub fn watch(&self) -> watch::Receiver<PlayoutProgress> {
         self.progress.clone()
+    }
+
+    /// Asks for a progress change when the first frame with audio after `offset` (an `enqueued_bytes` value) is
+    /// sent: the moment a reply's first audio leaves.
+    pub fn watch_sent_past(&self, offset: u64) {
+        self.watched_offset.store(offset, Ordering::Release);
     }
 }
 
@@ -148,6 +158,9 @@ struct Playout {
     finish_at: Instant,
     progress: PlayoutProgress,
     publish: watch::Sender<PlayoutProgress>,
+    /// What the watchers last saw.
+    published: PlayoutProgress,
+    watched_offset: Arc<AtomicU64>,
     record: Box<dyn PlayoutRecord>,
 }
 
@@ -169,6 +182,7 @@ pub fn spawn(
 ) -> PlayoutHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let (publish, progress) = watch::channel(PlayoutProgress::default());
+    let watched_offset = Arc::new(AtomicU64::new(u64::MAX));
     let playout = Playout {
         stream_sid,
         lead,
@@ -180,10 +194,12 @@ pub fn spawn(
         finish_at: Instant::now(),
         progress: PlayoutProgress::default(),
         publish,
+        published: PlayoutProgress::default(),
+        watched_offset: Arc::clone(&watched_offset),
         record: Box::new(record),
     };
     tokio::spawn(playout.run(rx));
-    PlayoutHandle { commands, progress, issued: Arc::new(AtomicU64::new(0)) }
+    PlayoutHandle { commands, progress, issued: Arc::new(AtomicU64::new(0)), watched_offset }
 }
 
 impl Playout {
@@ -200,8 +216,32 @@ impl Playout {
             if !self.pump().await {
                 break;
             }
-            self.publish.send_replace(self.progress);
+            self.publish_progress();
         }
+    }
+
+    /// Publishes the progress when a watcher has a use for it (see [`PlayoutHandle::watch`]); a frame sent in the
+    /// middle of the queue only updates the current value.
+    fn publish_progress(&mut self) {
+        let now = self.progress;
+        let before = self.published;
+        let only_frames_sent = PlayoutProgress { sent_bytes: before.sent_bytes, ..now } == before;
+        let watched = self.watched_offset.load(Ordering::Acquire);
+        let passed_watched = before.sent_bytes <= watched && now.sent_bytes > watched;
+        let ran_dry = !self.queue.iter().any(|queued| matches!(queued, Queued::Frame(_)));
+        if now == before {
+            return;
+        }
+        if only_frames_sent && !passed_watched && !ran_dry {
+            // A silent update: `progress()` reads it, watchers are not woken.
+            self.publish.send_if_modified(|progress| {
+                progress.sent_bytes = now.sent_bytes;
+                false
+            });
+            return;
+        }
+        self.published = now;
+        self.publish.send_replace(now);
     }
 
     async fn handle(&mut self, command: Command) {
@@ -371,6 +411,35 @@ mod tests {
         assert_eq!(send_times[2], Duration::ZERO);
         assert_eq!(send_times[3], Duration::from_millis(20));
         assert_eq!(send_times[9], Duration::from_millis(140));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchers_wake_for_the_watched_frame_and_the_end_not_for_every_frame() {
+        let (playout, mut rx) = start(40);
+        let mut watch = playout.watch();
+        playout.play(Bytes::from(vec![1u8; FRAME_BYTES * 4]));
+        watch.changed().await.unwrap(); // the audio was taken
+                                        // A second stretch of audio, watched from where it starts.
+        let start = watch.borrow_and_update().enqueued_bytes;
+        playout.watch_sent_past(start);
+        playout.play(Bytes::from(vec![2u8; FRAME_BYTES * 4]));
+        let mut woken_at_sent = Vec::new();
+        for _ in 0..8 {
+            assert!(matches!(next(&mut rx).await, Out::Media { .. }));
+            tokio::task::yield_now().await;
+            if watch.has_changed().unwrap() {
+                woken_at_sent.push(watch.borrow_and_update().sent_bytes);
+            }
+            // The current value is always there, woken or not.
+            assert!(playout.progress().sent_bytes > 0);
+        }
+        let frame = FRAME_BYTES as u64;
+        // Woken when the second stretch was taken (before any of it was sent), when its first frame left, and when
+        // the queue ran dry; not for the frames between.
+        assert!(woken_at_sent.contains(&(5 * frame)), "{woken_at_sent:?}");
+        assert_eq!(woken_at_sent.last(), Some(&(8 * frame)), "{woken_at_sent:?}");
+        assert!(woken_at_sent.len() <= 4, "{woken_at_sent:?}");
+        assert_eq!(playout.progress().sent_bytes, 8 * frame);
     }
 
     #[tokio::test(start_paused = true)]

@@ -521,7 +521,10 @@ impl Engine {
         };
         if reply.audio_start.is_none() {
             reply.latency.first_tts_audio = Some(Instant::now());
-            reply.audio_start = Some(self.playout.progress().enqueued_bytes);
+            let start = self.playout.progress().enqueued_bytes;
+            reply.audio_start = Some(start);
+            // The engine hears when the first of it leaves (the first-audio time), not of every frame after.
+            self.playout.watch_sent_past(start);
         }
         reply.audio_bytes += mulaw.len() as u64;
         if self.deps.config.turn.resume.enabled {
