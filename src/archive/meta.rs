@@ -31,7 +31,8 @@ pub struct CallMetadata {
     pub status: CallStatus,
     /// Why the call ended: the edge's reason (`Stopped`, `HungUp`…) or `recovered` when start-up sealed it.
     pub ended_by: Option<String>,
-    /// Caller turns the agent answered.
+    /// Caller turns the agent answered. While the call is open this is as of the recorder's last lease renewal (a
+    /// third of `archive.lease_secs`); sealed, it is the call's count.
     pub turns: u64,
     /// The instance recording the call and how long its claim lasts; absent in archives written before calls had
     /// owners (such an open call counts as abandoned).

@@ -261,8 +261,9 @@ impl Recorder {
                 }
                 self.log(at, event)?;
                 if turn {
+                    // Written with the next lease renewal (or the seal), not a metadata write per turn: the timeline
+                    // has the turn itself at once.
                     self.metadata.turns += 1;
-                    self.store.put(&self.key, METADATA_FILE, &self.metadata.to_json())?;
                 }
             }
             TapEvent::Ended { .. } => {}
