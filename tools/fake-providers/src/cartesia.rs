@@ -84,6 +84,9 @@ pub struct FakeCartesiaOptions {
     /// Connection faults (`drop_after_messages`) hit only the first this many connections (`None`: every one), so
     /// a client's reconnect can be shown to work.
     pub faulty_connections: Option<usize>,
+    /// Record every request received and message sent in the [`ConnectionRecord`]s. On for tests; a load run turns
+    /// it off so the records of a thousand calls neither cost the fake time nor grow without bound.
+    pub record: bool,
 }
 
 impl Default for FakeCartesiaOptions {
@@ -99,6 +102,7 @@ impl Default for FakeCartesiaOptions {
             reject_handshake: None,
             drop_after_messages: None,
             faulty_connections: None,
+            record: true,
         }
     }
 }
@@ -357,7 +361,9 @@ impl Session {
             Message::Text(text) => {
                 let value =
                     serde_json::from_str::<Value>(text.as_str()).unwrap_or_else(|_| Value::String(text.to_string()));
-                self.shared.update(self.index, |record| record.received.push(value.clone()));
+                if self.shared.options.record {
+                    self.shared.update(self.index, |record| record.received.push(value.clone()));
+                }
                 self.on_request(value).await?;
                 Ok(true)
             }
@@ -513,7 +519,9 @@ impl Session {
         if self.socket.send(Message::Text(text.into())).await.is_err() {
             return Err(Dropped);
         }
-        self.shared.update(self.index, |record| record.sent.push(message));
+        if self.shared.options.record {
+            self.shared.update(self.index, |record| record.sent.push(message));
+        }
         self.sent += 1;
         let faulty = self.shared.options.faulty_connections.is_none_or(|n| self.index < n);
         match self.shared.options.drop_after_messages {

@@ -126,6 +126,10 @@ pub struct FakeDeepgramOptions {
     pub send_malformed_json: bool,
     /// Send a message of an unknown `type` before each utterance's results.
     pub send_unknown_type: bool,
+    /// Record every frame received and message sent in the [`ConnectionRecord`]s. On for tests; a load run turns it
+    /// off, since at a thousand calls the records (50 audio frames a second a call) would cost the fake more than
+    /// listening does and grow without bound.
+    pub record: bool,
 }
 
 impl Default for FakeDeepgramOptions {
@@ -140,6 +144,7 @@ impl Default for FakeDeepgramOptions {
             faulty_connections: None,
             send_malformed_json: false,
             send_unknown_type: false,
+            record: true,
         }
     }
 }
@@ -474,18 +479,32 @@ impl Session {
     }
 
     fn record(&self, frame: ReceivedFrame) {
-        self.shared.update(self.index, |record| record.received.push(frame));
+        if self.shared.options.record {
+            self.shared.update(self.index, |record| record.received.push(frame));
+        }
     }
 
     async fn on_audio(&mut self, audio: &[u8]) -> Result<(), Dropped> {
-        self.partial.extend_from_slice(audio);
-        let mut offset = 0;
-        while self.partial.len() - offset >= FRAME_BYTES {
-            let frame: Vec<u8> = self.partial[offset..offset + FRAME_BYTES].to_vec();
-            offset += FRAME_BYTES;
+        // Whole frames straight from the message (the usual case: Twilio's 20 ms frames forwarded as they come);
+        // only a frame split across messages is copied.
+        let mut rest = audio;
+        if !self.partial.is_empty() {
+            let take = (FRAME_BYTES - self.partial.len()).min(rest.len());
+            self.partial.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.partial.len() < FRAME_BYTES {
+                return Ok(());
+            }
+            let frame = std::mem::take(&mut self.partial);
             self.on_frame(&frame).await?;
+            self.partial = frame;
+            self.partial.clear();
         }
-        self.partial.drain(..offset);
+        let mut frames = rest.chunks_exact(FRAME_BYTES);
+        for frame in frames.by_ref() {
+            self.on_frame(frame).await?;
+        }
+        self.partial.extend_from_slice(frames.remainder());
         Ok(())
     }
 
@@ -636,10 +655,13 @@ impl Session {
 
     /// Sends one text message, recording it; drops the connection when the fault injection says so.
     async fn send(&mut self, text: String) -> Result<(), Dropped> {
-        if self.socket.send(Message::Text(text.clone().into())).await.is_err() {
+        let recorded = self.shared.options.record.then(|| text.clone());
+        if self.socket.send(Message::Text(text.into())).await.is_err() {
             return Err(Dropped);
         }
-        self.shared.update(self.index, |record| record.sent.push(text));
+        if let Some(text) = recorded {
+            self.shared.update(self.index, |record| record.sent.push(text));
+        }
         self.sent += 1;
         let faulty = self.shared.options.faulty_connections.is_none_or(|n| self.index < n);
         match self.shared.options.drop_after_messages {
@@ -689,13 +711,27 @@ pub fn mulaw_encode(sample: i16) -> u8 {
     !(sign | ((exponent as u8) << 4) | mantissa as u8)
 }
 
-/// Mean absolute amplitude of a μ-law frame, the fake's speech detector.
+/// Mean absolute amplitude of a μ-law frame, the fake's speech detector. A table lookup and an integer sum per
+/// sample: the fake runs this on every frame of every call, 50 frames a second each.
 pub fn mean_amplitude(frame: &[u8]) -> f64 {
     if frame.is_empty() {
         return 0.0;
     }
-    let sum: f64 = frame.iter().map(|&b| f64::from(mulaw_decode(b)).abs()).sum();
-    sum / frame.len() as f64
+    let table = magnitudes();
+    let sum: u64 = frame.iter().map(|&b| u64::from(table[usize::from(b)])).sum();
+    sum as f64 / frame.len() as f64
+}
+
+/// |sample| of every μ-law byte, computed once.
+fn magnitudes() -> &'static [u16; 256] {
+    static TABLE: std::sync::OnceLock<[u16; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = [0u16; 256];
+        for (byte, magnitude) in table.iter_mut().enumerate() {
+            *magnitude = i32::from(mulaw_decode(byte as u8)).unsigned_abs() as u16;
+        }
+        table
+    })
 }
 
 /// `ms` of a 220 Hz tone at about -12 dBFS, as μ-law: stands in for a caller speaking.
@@ -729,6 +765,15 @@ mod tests {
         assert_eq!(mulaw_encode(0), 0xff);
         assert_eq!(mulaw_decode(0x80), 32124);
         assert_eq!(mulaw_decode(0x00), -32124);
+    }
+
+    #[test]
+    fn mean_amplitude_is_the_decoded_mean() {
+        let frame = speech_mulaw(20);
+        let slow: f64 = frame.iter().map(|&b| f64::from(mulaw_decode(b)).abs()).sum::<f64>() / frame.len() as f64;
+        assert!((mean_amplitude(&frame) - slow).abs() < 1e-9);
+        assert_eq!(mean_amplitude(&[]), 0.0);
+        assert_eq!(mean_amplitude(&[0x00]), 32124.0);
     }
 
     #[test]
