@@ -332,10 +332,13 @@ impl Session {
 
     async fn run(mut self) {
         let mut shutdown = self.shared.shutdown.clone();
+        // One registration for the whole session rather than one per message.
+        let stop = shutdown.changed();
+        tokio::pin!(stop);
         loop {
             let wake = self.next_wake();
             let outcome = tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = &mut stop => return,
                 frame = self.socket.recv() => match frame {
                     Some(Ok(message)) => self.on_message(message).await,
                     Some(Err(_)) | None => return,
@@ -535,19 +538,31 @@ fn template(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| json!({}))
 }
 
-/// `len` μ-law bytes of a quiet 440 Hz tone starting at sample `from`.
+/// Samples after which the 440 Hz tone repeats exactly at 8 kHz (11 periods).
+const TONE_CYCLE: usize = 200;
+
+/// `len` μ-law bytes of a quiet 440 Hz tone starting at sample `from`: one cycle is computed once and copied, as
+/// the fake voices every reply of every call.
 fn tone(from: usize, len: usize) -> Vec<u8> {
-    (from..from + len)
-        .map(|n| {
-            let phase = 2.0 * std::f64::consts::PI * 440.0 * n as f64 / 8000.0;
-            mulaw_encode((phase.sin() * 2000.0) as i16)
-        })
-        .collect()
+    static CYCLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let cycle = CYCLE.get_or_init(|| (0..TONE_CYCLE).map(tone_sample).collect());
+    (from..from + len).map(|n| cycle[n % TONE_CYCLE]).collect()
+}
+
+fn tone_sample(n: usize) -> u8 {
+    let phase = 2.0 * std::f64::consts::PI * 440.0 * n as f64 / 8000.0;
+    mulaw_encode((phase.sin() * 2000.0) as i16)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tone_table_is_the_computed_tone() {
+        let direct: Vec<u8> = (190..1190).map(tone_sample).collect();
+        assert_eq!(tone(190, 1000), direct);
+    }
 
     #[test]
     fn templates_are_the_documented_shapes() {

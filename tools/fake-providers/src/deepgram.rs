@@ -130,6 +130,10 @@ pub struct FakeDeepgramOptions {
     /// off, since at a thousand calls the records (50 audio frames a second a call) would cost the fake more than
     /// listening does and grow without bound.
     pub record: bool,
+    /// Read each connection's frames in batches this often instead of as each arrives (`None`: as they arrive). A
+    /// load run sets it: one wake-up and read per batch instead of per 20 ms frame. Results stay on time: an
+    /// endpoint found in a batch is dated back by the audio that came after it.
+    pub read_interval: Option<Duration>,
 }
 
 impl Default for FakeDeepgramOptions {
@@ -145,6 +149,7 @@ impl Default for FakeDeepgramOptions {
             send_malformed_json: false,
             send_unknown_type: false,
             record: true,
+            read_interval: None,
         }
     }
 }
@@ -221,6 +226,8 @@ impl ConnectionRecord {
 
 struct Shared {
     options: FakeDeepgramOptions,
+    /// Each accepted connection's socket by peer address, so a batched session can set its receive low-water mark.
+    sockets: Mutex<std::collections::HashMap<SocketAddr, std::os::fd::RawFd>>,
     records: Mutex<Vec<ConnectionRecord>>,
     changed: Notify,
     shutdown: watch::Receiver<bool>,
@@ -260,10 +267,21 @@ impl FakeDeepgram {
         let shared = Arc::new(Shared {
             options,
             records: Mutex::new(Vec::new()),
+            sockets: Mutex::new(std::collections::HashMap::new()),
             changed: Notify::new(),
             shutdown: shutdown_rx.clone(),
         });
-        let app = Router::new().route("/v1/listen", get(listen)).with_state(shared.clone());
+        let app = Router::new()
+            .route("/v1/listen", get(listen))
+            .with_state(shared.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let sockets = shared.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp: &mut tokio::net::TcpStream| {
+            if let Ok(peer) = tcp.peer_addr() {
+                use std::os::fd::AsRawFd as _;
+                lock(&sockets.sockets).insert(peer, tcp.as_raw_fd());
+            }
+        });
         let task = tokio::spawn(async move {
             let mut stop = shutdown_rx;
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -318,6 +336,7 @@ impl Drop for FakeDeepgram {
 /// The `/v1/listen` handler: record the attempt, refuse it if asked to, otherwise upgrade.
 async fn listen(
     State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -329,6 +348,7 @@ async fn listen(
         ..ConnectionRecord::default()
     };
     let params = SessionParams::from_query(&record.query);
+    let fd = lock(&shared.sockets).remove(&peer);
     let index = {
         let mut records = shared.records();
         records.push(record);
@@ -341,6 +361,11 @@ async fn listen(
         return (status, body.to_string()).into_response();
     }
     upgrade.read_buffer_size(crate::READ_BUFFER_BYTES).on_upgrade(move |socket| async move {
+        if let (Some(fd), Some(_)) = (fd, shared.options.read_interval) {
+            // Batched reads: the socket only turns readable once about four frames wait, so the runtime is not woken
+            // for every 20 ms frame. Control messages still come in time: audio keeps flowing alongside them.
+            set_receive_low_water(fd, BATCH_LOW_WATER_BYTES);
+        }
         let session = Session::new(socket, shared.clone(), index, params);
         session.run().await;
         shared.update(index, |record| record.ended = true);
@@ -419,6 +444,10 @@ struct Session {
     pending: VecDeque<Pending>,
     next_utterance: usize,
     sent: usize,
+    /// Audio bytes of the batch being read that came after the frame being processed (see `read_interval`).
+    backlog_bytes: usize,
+    /// The batch being read, reused.
+    batch: Vec<Message>,
 }
 
 impl Session {
@@ -434,15 +463,77 @@ impl Session {
             pending: VecDeque::new(),
             next_utterance: 0,
             sent: 0,
+            backlog_bytes: 0,
+            batch: Vec::new(),
         }
     }
 
-    async fn run(mut self) {
+    async fn run(self) {
+        match self.shared.options.read_interval {
+            Some(interval) => self.run_batched(interval).await,
+            None => self.run_per_frame().await,
+        }
+    }
+
+    /// Reads the socket every `interval`, taking whatever arrived since in one go.
+    async fn run_batched(mut self, interval: Duration) {
+        use futures_util::FutureExt as _;
         let mut shutdown = self.shared.shutdown.clone();
+        let stop = shutdown.changed();
+        tokio::pin!(stop);
+        let mut next_read = Instant::now() + interval;
+        loop {
+            let due = self.pending.front().map(|p| p.due).filter(|due| *due < next_read);
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = sleep_until(due.unwrap_or(next_read)) => {}
+            }
+            if due.is_some() {
+                if self.send_due().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            next_read = Instant::now() + interval;
+            let mut batch = std::mem::take(&mut self.batch);
+            let mut ended = false;
+            while let Some(frame) = self.socket.recv().now_or_never() {
+                match frame {
+                    Some(Ok(message)) => batch.push(message),
+                    Some(Err(_)) | None => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            self.backlog_bytes =
+                batch.iter().map(|m| if let Message::Binary(audio) = m { audio.len() } else { 0 }).sum();
+            for message in batch.drain(..) {
+                if let Message::Binary(audio) = &message {
+                    self.backlog_bytes = self.backlog_bytes.saturating_sub(audio.len());
+                }
+                // The frame's own bytes are out of the backlog before it is processed: only later audio dates it.
+                match self.on_message(message).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(Dropped) => return,
+                }
+            }
+            self.batch = batch;
+            if ended {
+                return;
+            }
+        }
+    }
+
+    async fn run_per_frame(mut self) {
+        let mut shutdown = self.shared.shutdown.clone();
+        // One registration for the whole session rather than one per frame.
+        let stop = shutdown.changed();
+        tokio::pin!(stop);
         loop {
             let due = self.pending.front().map(|p| p.due);
             let outcome = tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = &mut stop => return,
                 frame = self.socket.recv() => match frame {
                     Some(Ok(message)) => self.on_message(message).await,
                     Some(Err(_)) | None => return,
@@ -533,7 +624,10 @@ impl Session {
                     self.vad = Vad::Silence;
                     let too_short = last_voiced_end - onset < self.shared.options.min_utterance.as_secs_f64();
                     if !too_short {
-                        let due = Instant::now() + self.shared.options.finalize_delay;
+                        // Audio read in the same batch after this frame arrived later than it did (real time).
+                        let late = Duration::from_secs_f64(self.backlog_bytes as f64 / BYTES_PER_SECOND);
+                        let detected = Instant::now().checked_sub(late).unwrap_or_else(Instant::now);
+                        let due = detected + self.shared.options.finalize_delay;
                         self.pending.push_back(Pending { due, onset });
                     }
                 }
@@ -668,6 +762,32 @@ impl Session {
             Some(limit) if faulty && self.sent >= limit => Err(Dropped),
             _ => Ok(()),
         }
+    }
+}
+
+/// The receive low-water mark of batched sessions: four of Parley's audio frames (160 bytes of μ-law and a 6-byte
+/// masked WebSocket header each).
+const BATCH_LOW_WATER_BYTES: i32 = 4 * 166;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `SO_RCVLOWAT` on a connected socket; best effort (the session works without it, only with more wake-ups).
+fn set_receive_low_water(fd: std::os::fd::RawFd, bytes: i32) {
+    // SAFETY: `fd` is the socket of the connection being upgraded, open for as long as its session runs; the option
+    // value is a live `c_int` of the size passed.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const i32).cast::<libc::c_void>(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not set SO_RCVLOWAT");
     }
 }
 

@@ -1,6 +1,6 @@
 //! The fake providers for a load run, in a process of their own (`loadgen fakes`) so that neither their CPU nor the
 //! callers' mixes with Parley's, and each side can be measured alone. Recording is off: at a thousand calls the
-//! fakes would otherwise keep every audio frame.
+//! fakes would otherwise keep every audio frame, and fake Deepgram reads each call's audio in 100 ms batches.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -24,7 +24,12 @@ pub struct FakeUrls {
 
 /// Serves the fakes, prints their URLs on stdout, and runs until stdin closes (the load generator exited).
 pub async fn serve(reply: &str) -> anyhow::Result<()> {
-    let deepgram = FakeDeepgram::start(FakeDeepgramOptions { record: false, ..FakeDeepgramOptions::default() }).await?;
+    let deepgram = FakeDeepgram::start(FakeDeepgramOptions {
+        record: false,
+        read_interval: Some(Duration::from_millis(100)),
+        ..FakeDeepgramOptions::default()
+    })
+    .await?;
     let openai = openai::start(
         FakeOpenAiOptions::default()
             .fallback(FakeReply::text(reply))
