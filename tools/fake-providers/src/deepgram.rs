@@ -939,6 +939,48 @@ mod tests {
         assert_eq!(SessionParams::from_query(&[]).endpointing, Some(0.01));
     }
 
+    /// What a client hears for 600 ms of speech and a second of silence: the finals of one utterance.
+    async fn finals_heard(options: FakeDeepgramOptions) -> String {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::Message as Frame;
+        let fake = FakeDeepgram::start(options).await.expect("fake starts");
+        let url = format!("{}/v1/listen?encoding=mulaw&sample_rate=8000&endpointing=300", fake.base_url());
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+        let audio = [speech_mulaw(600), silence_mulaw(1000)].concat();
+        for frame in audio.chunks(FRAME_BYTES) {
+            socket.send(Frame::Binary(frame.to_vec().into())).await.expect("audio sent");
+        }
+        let mut finals = Vec::new();
+        let heard = async {
+            while let Some(Ok(frame)) = socket.next().await {
+                let Frame::Text(text) = frame else { continue };
+                let message: Value = serde_json::from_str(text.as_str()).expect("json");
+                if message["type"] == "Results" && message["is_final"] == true {
+                    finals.extend(transcript_of(&message));
+                    if message["speech_final"] == true {
+                        break;
+                    }
+                }
+            }
+        };
+        // A bound on a hang, not a measurement.
+        let _ = tokio::time::timeout(Duration::from_secs(10), heard).await;
+        finals.join(" ")
+    }
+
+    #[tokio::test]
+    async fn batched_reads_hear_what_per_frame_reads_hear() {
+        let per_frame = finals_heard(FakeDeepgramOptions::default()).await;
+        let batched = finals_heard(FakeDeepgramOptions {
+            record: false,
+            read_interval: Some(Duration::from_millis(100)),
+            ..FakeDeepgramOptions::default()
+        })
+        .await;
+        assert_eq!(per_frame, Script::builtin().final_text(0));
+        assert_eq!(batched, per_frame);
+    }
+
     #[test]
     fn bad_scripts_are_errors() {
         assert!(Script::from_json("{").is_err());

@@ -69,6 +69,10 @@ struct RunArgs {
     /// Idle seconds after the calls before the soak's last reading.
     #[arg(long, default_value_t = 30)]
     idle_secs: u64,
+    /// Place one call of one turn before reading the start plateau, so what Parley sets up once on its first call
+    /// (worker threads, the tokenizer) is not taken for what the calls leave behind.
+    #[arg(long)]
+    warm_up: bool,
     /// Silence between a reply's end and the caller's next turn, ms.
     #[arg(long, default_value_t = 1000)]
     pause_ms: u64,
@@ -158,9 +162,29 @@ async fn run(args: RunArgs, threads: usize) -> anyhow::Result<()> {
     let sides = Sides { parley: parley.id().context("parley pid")?, fakes: fakes.pid };
     let url = format!("ws://{addr}/twilio/media");
 
-    // The start plateau: Parley up, no calls yet.
+    // The start plateau: Parley up, no calls yet (but one, with --warm-up).
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let cold = sides.read()?;
+    let warm_up = if args.warm_up {
+        let warm = Script { turns: 1, barge_every: 0, ..Script::default() };
+        let result = lean::run(url.clone(), 1, Duration::ZERO, 1, warm, Arc::new(Progress::default())).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        result.iter().filter(|r| r.turns > 0).count()
+    } else {
+        0
+    };
     let plateau = sides.read()?;
+    if args.warm_up {
+        println!(
+            "before any call: RSS {} KiB, fds {}, threads {}; after the warm-up call: RSS {} KiB, fds {}, threads {}",
+            cold.parley.rss_kib,
+            cold.parley.fds,
+            cold.parley.threads,
+            plateau.parley.rss_kib,
+            plateau.parley.fds,
+            plateau.parley.threads
+        );
+    }
     let ramp = Duration::from_secs(args.ramp_secs);
     let started = Instant::now();
     let script = Script {
@@ -218,7 +242,7 @@ async fn run(args: RunArgs, threads: usize) -> anyhow::Result<()> {
     } else {
         None
     };
-    let seal = sealed::wait_sealed(&archive, placed, Duration::from_secs(10)).await?;
+    let seal = sealed::wait_sealed(&archive, placed + warm_up, Duration::from_secs(10)).await?;
 
     let report = Report::new(calls, &plateau, &peaks, window, max_live, &callers, idle.as_ref(), &seal, placed);
     report.print();
@@ -237,8 +261,8 @@ async fn run(args: RunArgs, threads: usize) -> anyhow::Result<()> {
     if callers.missing_replies > 0 {
         problems.push(format!("{} replies never came", callers.missing_replies));
     }
-    if !seal.all_sealed(placed) {
-        problems.push(format!("{} of {placed} calls archived and sealed", seal.sealed));
+    if !seal.all_sealed(placed + warm_up) {
+        problems.push(format!("{} of {} calls archived and sealed", seal.sealed, placed + warm_up));
     }
     problems.extend(report.soak_failures);
     if !problems.is_empty() {
@@ -325,7 +349,7 @@ impl Report {
             }
             _ => (f64::NAN, f64::NAN, f64::NAN, 0.0),
         };
-        let live = calls as usize - callers.failed;
+        let live = (calls as usize).saturating_sub(callers.failed);
         let per_call_cpu = cpu / live.max(1) as f64;
         let per_call_kib = peaks.rss_kib.saturating_sub(plateau.parley.rss_kib) as f64 / live.max(1) as f64;
         lines.push(format!(
