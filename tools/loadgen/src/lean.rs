@@ -442,7 +442,7 @@ async fn step(call: &mut Call, now: Instant, payloads: &Payloads, script: &Scrip
             }
         }
         Phase::Playing { first_audio } => {
-            let next_barges = script.barge_every > 0 && (call.result.turns + 1) % script.barge_every == 0;
+            let next_barges = script.barge_every > 0 && (call.result.turns + 1).is_multiple_of(script.barge_every);
             if next_barges && !over && now.duration_since(first_audio) >= script.barge_after {
                 stop_listening(call);
                 call.barging = true;

@@ -244,7 +244,8 @@ async fn run(args: RunArgs, threads: usize) -> anyhow::Result<()> {
     };
     let seal = sealed::wait_sealed(&archive, placed + warm_up, Duration::from_secs(10)).await?;
 
-    let report = Report::new(calls, &plateau, &peaks, window, max_live, &callers, idle.as_ref(), &seal, placed);
+    let report =
+        Report::new(calls, &plateau, &peaks, window, max_live, &callers, idle.as_ref(), &seal, placed + warm_up);
     report.print();
     if args.json {
         println!("{}", serde_json::to_string(&report.json)?);
