@@ -84,6 +84,9 @@ pub struct FakeCartesiaOptions {
     /// Connection faults (`drop_after_messages`) hit only the first this many connections (`None`: every one), so
     /// a client's reconnect can be shown to work.
     pub faulty_connections: Option<usize>,
+    /// Record every request received and message sent in the [`ConnectionRecord`]s. On for tests; a load run turns
+    /// it off so the records of a thousand calls neither cost the fake time nor grow without bound.
+    pub record: bool,
 }
 
 impl Default for FakeCartesiaOptions {
@@ -99,6 +102,7 @@ impl Default for FakeCartesiaOptions {
             reject_handshake: None,
             drop_after_messages: None,
             faulty_connections: None,
+            record: true,
         }
     }
 }
@@ -328,10 +332,13 @@ impl Session {
 
     async fn run(mut self) {
         let mut shutdown = self.shared.shutdown.clone();
+        // One registration for the whole session rather than one per message.
+        let stop = shutdown.changed();
+        tokio::pin!(stop);
         loop {
             let wake = self.next_wake();
             let outcome = tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = &mut stop => return,
                 frame = self.socket.recv() => match frame {
                     Some(Ok(message)) => self.on_message(message).await,
                     Some(Err(_)) | None => return,
@@ -357,7 +364,9 @@ impl Session {
             Message::Text(text) => {
                 let value =
                     serde_json::from_str::<Value>(text.as_str()).unwrap_or_else(|_| Value::String(text.to_string()));
-                self.shared.update(self.index, |record| record.received.push(value.clone()));
+                if self.shared.options.record {
+                    self.shared.update(self.index, |record| record.received.push(value.clone()));
+                }
                 self.on_request(value).await?;
                 Ok(true)
             }
@@ -513,7 +522,9 @@ impl Session {
         if self.socket.send(Message::Text(text.into())).await.is_err() {
             return Err(Dropped);
         }
-        self.shared.update(self.index, |record| record.sent.push(message));
+        if self.shared.options.record {
+            self.shared.update(self.index, |record| record.sent.push(message));
+        }
         self.sent += 1;
         let faulty = self.shared.options.faulty_connections.is_none_or(|n| self.index < n);
         match self.shared.options.drop_after_messages {
@@ -527,19 +538,31 @@ fn template(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| json!({}))
 }
 
-/// `len` μ-law bytes of a quiet 440 Hz tone starting at sample `from`.
+/// Samples after which the 440 Hz tone repeats exactly at 8 kHz (11 periods).
+const TONE_CYCLE: usize = 200;
+
+/// `len` μ-law bytes of a quiet 440 Hz tone starting at sample `from`: one cycle is computed once and copied, as
+/// the fake voices every reply of every call.
 fn tone(from: usize, len: usize) -> Vec<u8> {
-    (from..from + len)
-        .map(|n| {
-            let phase = 2.0 * std::f64::consts::PI * 440.0 * n as f64 / 8000.0;
-            mulaw_encode((phase.sin() * 2000.0) as i16)
-        })
-        .collect()
+    static CYCLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let cycle = CYCLE.get_or_init(|| (0..TONE_CYCLE).map(tone_sample).collect());
+    (from..from + len).map(|n| cycle[n % TONE_CYCLE]).collect()
+}
+
+fn tone_sample(n: usize) -> u8 {
+    let phase = 2.0 * std::f64::consts::PI * 440.0 * n as f64 / 8000.0;
+    mulaw_encode((phase.sin() * 2000.0) as i16)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tone_table_is_the_computed_tone() {
+        let direct: Vec<u8> = (190..1190).map(tone_sample).collect();
+        assert_eq!(tone(190, 1000), direct);
+    }
 
     #[test]
     fn templates_are_the_documented_shapes() {

@@ -126,6 +126,14 @@ pub struct FakeDeepgramOptions {
     pub send_malformed_json: bool,
     /// Send a message of an unknown `type` before each utterance's results.
     pub send_unknown_type: bool,
+    /// Record every frame received and message sent in the [`ConnectionRecord`]s. On for tests; a load run turns it
+    /// off, since at a thousand calls the records (50 audio frames a second a call) would cost the fake more than
+    /// listening does and grow without bound.
+    pub record: bool,
+    /// Read each connection's frames in batches this often instead of as each arrives (`None`: as they arrive). A
+    /// load run sets it: one wake-up and read per batch instead of per 20 ms frame. Results stay on time: an
+    /// endpoint found in a batch is dated back by the audio that came after it.
+    pub read_interval: Option<Duration>,
 }
 
 impl Default for FakeDeepgramOptions {
@@ -140,6 +148,8 @@ impl Default for FakeDeepgramOptions {
             faulty_connections: None,
             send_malformed_json: false,
             send_unknown_type: false,
+            record: true,
+            read_interval: None,
         }
     }
 }
@@ -216,6 +226,8 @@ impl ConnectionRecord {
 
 struct Shared {
     options: FakeDeepgramOptions,
+    /// Each accepted connection's socket by peer address, so a batched session can set its receive low-water mark.
+    sockets: Mutex<std::collections::HashMap<SocketAddr, std::os::fd::RawFd>>,
     records: Mutex<Vec<ConnectionRecord>>,
     changed: Notify,
     shutdown: watch::Receiver<bool>,
@@ -255,10 +267,21 @@ impl FakeDeepgram {
         let shared = Arc::new(Shared {
             options,
             records: Mutex::new(Vec::new()),
+            sockets: Mutex::new(std::collections::HashMap::new()),
             changed: Notify::new(),
             shutdown: shutdown_rx.clone(),
         });
-        let app = Router::new().route("/v1/listen", get(listen)).with_state(shared.clone());
+        let app = Router::new()
+            .route("/v1/listen", get(listen))
+            .with_state(shared.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let sockets = shared.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp: &mut tokio::net::TcpStream| {
+            if let Ok(peer) = tcp.peer_addr() {
+                use std::os::fd::AsRawFd as _;
+                lock(&sockets.sockets).insert(peer, tcp.as_raw_fd());
+            }
+        });
         let task = tokio::spawn(async move {
             let mut stop = shutdown_rx;
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -313,6 +336,7 @@ impl Drop for FakeDeepgram {
 /// The `/v1/listen` handler: record the attempt, refuse it if asked to, otherwise upgrade.
 async fn listen(
     State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -324,6 +348,7 @@ async fn listen(
         ..ConnectionRecord::default()
     };
     let params = SessionParams::from_query(&record.query);
+    let fd = lock(&shared.sockets).remove(&peer);
     let index = {
         let mut records = shared.records();
         records.push(record);
@@ -336,6 +361,11 @@ async fn listen(
         return (status, body.to_string()).into_response();
     }
     upgrade.read_buffer_size(crate::READ_BUFFER_BYTES).on_upgrade(move |socket| async move {
+        if let (Some(fd), Some(_)) = (fd, shared.options.read_interval) {
+            // Batched reads: the socket only turns readable once about four frames wait, so the runtime is not woken
+            // for every 20 ms frame. Control messages still come in time: audio keeps flowing alongside them.
+            set_receive_low_water(fd, BATCH_LOW_WATER_BYTES);
+        }
         let session = Session::new(socket, shared.clone(), index, params);
         session.run().await;
         shared.update(index, |record| record.ended = true);
@@ -414,6 +444,10 @@ struct Session {
     pending: VecDeque<Pending>,
     next_utterance: usize,
     sent: usize,
+    /// Audio bytes of the batch being read that came after the frame being processed (see `read_interval`).
+    backlog_bytes: usize,
+    /// The batch being read, reused.
+    batch: Vec<Message>,
 }
 
 impl Session {
@@ -429,15 +463,77 @@ impl Session {
             pending: VecDeque::new(),
             next_utterance: 0,
             sent: 0,
+            backlog_bytes: 0,
+            batch: Vec::new(),
         }
     }
 
-    async fn run(mut self) {
+    async fn run(self) {
+        match self.shared.options.read_interval {
+            Some(interval) => self.run_batched(interval).await,
+            None => self.run_per_frame().await,
+        }
+    }
+
+    /// Reads the socket every `interval`, taking whatever arrived since in one go.
+    async fn run_batched(mut self, interval: Duration) {
+        use futures_util::FutureExt as _;
         let mut shutdown = self.shared.shutdown.clone();
+        let stop = shutdown.changed();
+        tokio::pin!(stop);
+        let mut next_read = Instant::now() + interval;
+        loop {
+            let due = self.pending.front().map(|p| p.due).filter(|due| *due < next_read);
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = sleep_until(due.unwrap_or(next_read)) => {}
+            }
+            if due.is_some() {
+                if self.send_due().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            next_read = Instant::now() + interval;
+            let mut batch = std::mem::take(&mut self.batch);
+            let mut ended = false;
+            while let Some(frame) = self.socket.recv().now_or_never() {
+                match frame {
+                    Some(Ok(message)) => batch.push(message),
+                    Some(Err(_)) | None => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            self.backlog_bytes =
+                batch.iter().map(|m| if let Message::Binary(audio) = m { audio.len() } else { 0 }).sum();
+            for message in batch.drain(..) {
+                if let Message::Binary(audio) = &message {
+                    self.backlog_bytes = self.backlog_bytes.saturating_sub(audio.len());
+                }
+                // The frame's own bytes are out of the backlog before it is processed: only later audio dates it.
+                match self.on_message(message).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(Dropped) => return,
+                }
+            }
+            self.batch = batch;
+            if ended {
+                return;
+            }
+        }
+    }
+
+    async fn run_per_frame(mut self) {
+        let mut shutdown = self.shared.shutdown.clone();
+        // One registration for the whole session rather than one per frame.
+        let stop = shutdown.changed();
+        tokio::pin!(stop);
         loop {
             let due = self.pending.front().map(|p| p.due);
             let outcome = tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = &mut stop => return,
                 frame = self.socket.recv() => match frame {
                     Some(Ok(message)) => self.on_message(message).await,
                     Some(Err(_)) | None => return,
@@ -474,18 +570,32 @@ impl Session {
     }
 
     fn record(&self, frame: ReceivedFrame) {
-        self.shared.update(self.index, |record| record.received.push(frame));
+        if self.shared.options.record {
+            self.shared.update(self.index, |record| record.received.push(frame));
+        }
     }
 
     async fn on_audio(&mut self, audio: &[u8]) -> Result<(), Dropped> {
-        self.partial.extend_from_slice(audio);
-        let mut offset = 0;
-        while self.partial.len() - offset >= FRAME_BYTES {
-            let frame: Vec<u8> = self.partial[offset..offset + FRAME_BYTES].to_vec();
-            offset += FRAME_BYTES;
+        // Whole frames straight from the message (the usual case: Twilio's 20 ms frames forwarded as they come);
+        // only a frame split across messages is copied.
+        let mut rest = audio;
+        if !self.partial.is_empty() {
+            let take = (FRAME_BYTES - self.partial.len()).min(rest.len());
+            self.partial.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.partial.len() < FRAME_BYTES {
+                return Ok(());
+            }
+            let frame = std::mem::take(&mut self.partial);
             self.on_frame(&frame).await?;
+            self.partial = frame;
+            self.partial.clear();
         }
-        self.partial.drain(..offset);
+        let mut frames = rest.chunks_exact(FRAME_BYTES);
+        for frame in frames.by_ref() {
+            self.on_frame(frame).await?;
+        }
+        self.partial.extend_from_slice(frames.remainder());
         Ok(())
     }
 
@@ -514,7 +624,10 @@ impl Session {
                     self.vad = Vad::Silence;
                     let too_short = last_voiced_end - onset < self.shared.options.min_utterance.as_secs_f64();
                     if !too_short {
-                        let due = Instant::now() + self.shared.options.finalize_delay;
+                        // Audio read in the same batch after this frame arrived later than it did (real time).
+                        let late = Duration::from_secs_f64(self.backlog_bytes as f64 / BYTES_PER_SECOND);
+                        let detected = Instant::now().checked_sub(late).unwrap_or_else(Instant::now);
+                        let due = detected + self.shared.options.finalize_delay;
                         self.pending.push_back(Pending { due, onset });
                     }
                 }
@@ -636,16 +749,45 @@ impl Session {
 
     /// Sends one text message, recording it; drops the connection when the fault injection says so.
     async fn send(&mut self, text: String) -> Result<(), Dropped> {
-        if self.socket.send(Message::Text(text.clone().into())).await.is_err() {
+        let recorded = self.shared.options.record.then(|| text.clone());
+        if self.socket.send(Message::Text(text.into())).await.is_err() {
             return Err(Dropped);
         }
-        self.shared.update(self.index, |record| record.sent.push(text));
+        if let Some(text) = recorded {
+            self.shared.update(self.index, |record| record.sent.push(text));
+        }
         self.sent += 1;
         let faulty = self.shared.options.faulty_connections.is_none_or(|n| self.index < n);
         match self.shared.options.drop_after_messages {
             Some(limit) if faulty && self.sent >= limit => Err(Dropped),
             _ => Ok(()),
         }
+    }
+}
+
+/// The receive low-water mark of batched sessions: four of Parley's audio frames (160 bytes of μ-law and a 6-byte
+/// masked WebSocket header each).
+const BATCH_LOW_WATER_BYTES: i32 = 4 * 166;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `SO_RCVLOWAT` on a connected socket; best effort (the session works without it, only with more wake-ups).
+fn set_receive_low_water(fd: std::os::fd::RawFd, bytes: i32) {
+    // SAFETY: `fd` is the socket of the connection being upgraded, open for as long as its session runs; the option
+    // value is a live `c_int` of the size passed.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const i32).cast::<libc::c_void>(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not set SO_RCVLOWAT");
     }
 }
 
@@ -689,13 +831,27 @@ pub fn mulaw_encode(sample: i16) -> u8 {
     !(sign | ((exponent as u8) << 4) | mantissa as u8)
 }
 
-/// Mean absolute amplitude of a μ-law frame, the fake's speech detector.
+/// Mean absolute amplitude of a μ-law frame, the fake's speech detector. A table lookup and an integer sum per
+/// sample: the fake runs this on every frame of every call, 50 frames a second each.
 pub fn mean_amplitude(frame: &[u8]) -> f64 {
     if frame.is_empty() {
         return 0.0;
     }
-    let sum: f64 = frame.iter().map(|&b| f64::from(mulaw_decode(b)).abs()).sum();
-    sum / frame.len() as f64
+    let table = magnitudes();
+    let sum: u64 = frame.iter().map(|&b| u64::from(table[usize::from(b)])).sum();
+    sum as f64 / frame.len() as f64
+}
+
+/// |sample| of every μ-law byte, computed once.
+fn magnitudes() -> &'static [u16; 256] {
+    static TABLE: std::sync::OnceLock<[u16; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = [0u16; 256];
+        for (byte, magnitude) in table.iter_mut().enumerate() {
+            *magnitude = i32::from(mulaw_decode(byte as u8)).unsigned_abs() as u16;
+        }
+        table
+    })
 }
 
 /// `ms` of a 220 Hz tone at about -12 dBFS, as μ-law: stands in for a caller speaking.
@@ -729,6 +885,15 @@ mod tests {
         assert_eq!(mulaw_encode(0), 0xff);
         assert_eq!(mulaw_decode(0x80), 32124);
         assert_eq!(mulaw_decode(0x00), -32124);
+    }
+
+    #[test]
+    fn mean_amplitude_is_the_decoded_mean() {
+        let frame = speech_mulaw(20);
+        let slow: f64 = frame.iter().map(|&b| f64::from(mulaw_decode(b)).abs()).sum::<f64>() / frame.len() as f64;
+        assert!((mean_amplitude(&frame) - slow).abs() < 1e-9);
+        assert_eq!(mean_amplitude(&[]), 0.0);
+        assert_eq!(mean_amplitude(&[0x00]), 32124.0);
     }
 
     #[test]
@@ -772,6 +937,48 @@ mod tests {
         assert_eq!(params.endpointing, None);
         assert!(!params.interim_results && !params.vad_events && !params.utterance_end);
         assert_eq!(SessionParams::from_query(&[]).endpointing, Some(0.01));
+    }
+
+    /// What a client hears for 600 ms of speech and a second of silence: the finals of one utterance.
+    async fn finals_heard(options: FakeDeepgramOptions) -> String {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::Message as Frame;
+        let fake = FakeDeepgram::start(options).await.expect("fake starts");
+        let url = format!("{}/v1/listen?encoding=mulaw&sample_rate=8000&endpointing=300", fake.base_url());
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+        let audio = [speech_mulaw(600), silence_mulaw(1000)].concat();
+        for frame in audio.chunks(FRAME_BYTES) {
+            socket.send(Frame::Binary(frame.to_vec().into())).await.expect("audio sent");
+        }
+        let mut finals = Vec::new();
+        let heard = async {
+            while let Some(Ok(frame)) = socket.next().await {
+                let Frame::Text(text) = frame else { continue };
+                let message: Value = serde_json::from_str(text.as_str()).expect("json");
+                if message["type"] == "Results" && message["is_final"] == true {
+                    finals.extend(transcript_of(&message));
+                    if message["speech_final"] == true {
+                        break;
+                    }
+                }
+            }
+        };
+        // A bound on a hang, not a measurement.
+        let _ = tokio::time::timeout(Duration::from_secs(10), heard).await;
+        finals.join(" ")
+    }
+
+    #[tokio::test]
+    async fn batched_reads_hear_what_per_frame_reads_hear() {
+        let per_frame = finals_heard(FakeDeepgramOptions::default()).await;
+        let batched = finals_heard(FakeDeepgramOptions {
+            record: false,
+            read_interval: Some(Duration::from_millis(100)),
+            ..FakeDeepgramOptions::default()
+        })
+        .await;
+        assert_eq!(per_frame, Script::builtin().final_text(0));
+        assert_eq!(batched, per_frame);
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! The rig: Parley's cascade wired to fake Deepgram, OpenAI-compatible and Cartesia servers on 127.0.0.1, with
 //! simulated Twilio callers. Shared by the cascade integration tests, the latency benchmark and the load generator.
 
+pub mod fakes;
+pub mod lean;
+pub mod procstat;
+pub mod sealed;
+pub mod summary;
+pub mod wire;
+
 use std::sync::Arc;
 use std::time::Duration;
 
