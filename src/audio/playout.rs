@@ -137,7 +137,8 @@ struct PendingMark {
 
 /// Owns the pacing state; runs as one task per call.
 struct Playout {
-    stream_sid: String,
+    /// Shared with every media message sent: one allocation per call, not per frame.
+    stream_sid: Arc<str>,
     lead: Duration,
     out: mpsc::Sender<OutboundMessage>,
     framer: Framer,
@@ -170,7 +171,7 @@ pub fn spawn(
     let (commands, rx) = mpsc::unbounded_channel();
     let (publish, progress) = watch::channel(PlayoutProgress::default());
     let playout = Playout {
-        stream_sid,
+        stream_sid: Arc::from(stream_sid),
         lead,
         out,
         framer: Framer::new(),
@@ -211,7 +212,7 @@ impl Playout {
         match command {
             Command::Audio(bytes) => {
                 self.progress.enqueued_bytes += bytes.len() as u64;
-                self.queue.extend(self.framer.push(&bytes).into_iter().map(Queued::Frame));
+                self.queue.extend(self.framer.push(&bytes).map(Queued::Frame));
             }
             Command::Mark(name) => {
                 let partial = self.framer.pending_len();
@@ -256,9 +257,8 @@ impl Playout {
                     let Some(Queued::Frame(frame)) = self.queue.pop_front() else { break };
                     self.finish_at = self.finish_at.max(now) + FRAME_DURATION;
                     self.progress.sent_bytes += frame.len() as u64;
-                    let message = OutboundMessage::media(&self.stream_sid, &frame);
-                    self.record.agent_audio_sent(now, frame);
-                    message
+                    self.record.agent_audio_sent(now, frame.clone());
+                    OutboundMessage::media(Arc::clone(&self.stream_sid), frame)
                 }
                 _ => break,
             };
@@ -361,7 +361,7 @@ mod tests {
         let mut send_times = Vec::new();
         for _ in 0..10 {
             match next(&mut rx).await {
-                Out::Media { media, .. } => assert_eq!(media.payload.len(), 216), // base64 of 160 bytes
+                Out::Media { media, .. } => assert_eq!(media.payload.len(), FRAME_BYTES),
                 other => panic!("expected media, got {other:?}"),
             }
             send_times.push(Instant::now() - t0);
