@@ -172,7 +172,7 @@ async fn a_full_call_is_echoed_with_marks_and_ends_on_stop() {
     // Media is sent as whole 20 ms frames.
     for message in call.messages() {
         if let OutboundMessage::Media { media, .. } = message {
-            assert_eq!(media.payload.len(), 216);
+            assert_eq!(media.payload.len(), 160);
         }
     }
     call.send_stop().unwrap();

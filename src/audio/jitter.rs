@@ -12,12 +12,15 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 
 use super::frame::Framer;
-use super::{mulaw_millis, MULAW_SILENCE, SAMPLE_RATE};
+use super::{mulaw_millis, FRAME_BYTES, MULAW_SILENCE, SAMPLE_RATE};
 
 /// Longest hole the queue fills with silence; beyond it the stream is treated as restarted.
 const MAX_GAP_FILL_MILLIS: u64 = 1_000;
 /// A timestamp jump between consecutive chunks shorter than this is clock jitter, not a gap.
 const MIN_TIMESTAMP_GAP_MILLIS: u64 = crate::audio::FRAME_MILLIS as u64;
+
+/// A frame of silence, pushed in pieces to fill a gap without allocating it.
+const SILENCE: [u8; FRAME_BYTES] = [MULAW_SILENCE; FRAME_BYTES];
 
 /// Counters of what the queue had to repair, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +68,9 @@ impl InboundFrameQueue {
         }
     }
 
-    /// Accepts one chunk as Twilio numbered and stamped it.
-    pub fn push(&mut self, chunk: u64, timestamp_ms: u64, payload: Bytes) {
+    /// Accepts one chunk as Twilio numbered and stamped it. The payload is borrowed (the stream's decode buffer): a
+    /// chunk in sequence goes straight into the frames, only a chunk held for reordering is copied.
+    pub fn push(&mut self, chunk: u64, timestamp_ms: u64, payload: &[u8]) {
         self.stats.chunks_in += 1;
         let next = *self.next_chunk.get_or_insert(chunk);
         if chunk < next || self.held.contains_key(&chunk) {
@@ -75,7 +79,7 @@ impl InboundFrameQueue {
         }
         if chunk > next {
             self.stats.reordered += 1;
-            self.held.insert(chunk, HeldChunk { timestamp_ms, payload });
+            self.held.insert(chunk, HeldChunk { timestamp_ms, payload: Bytes::copy_from_slice(payload) });
             if self.held.len() > self.max_held {
                 self.give_up_on_missing();
             }
@@ -86,7 +90,7 @@ impl InboundFrameQueue {
         if jump >= MIN_TIMESTAMP_GAP_MILLIS {
             self.fill_gap(jump);
         }
-        self.release(chunk, timestamp_ms, &payload);
+        self.release(chunk, timestamp_ms, payload);
         self.release_contiguous();
     }
 
@@ -158,8 +162,12 @@ impl InboundFrameQueue {
             return;
         }
         self.gap_fill_left_ms -= gap_ms;
-        let silence = vec![MULAW_SILENCE; (gap_ms * u64::from(SAMPLE_RATE) / 1000) as usize];
-        self.ready.extend(self.framer.push(&silence));
+        let mut left = (gap_ms * u64::from(SAMPLE_RATE) / 1000) as usize;
+        while left > 0 {
+            let part = left.min(SILENCE.len());
+            self.ready.extend(self.framer.push(&SILENCE[..part]));
+            left -= part;
+        }
         self.stats.silence_filled_ms += gap_ms;
     }
 }
@@ -167,7 +175,6 @@ impl InboundFrameQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::FRAME_BYTES;
 
     fn chunk(value: u8) -> Bytes {
         Bytes::from(vec![value; FRAME_BYTES])
@@ -180,22 +187,22 @@ mod tests {
     #[test]
     fn in_order_chunks_pass_straight_through() {
         let mut q = InboundFrameQueue::new(3, 10_000);
-        q.push(1, 0, chunk(1));
+        q.push(1, 0, &chunk(1));
         assert_eq!(q.pop().map(|f| f[0]), Some(1), "no waiting in the normal case");
-        q.push(2, 20, chunk(2));
-        q.push(3, 40, chunk(3));
+        q.push(2, 20, &chunk(2));
+        q.push(3, 40, &chunk(3));
         assert_eq!(drain_values(&mut q), vec![2, 3]);
     }
 
     #[test]
     fn a_chunk_dropped_for_running_ahead_leaves_no_hole_to_fill() {
         let mut q = InboundFrameQueue::new(3, 10_000);
-        q.push(1, 0, chunk(1));
+        q.push(1, 0, &chunk(1));
         q.skip(2, 20, 160);
-        q.push(3, 40, chunk(3));
+        q.push(3, 40, &chunk(3));
         q.skip(4, 60, 160);
         q.skip(5, 80, 160);
-        q.push(6, 100, chunk(6));
+        q.push(6, 100, &chunk(6));
         assert_eq!(drain_values(&mut q), vec![1, 3, 6], "only the audio kept, and no silence");
         assert_eq!(q.stats().silence_filled_ms, 0);
     }
@@ -203,10 +210,10 @@ mod tests {
     #[test]
     fn out_of_order_chunks_are_put_back_in_order() {
         let mut q = InboundFrameQueue::new(3, 10_000);
-        q.push(1, 0, chunk(1));
-        q.push(3, 40, chunk(3));
-        q.push(2, 20, chunk(2));
-        q.push(4, 60, chunk(4));
+        q.push(1, 0, &chunk(1));
+        q.push(3, 40, &chunk(3));
+        q.push(2, 20, &chunk(2));
+        q.push(4, 60, &chunk(4));
         assert_eq!(drain_values(&mut q), vec![1, 2, 3, 4]);
         assert_eq!(q.stats().reordered, 1);
     }
@@ -214,9 +221,9 @@ mod tests {
     #[test]
     fn duplicates_are_dropped() {
         let mut q = InboundFrameQueue::new(3, 10_000);
-        q.push(1, 0, chunk(1));
-        q.push(1, 0, chunk(9));
-        q.push(2, 20, chunk(2));
+        q.push(1, 0, &chunk(1));
+        q.push(1, 0, &chunk(9));
+        q.push(2, 20, &chunk(2));
         assert_eq!(drain_values(&mut q), vec![1, 2]);
         assert_eq!(q.stats().duplicates_dropped, 1);
     }
@@ -224,12 +231,12 @@ mod tests {
     #[test]
     fn a_lost_chunk_becomes_silence_of_the_right_length() {
         let mut q = InboundFrameQueue::new(2, 10_000);
-        q.push(1, 0, chunk(1));
+        q.push(1, 0, &chunk(1));
         // chunk 2 (20..40 ms) is lost
-        q.push(3, 40, chunk(3));
-        q.push(4, 60, chunk(4));
+        q.push(3, 40, &chunk(3));
+        q.push(4, 60, &chunk(4));
         assert_eq!(drain_values(&mut q), vec![1], "held while the hole may still fill");
-        q.push(5, 80, chunk(5));
+        q.push(5, 80, &chunk(5));
         assert_eq!(drain_values(&mut q), vec![MULAW_SILENCE, 3, 4, 5]);
         assert_eq!(q.stats().chunks_lost, 1);
         assert_eq!(q.stats().silence_filled_ms, 20);
@@ -238,8 +245,8 @@ mod tests {
     #[test]
     fn odd_sized_payloads_are_reframed() {
         let mut q = InboundFrameQueue::new(3, 10_000);
-        q.push(1, 0, Bytes::from(vec![1u8; 240]));
-        q.push(2, 30, Bytes::from(vec![2u8; 80]));
+        q.push(1, 0, &[1u8; 240]);
+        q.push(2, 30, &[2u8; 80]);
         let frames: Vec<Bytes> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(frames.len(), 2);
         assert!(frames.iter().all(|f| f.len() == FRAME_BYTES));
@@ -250,8 +257,8 @@ mod tests {
     #[test]
     fn drain_releases_held_chunks_and_the_partial_frame() {
         let mut q = InboundFrameQueue::new(5, 10_000);
-        q.push(1, 0, chunk(1));
-        q.push(3, 40, Bytes::from(vec![3u8; 10]));
+        q.push(1, 0, &chunk(1));
+        q.push(3, 40, &[3u8; 10]);
         q.drain();
         let frames: Vec<Bytes> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(frames.len(), 3);
@@ -263,10 +270,10 @@ mod tests {
     #[test]
     fn a_timestamp_jump_between_consecutive_chunks_is_filled_with_silence() {
         let mut q = InboundFrameQueue::new(3, 10_000);
-        q.push(1, 0, chunk(1));
-        q.push(2, 60, chunk(2)); // in sequence, 40 ms later than expected
+        q.push(1, 0, &chunk(1));
+        q.push(2, 60, &chunk(2)); // in sequence, 40 ms later than expected
         assert_eq!(drain_values(&mut q), vec![1, MULAW_SILENCE, MULAW_SILENCE, 2]);
-        q.push(3, 85, chunk(3)); // 5 ms of clock jitter: no gap
+        q.push(3, 85, &chunk(3)); // 5 ms of clock jitter: no gap
         assert_eq!(drain_values(&mut q), vec![3]);
         assert_eq!(q.stats().silence_filled_ms, 40);
     }
@@ -274,10 +281,10 @@ mod tests {
     #[test]
     fn gap_filling_is_capped_per_gap_and_per_call() {
         let mut q = InboundFrameQueue::new(3, 2_500);
-        q.push(1, 0, chunk(1));
+        q.push(1, 0, &chunk(1));
         // Each message claims a minute passed since the last one.
         for n in 2..=10u64 {
-            q.push(n, (n - 1) * 60_000, chunk(n as u8));
+            q.push(n, (n - 1) * 60_000, &chunk(n as u8));
         }
         let frames = drain_values(&mut q);
         assert_eq!(q.stats().silence_filled_ms, 2_500, "a second per gap, 2.5 s in all");

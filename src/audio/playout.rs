@@ -147,7 +147,8 @@ struct PendingMark {
 
 /// Owns the pacing state; runs as one task per call.
 struct Playout {
-    stream_sid: String,
+    /// Shared with every media message sent: one allocation per call, not per frame.
+    stream_sid: Arc<str>,
     lead: Duration,
     out: mpsc::Sender<OutboundMessage>,
     framer: Framer,
@@ -184,7 +185,7 @@ pub fn spawn(
     let (publish, progress) = watch::channel(PlayoutProgress::default());
     let watched_offset = Arc::new(AtomicU64::new(u64::MAX));
     let playout = Playout {
-        stream_sid,
+        stream_sid: Arc::from(stream_sid),
         lead,
         out,
         framer: Framer::new(),
@@ -251,7 +252,7 @@ impl Playout {
         match command {
             Command::Audio(bytes) => {
                 self.progress.enqueued_bytes += bytes.len() as u64;
-                self.queue.extend(self.framer.push(&bytes).into_iter().map(Queued::Frame));
+                self.queue.extend(self.framer.push(&bytes).map(Queued::Frame));
             }
             Command::Mark(name) => {
                 let partial = self.framer.pending_len();
@@ -296,9 +297,8 @@ impl Playout {
                     let Some(Queued::Frame(frame)) = self.queue.pop_front() else { break };
                     self.finish_at = self.finish_at.max(now) + FRAME_DURATION;
                     self.progress.sent_bytes += frame.len() as u64;
-                    let message = OutboundMessage::media(&self.stream_sid, &frame);
-                    self.record.agent_audio_sent(now, frame);
-                    message
+                    self.record.agent_audio_sent(now, frame.clone());
+                    OutboundMessage::media(Arc::clone(&self.stream_sid), frame)
                 }
                 _ => break,
             };
@@ -401,7 +401,7 @@ mod tests {
         let mut send_times = Vec::new();
         for _ in 0..10 {
             match next(&mut rx).await {
-                Out::Media { media, .. } => assert_eq!(media.payload.len(), 216), // base64 of 160 bytes
+                Out::Media { media, .. } => assert_eq!(media.payload.len(), FRAME_BYTES),
                 other => panic!("expected media, got {other:?}"),
             }
             send_times.push(Instant::now() - t0);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -22,6 +22,7 @@ use crate::call::tap::{CallTap, ConversationEvent, TapEvent};
 use crate::call::CallInfo;
 use crate::telemetry::redact;
 use crate::twilio::messages::{OutboundMessage, Start};
+use crate::twilio::outbound::OutboundEncoder;
 use crate::twilio::stream_state::{Skip, Step, StreamRules, StreamState};
 
 /// Bad frames of one call logged as warnings; the rest go to debug (all are counted).
@@ -134,6 +135,7 @@ pub(crate) async fn run(
     let idle_deadline = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle_deadline);
     let hang_up = session.hang_up.clone();
+    let mut encoder = OutboundEncoder::new();
 
     let ending = loop {
         if session.live.is_some() {
@@ -145,7 +147,8 @@ pub(crate) async fn run(
             () = &mut start_deadline, if session.live.is_none() => break Ending::NoStart,
             () = &mut idle_deadline, if session.live.is_some() => break Ending::Idle,
             Some(message) = outbound_rx.recv() => {
-                if let Err(err) = sink.send(Message::Text(message.to_json().into())).await {
+                let Some(text) = encode(&mut encoder, &message) else { continue };
+                if let Err(err) = sink.send(Message::Text(text)).await {
                     tracing::info!(%err, "could not write to Twilio");
                     break Ending::Vanished;
                 }
@@ -177,7 +180,11 @@ pub(crate) async fn run(
     session.finish(ending).await;
     // Write what the agent queued before the end, then close politely where the peer is still there.
     while let Ok(message) = outbound_rx.try_recv() {
-        if ending == Ending::Vanished || sink.send(Message::Text(message.to_json().into())).await.is_err() {
+        if ending == Ending::Vanished {
+            break;
+        }
+        let Some(text) = encode(&mut encoder, &message) else { continue };
+        if sink.send(Message::Text(text)).await.is_err() {
             break;
         }
     }
@@ -193,6 +200,25 @@ pub(crate) async fn run(
     if let Some((code, reason)) = close {
         let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
         let _ = sink.close().await;
+    }
+}
+
+/// A message as the text frame Twilio reads, written into the socket's reused buffer; `None` (logged) if it cannot be
+/// written, which Parley's own messages never are in practice.
+fn encode(encoder: &mut OutboundEncoder, message: &OutboundMessage) -> Option<Utf8Bytes> {
+    let written = match encoder.encode(message) {
+        Ok(written) => written,
+        Err(err) => {
+            tracing::error!(%err, "dropped an outbound message");
+            return None;
+        }
+    };
+    match Utf8Bytes::try_from(written) {
+        Ok(text) => Some(text),
+        Err(err) => {
+            tracing::error!(%err, "dropped an outbound message that is not UTF-8");
+            None
+        }
     }
 }
 

@@ -397,11 +397,11 @@ fn play(shared: &Shared, message: &OutboundMessage, now: Instant, outgoing: &mps
     let mut playback = lock(&shared.playback);
     match message {
         OutboundMessage::Media { media, .. } => {
-            let audio = base64::engine::general_purpose::STANDARD.decode(&media.payload).unwrap_or_default();
+            let audio = &media.payload;
             let duration = Duration::from_micros(audio.len() as u64 * 125);
             let start = playback.finish_at.map_or(now, |f| f.max(now));
             playback.finish_at = Some(start + duration);
-            playback.audio.extend_from_slice(&audio);
+            playback.audio.extend_from_slice(audio);
         }
         OutboundMessage::Mark { stream_sid, mark } => {
             let due = playback.finish_at.map_or(now, |f| f.max(now));
@@ -443,12 +443,6 @@ async fn echo_marks(
 fn mark_echo(stream_sid: &str, name: &str) -> String {
     serde_json::json!({"event": "mark", "sequenceNumber": "0", "streamSid": stream_sid, "mark": {"name": name}})
         .to_string()
-}
-
-/// Bytes of audio (one μ-law byte per sample) in a base64 media payload, without decoding it.
-pub(crate) fn payload_len(payload: &str) -> usize {
-    let padding = payload.bytes().rev().take_while(|&b| b == b'=').count();
-    (payload.len() / 4 * 3).saturating_sub(padding)
 }
 
 /// A μ-law tone, for audio that is easy to recognise when it comes back.

@@ -283,7 +283,7 @@ pub fn played_spans(received: &[Received], origin: Instant) -> Vec<SpanMs> {
         let Received::Message { at, message } = entry else { continue };
         match message {
             OutboundMessage::Media { media, .. } => {
-                let samples = super::caller::payload_len(&media.payload);
+                let samples = media.payload.len();
                 let duration = Duration::from_micros(samples as u64 * 125);
                 match spans.last_mut() {
                     Some((_, end)) if *end + Duration::from_millis(20) >= *at => *end = (*end).max(*at) + duration,

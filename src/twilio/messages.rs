@@ -3,7 +3,9 @@
 //! Twilio sends every message as a JSON text frame with an `event` discriminator. Counters (`sequenceNumber`,
 //! `chunk`, `timestamp`) arrive as strings; Parley accepts strings or numbers and writes strings, as Twilio does.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -115,14 +117,74 @@ fn inbound_track() -> String {
 impl MediaChunk {
     /// Decodes the payload, refusing anything over `limit` bytes before decoding it.
     pub fn decode_payload(&self, limit: usize) -> Result<Bytes, ProtocolError> {
-        let decoded_size = self.payload.len() / 4 * 3;
-        if decoded_size > limit {
-            return Err(ProtocolError::PayloadTooLarge { size: decoded_size, limit });
+        let mut audio = Vec::new();
+        decode_payload_into(&self.payload, limit, &mut audio)?;
+        Ok(Bytes::from(audio))
+    }
+}
+
+/// Decodes a base64 media payload into `out`, replacing what it held and reusing its allocation, so a call decodes
+/// every 20 ms frame into the same buffer. Anything over `limit` bytes is refused before decoding.
+pub fn decode_payload_into(payload: &str, limit: usize, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    out.clear();
+    let decoded_size = payload.len() / 4 * 3;
+    if decoded_size > limit {
+        return Err(ProtocolError::PayloadTooLarge { size: decoded_size, limit });
+    }
+    base64::engine::general_purpose::STANDARD.decode_vec(payload.as_bytes(), out).map_err(|e| {
+        out.clear();
+        ProtocolError::BadPayload(e.to_string())
+    })
+}
+
+/// A `media` message read in place: its strings borrow the frame's text (they are copied only when the JSON escapes
+/// a character in them), so the fifty messages a second of every call cost no allocation. The shape and the checks
+/// are [`Media`]'s; [`parse_frame`] falls back to [`parse_inbound`] for anything this does not read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaRef<'a> {
+    /// Must be `media`; checked by [`parse_frame`].
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(default, with = "counter_opt")]
+    pub sequence_number: Option<u64>,
+    #[serde(borrow)]
+    pub media: MediaChunkRef<'a>,
+    #[serde(borrow)]
+    pub stream_sid: Cow<'a, str>,
+}
+
+/// [`MediaChunk`], borrowed from the frame's text.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MediaChunkRef<'a> {
+    #[serde(borrow, default = "inbound_track_ref")]
+    pub track: Cow<'a, str>,
+    #[serde(with = "counter")]
+    pub chunk: u64,
+    #[serde(with = "counter")]
+    pub timestamp: u64,
+    /// Base64 of raw μ-law bytes; see [`decode_payload_into`].
+    #[serde(borrow)]
+    pub payload: Cow<'a, str>,
+}
+
+fn inbound_track_ref() -> Cow<'static, str> {
+    Cow::Borrowed("inbound")
+}
+
+impl<'a> From<&'a Media> for MediaRef<'a> {
+    fn from(media: &'a Media) -> Self {
+        MediaRef {
+            event: Cow::Borrowed("media"),
+            sequence_number: media.sequence_number,
+            media: MediaChunkRef {
+                track: Cow::Borrowed(&media.media.track),
+                chunk: media.media.chunk,
+                timestamp: media.media.timestamp,
+                payload: Cow::Borrowed(&media.media.payload),
+            },
+            stream_sid: Cow::Borrowed(&media.stream_sid),
         }
-        base64::engine::general_purpose::STANDARD
-            .decode(self.payload.as_bytes())
-            .map(Bytes::from)
-            .map_err(|e| ProtocolError::BadPayload(e.to_string()))
     }
 }
 
@@ -183,8 +245,9 @@ pub struct StopMetadata {
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum OutboundMessage {
     Media {
-        #[serde(rename = "streamSid")]
-        stream_sid: String,
+        /// Shared by every frame of the call: cloning it per frame allocates nothing.
+        #[serde(rename = "streamSid", with = "shared_str")]
+        stream_sid: Arc<str>,
         media: OutboundMedia,
     },
     Mark {
@@ -200,17 +263,16 @@ pub enum OutboundMessage {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboundMedia {
-    /// Base64 of raw μ-law 8 kHz mono, no header.
-    pub payload: String,
+    /// Raw μ-law 8 kHz mono, no header: the playout's frame itself, not a copy. Base64 on the wire, encoded only
+    /// where the message is written (see [`super::outbound::OutboundEncoder`]).
+    #[serde(with = "base64_payload")]
+    pub payload: Bytes,
 }
 
 impl OutboundMessage {
     /// Audio for the caller, from raw μ-law bytes.
-    pub fn media(stream_sid: &str, mulaw: &[u8]) -> Self {
-        OutboundMessage::Media {
-            stream_sid: stream_sid.to_owned(),
-            media: OutboundMedia { payload: base64::engine::general_purpose::STANDARD.encode(mulaw) },
-        }
+    pub fn media(stream_sid: Arc<str>, mulaw: Bytes) -> Self {
+        OutboundMessage::Media { stream_sid, media: OutboundMedia { payload: mulaw } }
     }
 
     pub fn mark(stream_sid: &str, name: &str) -> Self {
@@ -221,11 +283,65 @@ impl OutboundMessage {
         OutboundMessage::Clear { stream_sid: stream_sid.to_owned() }
     }
 
-    /// The JSON text frame Twilio expects.
+    /// The JSON text frame Twilio expects, as a new string (the socket writes through
+    /// [`super::outbound::OutboundEncoder`] instead, into a reused buffer).
     pub fn to_json(&self) -> String {
         // Serialising these plain structs cannot fail; an empty object would be rejected by Twilio, never sent silently.
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
     }
+}
+
+/// The stream SID of outbound media, one `Arc<str>` per call.
+mod shared_str {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(d).map(Arc::from)
+    }
+}
+
+/// Outbound audio as base64 on the wire. Serialising streams the base64 into the JSON writer (no intermediate
+/// string); reading it back (the simulated Twilio) refuses what is not base64.
+mod base64_payload {
+    use base64::display::Base64Display;
+    use base64::engine::general_purpose::STANDARD;
+
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&Base64Display::new(value, &STANDARD))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let text = Cow::<str>::deserialize(d)?;
+        STANDARD.decode(text.as_bytes()).map(Bytes::from).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One inbound frame as the stream reads it: a media message in place, or any other message parsed whole.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundFrame<'a> {
+    Media(MediaRef<'a>),
+    /// Any other event (a media message only in shapes the in-place reader does not take, e.g. a repeated key).
+    Other(InboundMessage),
+}
+
+/// Parses one inbound text frame, reading `media` (almost every frame of a call) in place and everything else, and
+/// every error, through [`parse_inbound`]: the errors are the same whichever path a frame takes.
+pub fn parse_frame(text: &str, max_frame_bytes: usize) -> Result<InboundFrame<'_>, ProtocolError> {
+    if text.len() > max_frame_bytes {
+        return Err(ProtocolError::TooLarge { size: text.len(), limit: max_frame_bytes });
+    }
+    if let Ok(media) = serde_json::from_str::<MediaRef<'_>>(text) {
+        if media.event == "media" {
+            return Ok(InboundFrame::Media(media));
+        }
+    }
+    parse_inbound(text, max_frame_bytes).map(InboundFrame::Other)
 }
 
 const KNOWN_EVENTS: [&str; 6] = ["connected", "start", "media", "dtmf", "mark", "stop"];
@@ -361,7 +477,10 @@ mod tests {
     #[test]
     fn outbound_messages_match_documented_shapes() {
         for (msg, file) in [
-            (OutboundMessage::media("MZ18ad3ab5a668481ce02b83e7395059f0", &[0xFF; 4]), "outbound-media.json"),
+            (
+                OutboundMessage::media(Arc::from("MZ18ad3ab5a668481ce02b83e7395059f0"), Bytes::from_static(&[0xFF; 4])),
+                "outbound-media.json",
+            ),
             (OutboundMessage::mark("MZ18ad3ab5a668481ce02b83e7395059f0", "resp-42-end"), "outbound-mark.json"),
             (OutboundMessage::clear("MZ18ad3ab5a668481ce02b83e7395059f0"), "outbound-clear.json"),
         ] {
@@ -414,6 +533,128 @@ mod tests {
             chunk(&"A".repeat(4000)).decode_payload(1000),
             Err(ProtocolError::PayloadTooLarge { size: 3000, limit: 1000 })
         ));
+    }
+
+    /// What `parse_frame` made of a frame, in `parse_inbound`'s terms, to compare the two paths.
+    fn via_frame(text: &str, limit: usize) -> Result<InboundMessage, ProtocolError> {
+        parse_frame(text, limit).map(|frame| match frame {
+            InboundFrame::Media(media) => InboundMessage::Media(Media {
+                sequence_number: media.sequence_number,
+                media: MediaChunk {
+                    track: media.media.track.into_owned(),
+                    chunk: media.media.chunk,
+                    timestamp: media.media.timestamp,
+                    payload: media.media.payload.into_owned(),
+                },
+                stream_sid: media.stream_sid.into_owned(),
+            }),
+            InboundFrame::Other(message) => message,
+        })
+    }
+
+    #[test]
+    fn media_is_read_in_place_and_every_other_event_whole() {
+        let text = fixture("media.json");
+        let InboundFrame::Media(media) = parse_frame(&text, LIMIT).unwrap() else { panic!("media went the slow way") };
+        assert!(matches!(media.media.payload, Cow::Borrowed(_)), "the payload was copied");
+        assert!(matches!(media.stream_sid, Cow::Borrowed(_)));
+        assert_eq!((media.sequence_number, media.media.chunk, media.media.timestamp), (Some(3), 1, 5));
+        assert_eq!(media.media.track, "inbound");
+        let mut audio = Vec::new();
+        decode_payload_into(&media.media.payload, LIMIT, &mut audio).unwrap();
+        assert_eq!(audio, vec![0xFF; 160]);
+        for file in ["connected.json", "start.json", "dtmf.json", "mark.json", "stop.json"] {
+            let text = fixture(file);
+            assert_eq!(
+                parse_frame(&text, LIMIT),
+                Ok(InboundFrame::Other(parse_inbound(&text, LIMIT).unwrap())),
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
+    fn media_in_other_documented_shapes_reads_the_same() {
+        for text in [
+            // Keys in another order, the track left out, counters as numbers, no sequence number.
+            r#"{"streamSid":"MZ1","media":{"payload":"/w==","timestamp":5,"chunk":1},"event":"media"}"#,
+            // Escaped characters: the strings are unescaped (and so copied).
+            r#"{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"1","timestamp":"5","payload":"\/w=="},"streamSid":"MZ1"}"#,
+            // Unknown fields are ignored, as everywhere.
+            r#"{"event":"media","extra":{"a":[1,2]},"media":{"chunk":"1","timestamp":"5","payload":"/w==","x":null},"streamSid":"MZ1"}"#,
+        ] {
+            let InboundFrame::Media(media) = parse_frame(text, LIMIT).unwrap() else { panic!("{text}") };
+            assert_eq!((media.media.track.as_ref(), media.media.chunk, media.media.timestamp), ("inbound", 1, 5));
+            let mut audio = Vec::new();
+            decode_payload_into(&media.media.payload, LIMIT, &mut audio).unwrap();
+            assert_eq!(audio, vec![0xFF], "{text}");
+            assert_eq!(via_frame(text, LIMIT), parse_inbound(text, LIMIT), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_media_gets_the_same_errors_on_the_fast_path() {
+        for text in [
+            r#"{"event":"media","streamSid":"MZ1"}"#,
+            r#"{"event":"media","media":{"timestamp":"1","payload":""},"streamSid":"MZ1"}"#,
+            r#"{"event":"media","media":{"chunk":"1","payload":""},"streamSid":"MZ1"}"#,
+            r#"{"event":"media","media":{"chunk":"1","timestamp":"1"},"streamSid":"MZ1"}"#,
+            r#"{"event":"media","media":{"chunk":"1","timestamp":"1","payload":""}}"#,
+            r#"{"event":"media","media":{"chunk":"x","timestamp":"1","payload":""},"streamSid":"MZ1"}"#,
+            r#"{"event":"media","media":{"chunk":"1","timestamp":"1","payload":7},"streamSid":"MZ1"}"#,
+            r#"{"event":"media","media":"payload","streamSid":"MZ1"}"#,
+        ] {
+            let err = parse_frame(text, LIMIT).expect_err(text);
+            assert!(matches!(&err, ProtocolError::Malformed { event, .. } if event == "media"), "{text}: {err:?}");
+            assert_eq!(Err(err), parse_inbound(text, LIMIT), "{text}");
+        }
+        // A repeated key is refused as before: not read as a media message, and `event` cannot be told.
+        let repeated =
+            r#"{"event":"media","event":"media","media":{"chunk":"1","timestamp":"1","payload":""},"streamSid":"MZ1"}"#;
+        assert!(matches!(parse_frame(repeated, LIMIT), Err(ProtocolError::NotJson(_))));
+        assert_eq!(parse_frame(repeated, LIMIT).map(|_| ()), parse_inbound(repeated, LIMIT).map(|_| ()));
+        assert!(matches!(parse_frame("{not json", LIMIT), Err(ProtocolError::NotJson(_))));
+        assert!(matches!(parse_frame(&"x".repeat(100), 10), Err(ProtocolError::TooLarge { size: 100, limit: 10 })));
+        assert_eq!(
+            parse_frame(
+                r#"{"event":"transcription","media":{"chunk":"1","timestamp":"1","payload":""},"streamSid":"MZ1"}"#,
+                LIMIT
+            ),
+            Err(ProtocolError::UnknownEvent("transcription".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        let mut audio = vec![1, 2, 3];
+        for bad in ["!!not base64!!", "/w=", "/w", "/////", "/w==/w==x", "//8=\n", " /w=="] {
+            assert!(
+                matches!(decode_payload_into(bad, LIMIT, &mut audio), Err(ProtocolError::BadPayload(_))),
+                "{bad:?}"
+            );
+            assert!(audio.is_empty(), "{bad:?} left audio behind");
+        }
+        assert_eq!(
+            decode_payload_into(&"A".repeat(4000), 1000, &mut audio),
+            Err(ProtocolError::PayloadTooLarge { size: 3000, limit: 1000 })
+        );
+        decode_payload_into("", LIMIT, &mut audio).unwrap();
+        assert!(audio.is_empty());
+        decode_payload_into("AQID", LIMIT, &mut audio).unwrap();
+        assert_eq!(audio, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_decode_buffer_is_reused() {
+        let mut audio = Vec::new();
+        let payload = base64::engine::general_purpose::STANDARD.encode([0x55u8; 160]);
+        decode_payload_into(&payload, LIMIT, &mut audio).unwrap();
+        let (at, capacity) = (audio.as_ptr(), audio.capacity());
+        for _ in 0..10 {
+            decode_payload_into(&payload, LIMIT, &mut audio).unwrap();
+        }
+        assert_eq!((audio.as_ptr(), audio.capacity()), (at, capacity));
+        assert_eq!(audio, vec![0x55; 160]);
     }
 
     mod properties {
@@ -504,6 +745,31 @@ mod tests {
                 let text = String::from_utf8_lossy(&frame);
                 if let Ok(InboundMessage::Media(media)) = parse_inbound(&text, LIMIT) {
                     let _ = media.media.decode_payload(LIMIT);
+                }
+            }
+
+            #[test]
+            fn both_paths_read_every_frame_alike(text in ".{0,300}") {
+                prop_assert_eq!(via_frame(&text, LIMIT), parse_inbound(&text, LIMIT));
+            }
+
+            #[test]
+            fn both_paths_read_every_message_alike(message in inbound()) {
+                let text = serde_json::to_string(&message).unwrap();
+                prop_assert_eq!(via_frame(&text, usize::MAX), Ok(message));
+            }
+
+            #[test]
+            fn mutated_media_reads_alike_and_never_panics(index in 0usize..400, byte in any::<u8>(), cut in 0usize..400) {
+                let mut frame = fixture("media.json").into_bytes();
+                let at = index % frame.len();
+                frame[at] = byte;
+                frame.truncate(cut.max(at + 1));
+                let text = String::from_utf8_lossy(&frame);
+                prop_assert_eq!(via_frame(&text, LIMIT), parse_inbound(&text, LIMIT));
+                if let Ok(InboundFrame::Media(media)) = parse_frame(&text, LIMIT) {
+                    let mut audio = Vec::new();
+                    let _ = decode_payload_into(&media.media.payload, LIMIT, &mut audio);
                 }
             }
 

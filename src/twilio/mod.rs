@@ -3,6 +3,7 @@
 //! Nothing here does I/O, so every piece is tested against the examples in `proto-fixtures/twilio/`.
 
 pub mod messages;
+pub mod outbound;
 pub mod rest;
 pub mod signature;
 pub mod stream_state;

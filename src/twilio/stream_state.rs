@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use super::messages::{parse_inbound, InboundMessage, ProtocolError, Start};
+use super::messages::{decode_payload_into, parse_frame, InboundFrame, InboundMessage, MediaRef, ProtocolError, Start};
 use super::validate::{check_start, is_dtmf_digit, StartError};
 use crate::audio::SAMPLE_RATE;
 
@@ -41,9 +39,10 @@ pub enum Skip {
     AfterStop,
 }
 
-/// What the session does with one frame.
+/// What the session does with one frame. Audio is borrowed from the stream's decode buffer, valid until the next
+/// frame.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Step {
+pub enum Step<'a> {
     /// `connected`: nothing to do.
     Connected,
     /// A valid `start`: the call begins.
@@ -54,7 +53,7 @@ pub enum Step {
     Audio {
         chunk: u64,
         timestamp_ms: u64,
-        payload: Bytes,
+        payload: &'a [u8],
     },
     /// Caller audio beyond the margin ahead of the wall clock, dropped; `first` on the first drop of the call (log
     /// it once).
@@ -91,6 +90,8 @@ pub struct StreamState {
     started_at: Duration,
     accepted_samples: u64,
     dropped_samples: u64,
+    /// The last media payload, decoded; one buffer for the whole stream.
+    audio: Vec<u8>,
 }
 
 impl StreamState {
@@ -101,6 +102,7 @@ impl StreamState {
             started_at: Duration::ZERO,
             accepted_samples: 0,
             dropped_samples: 0,
+            audio: Vec::new(),
         }
     }
 
@@ -125,12 +127,13 @@ impl StreamState {
     }
 
     /// Decides what to do with one text frame received at `now` (time since the socket opened).
-    pub fn on_frame(&mut self, text: &str, now: Duration) -> Step {
+    pub fn on_frame(&mut self, text: &str, now: Duration) -> Step<'_> {
         if self.phase == Phase::Stopped {
             return Step::Skipped(Skip::AfterStop);
         }
-        let message = match parse_inbound(text, self.rules.max_frame_bytes) {
-            Ok(message) => message,
+        let message = match parse_frame(text, self.rules.max_frame_bytes) {
+            Ok(InboundFrame::Media(media)) => return self.on_media(&media, now),
+            Ok(InboundFrame::Other(message)) => message,
             Err(ProtocolError::UnknownEvent(_)) => return Step::Skipped(Skip::UnknownEvent),
             Err(err) => return Step::Skipped(Skip::Bad(err)),
         };
@@ -144,35 +147,43 @@ impl StreamState {
                 Step::Stop
             }
             _ if !live => Step::Skipped(Skip::BeforeStart),
-            InboundMessage::Media(media) => {
-                if media.media.track != "inbound" {
-                    return Step::Skipped(Skip::OtherTrack);
-                }
-                let payload = match media.media.decode_payload(self.rules.max_frame_bytes) {
-                    Ok(payload) => payload,
-                    Err(err) => return Step::Skipped(Skip::Bad(err)),
-                };
-                let samples = payload.len() as u64;
-                if self.accepted_samples + samples > self.audio_allowance(now) {
-                    let first = self.dropped_samples == 0;
-                    self.dropped_samples += samples;
-                    return Step::AudioAhead {
-                        chunk: media.media.chunk,
-                        timestamp_ms: media.media.timestamp,
-                        dropped_samples: samples,
-                        first,
-                    };
-                }
-                self.accepted_samples += samples;
-                Step::Audio { chunk: media.media.chunk, timestamp_ms: media.media.timestamp, payload }
-            }
+            InboundMessage::Media(media) => self.on_media(&MediaRef::from(&media), now),
             InboundMessage::Dtmf(dtmf) if is_dtmf_digit(&dtmf.dtmf.digit) => Step::Dtmf(dtmf.dtmf.digit),
             InboundMessage::Dtmf(_) => Step::Skipped(Skip::BadDigit),
             InboundMessage::Mark(echo) => Step::Mark(echo.mark.name),
         }
     }
 
-    fn on_start(&mut self, start: Start, now: Duration) -> Step {
+    /// Caller audio: decoded into the stream's buffer, and kept only within the allowance.
+    fn on_media(&mut self, media: &MediaRef<'_>, now: Duration) -> Step<'_> {
+        match self.phase {
+            Phase::Live => {}
+            Phase::AwaitingStart => return Step::Skipped(Skip::BeforeStart),
+            Phase::Stopped => return Step::Skipped(Skip::AfterStop),
+        }
+        let chunk = &media.media;
+        if chunk.track != "inbound" {
+            return Step::Skipped(Skip::OtherTrack);
+        }
+        if let Err(err) = decode_payload_into(&chunk.payload, self.rules.max_frame_bytes, &mut self.audio) {
+            return Step::Skipped(Skip::Bad(err));
+        }
+        let samples = self.audio.len() as u64;
+        if self.accepted_samples + samples > self.audio_allowance(now) {
+            let first = self.dropped_samples == 0;
+            self.dropped_samples += samples;
+            return Step::AudioAhead {
+                chunk: chunk.chunk,
+                timestamp_ms: chunk.timestamp,
+                dropped_samples: samples,
+                first,
+            };
+        }
+        self.accepted_samples += samples;
+        Step::Audio { chunk: chunk.chunk, timestamp_ms: chunk.timestamp, payload: &self.audio }
+    }
+
+    fn on_start(&mut self, start: Start, now: Duration) -> Step<'static> {
         if let Err(err) = check_start(&start) {
             self.phase = Phase::Stopped;
             return Step::Refuse(err);
@@ -257,6 +268,44 @@ mod tests {
         };
         assert_eq!(state.on_frame(&dtmf("5"), Duration::ZERO), Step::Dtmf("5".into()));
         assert_eq!(state.on_frame(&dtmf("5\r\nforged"), Duration::ZERO), Step::Skipped(Skip::BadDigit));
+    }
+
+    #[test]
+    fn audio_is_decoded_into_one_buffer_and_malformed_media_is_skipped() {
+        let mut state = StreamState::new(rules(None));
+        assert!(matches!(state.on_frame(&start(CALL), Duration::ZERO), Step::Start(_)));
+        let Step::Audio { chunk: 1, timestamp_ms: 0, payload } = state.on_frame(&media(160), Duration::ZERO) else {
+            panic!("no audio")
+        };
+        assert_eq!(payload, &[0xFF; 160][..]);
+        let at = payload.as_ptr();
+        let Step::Audio { payload, .. } = state.on_frame(&media(160), Duration::ZERO) else { panic!("no audio") };
+        assert_eq!(payload.as_ptr(), at, "the second frame was decoded into the first one's buffer");
+        let frame = |media: serde_json::Value| {
+            serde_json::json!({"event": "media", "streamSid": STREAM, "media": media}).to_string()
+        };
+        let bad_payload = |step: Step<'_>| matches!(step, Step::Skipped(Skip::Bad(ProtocolError::BadPayload(_))));
+        let malformed = |step: Step<'_>| matches!(step, Step::Skipped(Skip::Bad(ProtocolError::Malformed { ref event, .. })) if event == "media");
+        for payload in ["!!not base64!!", "/w=", "/////", "/w==/w=="] {
+            let text =
+                frame(serde_json::json!({"track": "inbound", "chunk": "2", "timestamp": "20", "payload": payload}));
+            assert!(bad_payload(state.on_frame(&text, Duration::ZERO)), "{payload}");
+        }
+        for media in [
+            serde_json::json!({"track": "inbound", "timestamp": "20", "payload": "/w=="}),
+            serde_json::json!({"track": "inbound", "chunk": "2", "payload": "/w=="}),
+            serde_json::json!({"track": "inbound", "chunk": "2", "timestamp": "20"}),
+            serde_json::json!({"track": "inbound", "chunk": "2", "timestamp": "20", "payload": ["/w=="]}),
+            serde_json::json!("/w=="),
+        ] {
+            assert!(malformed(state.on_frame(&frame(media.clone()), Duration::ZERO)), "{media}");
+        }
+        let too_large = frame(serde_json::json!({"chunk": "2", "timestamp": "20", "payload": "A".repeat(100_000)}));
+        assert!(matches!(state.on_frame(&too_large, Duration::ZERO), Step::Skipped(Skip::Bad(_))));
+        let outbound =
+            frame(serde_json::json!({"track": "outbound", "chunk": "2", "timestamp": "20", "payload": "/w=="}));
+        assert_eq!(state.on_frame(&outbound, Duration::ZERO), Step::Skipped(Skip::OtherTrack));
+        assert_eq!(state.accepted_samples(), 320, "only the two good frames counted");
     }
 
     #[test]
