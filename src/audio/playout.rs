@@ -1,7 +1,9 @@
-//! The outbound playout queue: reply audio in, paced 20 ms media frames and marks out to Twilio.
+//! The outbound playout queue: reply audio in, paced media messages of whole 20 ms frames and marks out to Twilio.
 //!
 //! Audio is sent a little ahead of real time (`lead`) rather than dumped, so a `clear` on barge-in has little to throw
-//! away and Twilio's buffer never grows large. A mark follows each chunk of speech; Twilio echoes it when playback
+//! away and Twilio's buffer never grows large. Once Twilio holds audio, the queue tops it up to `lead` whenever it
+//! drops to `lead` minus [`SEND_BATCH`], in one message of up to that much: five frames a message instead of one,
+//! with the same audio ahead of playback. Audio that arrives while Twilio holds less than that goes at once. A mark follows each chunk of speech; Twilio echoes it when playback
 //! reaches it, which is how Parley knows how much of a reply the caller has actually heard. A `clear` makes Twilio
 //! echo every pending mark at once, so marks outstanding at a clear are remembered as flushed, not played.
 
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -19,6 +21,8 @@ use super::{mulaw_millis, FRAME_BYTES, FRAME_MILLIS, SAMPLE_RATE};
 use crate::twilio::messages::OutboundMessage;
 
 const FRAME_DURATION: Duration = Duration::from_millis(FRAME_MILLIS as u64);
+/// The most audio one media message carries (never more than half the lead).
+pub const SEND_BATCH: Duration = Duration::from_millis(100);
 
 /// How far playback has got, in bytes of μ-law since the call started (8 bytes = 1 ms).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -273,9 +277,17 @@ impl Playout {
         }
     }
 
+    /// The most audio one message carries: [`SEND_BATCH`], at most half the lead, at least a frame.
+    fn batch(&self) -> Duration {
+        SEND_BATCH.min(self.lead / 2)
+    }
+
     fn next_frame_due(&self) -> Option<Instant> {
         match self.queue.front() {
-            Some(Queued::Frame(_)) => Some(self.finish_at.checked_sub(self.lead).unwrap_or(self.finish_at)),
+            Some(Queued::Frame(_)) => {
+                let ahead = self.lead - self.batch();
+                Some(self.finish_at.checked_sub(ahead).unwrap_or(self.finish_at))
+            }
             Some(Queued::Mark(_)) => Some(Instant::now()),
             None => None,
         }
@@ -293,12 +305,10 @@ impl Playout {
                     self.progress.marks_sent += 1;
                     OutboundMessage::mark(&self.stream_sid, &name)
                 }
-                Some(Queued::Frame(_)) if self.finish_at <= now + self.lead => {
-                    let Some(Queued::Frame(frame)) = self.queue.pop_front() else { break };
-                    self.finish_at = self.finish_at.max(now) + FRAME_DURATION;
-                    self.progress.sent_bytes += frame.len() as u64;
-                    self.record.agent_audio_sent(now, frame.clone());
-                    OutboundMessage::media(Arc::clone(&self.stream_sid), frame)
+                Some(Queued::Frame(_)) if self.finish_at <= now + (self.lead - self.batch()) => {
+                    self.finish_at = self.finish_at.max(now);
+                    let payload = self.take_batch(now);
+                    OutboundMessage::media(Arc::clone(&self.stream_sid), payload)
                 }
                 _ => break,
             };
@@ -307,6 +317,36 @@ impl Playout {
             }
         }
         true
+    }
+
+    /// Takes the frames at the front of the queue that fit in one message: up to a batch, no further ahead of
+    /// playback than the lead, never past a mark; at least one. Returns them as one payload (a single frame is not
+    /// copied).
+    fn take_batch(&mut self, now: Instant) -> Bytes {
+        let limit = now + self.lead.max(FRAME_DURATION);
+        let most = (self.batch().as_millis() as usize / FRAME_MILLIS as usize).max(1);
+        let mut single: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut taken = 0;
+        while taken < most && (taken == 0 || self.finish_at + FRAME_DURATION <= limit) {
+            let Some(Queued::Frame(_)) = self.queue.front() else { break };
+            let Some(Queued::Frame(frame)) = self.queue.pop_front() else { break };
+            self.finish_at += FRAME_DURATION;
+            self.progress.sent_bytes += frame.len() as u64;
+            self.record.agent_audio_sent(now, frame.clone());
+            match (&mut joined, single.take()) {
+                (Some(buffer), _) => buffer.extend_from_slice(&frame),
+                (None, Some(first)) => {
+                    let mut buffer = BytesMut::with_capacity(FRAME_BYTES * most);
+                    buffer.extend_from_slice(&first);
+                    buffer.extend_from_slice(&frame);
+                    joined = Some(buffer);
+                }
+                (None, None) => single = Some(frame),
+            }
+            taken += 1;
+        }
+        joined.map(BytesMut::freeze).or(single).unwrap_or_default()
     }
 
     async fn clear(&mut self) -> ClearReport {
@@ -406,11 +446,56 @@ mod tests {
             }
             send_times.push(Instant::now() - t0);
         }
-        // The first frames go at once (within the lead), the rest one per 20 ms of playback.
+        // With a 40 ms lead a message carries one frame (half the lead): the first two go at once, then one each
+        // time Twilio's buffer falls to 20 ms.
         assert_eq!(send_times[0], Duration::ZERO);
-        assert_eq!(send_times[2], Duration::ZERO);
-        assert_eq!(send_times[3], Duration::from_millis(20));
-        assert_eq!(send_times[9], Duration::from_millis(140));
+        assert_eq!(send_times[1], Duration::ZERO);
+        assert_eq!(send_times[2], Duration::from_millis(20));
+        assert_eq!(send_times[9], Duration::from_millis(160));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_longer_lead_a_message_carries_a_batch_of_frames() {
+        let (playout, mut rx) = start(200);
+        let t0 = Instant::now();
+        playout.play(Bytes::from((0..FRAME_BYTES * 50).map(|i| (i / FRAME_BYTES) as u8).collect::<Vec<u8>>()));
+        let mut sent = Vec::new();
+        let mut send_times = Vec::new();
+        while sent.len() < FRAME_BYTES * 50 {
+            match next(&mut rx).await {
+                Out::Media { media, .. } => {
+                    assert_eq!(media.payload.len(), FRAME_BYTES * 5, "a message carries 100 ms");
+                    sent.extend_from_slice(&media.payload);
+                }
+                other => panic!("expected media, got {other:?}"),
+            }
+            send_times.push(Instant::now() - t0);
+        }
+        // The audio arrives whole and in order, in ten messages instead of fifty.
+        assert_eq!(sent, (0..FRAME_BYTES * 50).map(|i| (i / FRAME_BYTES) as u8).collect::<Vec<u8>>());
+        assert_eq!(send_times.len(), 10);
+        // 200 ms at once; then 100 ms whenever Twilio holds 100 ms: never more than the lead ahead of playback.
+        assert_eq!(&send_times[..3], [Duration::ZERO, Duration::ZERO, Duration::from_millis(100)]);
+        assert_eq!(send_times[9], Duration::from_millis(800));
+        assert_eq!(playout.progress().sent_bytes, (FRAME_BYTES * 50) as u64);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_stops_at_a_mark_and_audio_after_a_pause_goes_at_once() {
+        let (playout, mut rx) = start(200);
+        playout.play(Bytes::from(vec![1u8; FRAME_BYTES * 3]));
+        playout.mark("r1-0");
+        playout.play(Bytes::from(vec![2u8; FRAME_BYTES * 3]));
+        let first = next(&mut rx).await;
+        assert!(matches!(&first, Out::Media { media, .. } if media.payload.len() == FRAME_BYTES * 3), "{first:?}");
+        assert_eq!(next(&mut rx).await, Out::mark("MZ1", "r1-0"));
+        assert!(matches!(next(&mut rx).await, Out::Media { media, .. } if media.payload.len() == FRAME_BYTES * 3));
+        // Once the 120 ms sent have played out, a new reply's first frame goes at once, not held for a batch.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        playout.play(Bytes::from(vec![3u8; FRAME_BYTES]));
+        assert!(matches!(next(&mut rx).await, Out::Media { media, .. } if media.payload.len() == FRAME_BYTES));
+        assert_eq!(Instant::now() - t0, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

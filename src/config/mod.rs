@@ -183,7 +183,8 @@ pub struct AudioConfig {
     /// Inbound: how many later 20 ms chunks may wait for a missing one before it is replaced by silence.
     pub jitter_max_held_frames: usize,
     /// Outbound: how far ahead of real time audio is sent to Twilio. Small keeps `clear` cheap; too small risks
-    /// gaps under network jitter.
+    /// gaps under network jitter. Twilio is topped up to this in messages of up to 100 ms (at most half of it) when
+    /// it holds this minus a message, so it always holds at least half of it while a reply plays.
     pub playout_lead_ms: u64,
     /// Inbound: how far the caller's audio may run ahead of the wall clock (counted from `start`); audio beyond it
     /// is dropped, counted and logged once, so a burst cannot make Parley record or process minutes at once.

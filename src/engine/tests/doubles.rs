@@ -241,10 +241,12 @@ pub fn twilio_side(mut out: mpsc::Receiver<OutboundMessage>, playout: PlayoutHan
     tokio::spawn(async move {
         while let Some(message) = out.recv().await {
             match message {
-                OutboundMessage::Media { .. } => {
+                OutboundMessage::Media { media, .. } => {
+                    // A message carries whole 20 ms frames; each is logged as sent now.
+                    let frames = media.payload.len().div_ceil(160);
                     let mut log = lock(&seen);
-                    log.media_frames += 1;
-                    log.media_at.push(Instant::now());
+                    log.media_frames += frames;
+                    log.media_at.extend(std::iter::repeat_n(Instant::now(), frames));
                     log.first_media_at.get_or_insert_with(Instant::now);
                 }
                 OutboundMessage::Mark { mark, .. } => {

@@ -50,7 +50,8 @@ pub struct Script {
     pub reply_timeout: Duration,
     /// No audio for this long ends a reply.
     pub reply_end_gap: Duration,
-    /// A gap longer than this between two frames of one reply counts as late audio.
+    /// Inside a reply, audio that comes this long after the audio before it has played out counts as late (the
+    /// caller would have heard a gap).
     pub late_gap: Duration,
     /// A barge-in not answered by a `clear` within this long is a missing clear.
     pub clear_timeout: Duration,
@@ -90,7 +91,7 @@ pub struct CallResult {
     pub missing_clears: u32,
     /// Turns whose reply never started.
     pub missing_replies: u32,
-    /// Gaps longer than the script's `late_gap` inside replies.
+    /// Times playback inside a reply ran dry for longer than the script's `late_gap`.
     pub late_gaps: u32,
     /// Media frames received.
     pub frames_received: u64,
@@ -261,14 +262,19 @@ async fn read(mut stream: SplitStream<Socket>, heard: Arc<Mutex<Heard>>, late_ga
                 let mut heard = lock(&heard);
                 match wire::classify(text.as_str()) {
                     Outbound::Media { bytes } => {
-                        heard.frames += 1;
-                        let start = heard.play_until.map_or(now, |until| until.max(now));
+                        // A message carries whole 20 ms frames (Parley sends up to 100 ms in one).
+                        heard.frames += bytes.div_ceil(wire::FRAME_BYTES) as u64;
+                        let played_out = heard.play_until;
+                        let start = played_out.map_or(now, |until| until.max(now));
                         heard.play_until = Some(start + Duration::from_micros(bytes as u64 * 125));
                         if heard.listening_since.is_some() {
-                            match heard.last_media {
-                                None => heard.first_audio = Some(now),
-                                Some(last) if now.duration_since(last) > late_gap => heard.late_gaps += 1,
-                                Some(_) => {}
+                            match (heard.last_media, played_out) {
+                                (None, _) => heard.first_audio = Some(now),
+                                // Inside a reply, playback ran dry for longer than `late_gap` before this audio came.
+                                (Some(_), Some(until)) if now.saturating_duration_since(until) > late_gap => {
+                                    heard.late_gaps += 1
+                                }
+                                _ => {}
                             }
                             heard.last_media = Some(now);
                         }

@@ -201,9 +201,16 @@ pub async fn listen_until(call: &mut SimCall, what: &str, done: impl Fn(&[Receiv
     }
 }
 
-/// Media messages received so far.
+/// 20 ms frames of media received so far (a message carries one or more).
 pub fn media_count(log: &[Received]) -> usize {
-    log.iter().filter(|r| matches!(r, Received::Message { message: OutboundMessage::Media { .. }, .. })).count()
+    log.iter()
+        .map(|r| match r {
+            Received::Message { message: OutboundMessage::Media { media, .. }, .. } => {
+                media.payload.len().div_ceil(160)
+            }
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Percentile (0–100) of a sorted sample, nearest rank; NaN for an empty one.

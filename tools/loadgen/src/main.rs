@@ -376,7 +376,7 @@ impl Report {
             callers.first_audio_max_ms
         ));
         lines.push(format!(
-            "agent audio: {} frames received, {} gaps > 60 ms inside replies",
+            "agent audio: {} frames received; playback ran dry > 60 ms inside a reply {} times",
             callers.frames_received, callers.late_gaps
         ));
         lines.push(format!(

@@ -268,8 +268,15 @@ mod tests {
     #[test]
     fn parleys_own_messages_are_classified() {
         let sid = "MZ00000000000000000000000000000007";
-        let media = OutboundMessage::media(sid, &[0xFF; FRAME_BYTES]).to_json();
-        assert_eq!(classify(&media), Outbound::Media { bytes: FRAME_BYTES });
+        // Media exactly as Parley's socket writes it: one frame, and the five a message carries at most.
+        let mut encoder = parley::twilio::outbound::OutboundEncoder::new();
+        for frames in [1, 5] {
+            let message = OutboundMessage::media(sid.into(), vec![0xFF; frames * FRAME_BYTES].into());
+            let written = encoder.encode(&message).expect("encoded");
+            let text = std::str::from_utf8(&written).expect("UTF-8");
+            assert_eq!(classify(text), Outbound::Media { bytes: frames * FRAME_BYTES });
+            assert_eq!(classify(&message.to_json()), Outbound::Media { bytes: frames * FRAME_BYTES });
+        }
         assert_eq!(classify(&OutboundMessage::clear(sid).to_json()), Outbound::Clear);
         let mark = OutboundMessage::mark(sid, "c3-2").to_json();
         assert_eq!(classify(&mark), Outbound::Mark { raw_name: "c3-2" });
