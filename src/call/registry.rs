@@ -73,6 +73,11 @@ impl CallRegistry {
         *self.active.borrow()
     }
 
+    /// The number of live calls, as it changes.
+    pub fn watch_active(&self) -> watch::Receiver<usize> {
+        self.active.subscribe()
+    }
+
     pub fn max_calls(&self) -> usize {
         self.max_calls
     }

@@ -1,6 +1,7 @@
 //! The HTTP/WebSocket edge Twilio talks to: the voice webhook, the Media Stream socket, health, and shutdown.
 
 mod health;
+mod idle_memory;
 mod media;
 mod replay;
 mod serve;
@@ -122,6 +123,7 @@ pub async fn start_with(
     let local_addr = listener.local_addr().map_err(|source| EdgeError::Bind { addr, source })?;
     let registry = CallRegistry::new(config.server.max_concurrent_calls);
     crate::telemetry::metrics::global().watch_registry(&registry);
+    idle_memory::spawn(registry.watch_active());
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let limits = serve::ServeLimits {
         header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
