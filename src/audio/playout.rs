@@ -3,8 +3,9 @@
 //! Audio is sent a little ahead of real time (`lead`) rather than dumped, so a `clear` on barge-in has little to throw
 //! away and Twilio's buffer never grows large. Once Twilio holds audio, the queue tops it up to `lead` whenever it
 //! drops to `lead` minus [`SEND_BATCH`], in one message of up to that much: five frames a message instead of one,
-//! with the same audio ahead of playback. Audio that arrives while Twilio holds less than that goes at once. A mark follows each chunk of speech; Twilio echoes it when playback
-//! reaches it, which is how Parley knows how much of a reply the caller has actually heard. A `clear` makes Twilio
+//! with the same audio ahead of playback. Audio that arrives while Twilio holds less than that goes at once. A mark
+//! follows each chunk of speech; Twilio echoes it when playback reaches it, which is how Parley knows how much of a
+//! reply the caller has actually heard. A `clear` makes Twilio
 //! echo every pending mark at once, so marks outstanding at a clear are remembered as flushed, not played.
 
 use std::collections::VecDeque;
@@ -231,12 +232,12 @@ impl Playout {
         let now = self.progress;
         let before = self.published;
         let only_frames_sent = PlayoutProgress { sent_bytes: before.sent_bytes, ..now } == before;
-        let watched = self.watched_offset.load(Ordering::Acquire);
-        let passed_watched = before.sent_bytes <= watched && now.sent_bytes > watched;
-        let ran_dry = !self.queue.iter().any(|queued| matches!(queued, Queued::Frame(_)));
         if now == before {
             return;
         }
+        let watched = self.watched_offset.load(Ordering::Acquire);
+        let passed_watched = before.sent_bytes <= watched && now.sent_bytes > watched;
+        let ran_dry = !self.queue.iter().any(|queued| matches!(queued, Queued::Frame(_)));
         if only_frames_sent && !passed_watched && !ran_dry {
             // A silent update: `progress()` reads it, watchers are not woken.
             self.publish.send_if_modified(|progress| {
@@ -325,28 +326,30 @@ impl Playout {
     fn take_batch(&mut self, now: Instant) -> Bytes {
         let limit = now + self.lead.max(FRAME_DURATION);
         let most = (self.batch().as_millis() as usize / FRAME_MILLIS as usize).max(1);
-        let mut single: Option<Bytes> = None;
-        let mut joined: Option<BytesMut> = None;
-        let mut taken = 0;
-        while taken < most && (taken == 0 || self.finish_at + FRAME_DURATION <= limit) {
-            let Some(Queued::Frame(_)) = self.queue.front() else { break };
-            let Some(Queued::Frame(frame)) = self.queue.pop_front() else { break };
-            self.finish_at += FRAME_DURATION;
-            self.progress.sent_bytes += frame.len() as u64;
-            self.record.agent_audio_sent(now, frame.clone());
-            match (&mut joined, single.take()) {
-                (Some(buffer), _) => buffer.extend_from_slice(&frame),
-                (None, Some(first)) => {
-                    let mut buffer = BytesMut::with_capacity(FRAME_BYTES * most);
-                    buffer.extend_from_slice(&first);
-                    buffer.extend_from_slice(&frame);
-                    joined = Some(buffer);
-                }
-                (None, None) => single = Some(frame),
-            }
-            taken += 1;
+        let mut count = 1;
+        while count < most
+            && matches!(self.queue.get(count), Some(Queued::Frame(_)))
+            && self.finish_at + FRAME_DURATION * (count as u32 + 1) <= limit
+        {
+            count += 1;
         }
-        joined.map(BytesMut::freeze).or(single).unwrap_or_default()
+        if count == 1 {
+            return self.send_front_frame(now);
+        }
+        let mut payload = BytesMut::with_capacity(FRAME_BYTES * count);
+        for _ in 0..count {
+            payload.extend_from_slice(&self.send_front_frame(now));
+        }
+        payload.freeze()
+    }
+
+    /// Takes the frame at the front of the queue (the caller saw it there) as sent at `now`.
+    fn send_front_frame(&mut self, now: Instant) -> Bytes {
+        let Some(Queued::Frame(frame)) = self.queue.pop_front() else { return Bytes::new() };
+        self.finish_at += FRAME_DURATION;
+        self.progress.sent_bytes += frame.len() as u64;
+        self.record.agent_audio_sent(now, frame.clone());
+        frame
     }
 
     async fn clear(&mut self) -> ClearReport {
@@ -503,8 +506,8 @@ mod tests {
         let (playout, mut rx) = start(40);
         let mut watch = playout.watch();
         playout.play(Bytes::from(vec![1u8; FRAME_BYTES * 4]));
-        watch.changed().await.unwrap(); // the audio was taken
-                                        // A second stretch of audio, watched from where it starts.
+        // The audio was taken; a second stretch, watched from where it starts.
+        watch.changed().await.unwrap();
         let start = watch.borrow_and_update().enqueued_bytes;
         playout.watch_sent_past(start);
         playout.play(Bytes::from(vec![2u8; FRAME_BYTES * 4]));

@@ -331,18 +331,20 @@ impl Engine {
     // ----- caller audio and speech-to-text ---------------------------------------------------------------------
 
     async fn on_caller_audio(&mut self, frame: bytes::Bytes) {
+        // The energy gate, measured once: the VAD, the STT's batching and the energy-only VAD all use it.
+        let loud = energy_voiced(&frame);
         if let Vad::Energy = self.vad {
-            self.on_vad(energy_voiced(&frame)).await;
+            self.on_vad(loud).await;
         }
         if let Some(recent) = &mut self.recent_audio {
             recent.push(&frame);
         }
         self.replay.push(frame.clone());
-        let may_wait = self.stt_may_wait(&frame);
+        let may_wait = !loud && self.stt_may_wait();
         // The pool decides a quiet frame at once; the verdict is handled after the frame went to the STT, as a verdict
         // from the worker would be.
         let decided = match &mut self.vad {
-            Vad::Pool(stream) => stream.push(frame.clone()),
+            Vad::Pool(stream) => stream.push(frame.clone(), loud),
             Vad::Energy | Vad::Off => None,
         };
         let sent = self.stt.send_audio(frame, may_wait);
@@ -357,16 +359,15 @@ impl Engine {
         }
     }
 
-    /// Whether a frame of caller audio may wait a little before going to the STT: it is quiet, and no result is
-    /// waited for — no speech since the last turn ended, no finalize asked, nothing the STT heard unanswered, no paused
-    /// reply waiting for words.
-    fn stt_may_wait(&self, frame: &[u8]) -> bool {
+    /// Whether quiet caller audio may wait a little before going to the STT: no result is waited for — no speech
+    /// since the last turn ended, no finalize asked, nothing the STT heard unanswered, no paused reply waiting for
+    /// words.
+    fn stt_may_wait(&self) -> bool {
         !self.turn.caller_speaking()
             && !self.turn.turn_in_progress()
             && !self.turn.awaiting_finalize()
             && !self.stt_pending()
             && !self.reply.as_ref().is_some_and(InFlight::is_paused)
-            && !energy_voiced(frame)
     }
 
     /// One VAD verdict on the caller's audio.

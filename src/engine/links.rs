@@ -131,7 +131,6 @@ impl SttLink {
 
     /// The session is gone: open a new one at once.
     pub fn lost(&mut self) {
-        self.drop_held();
         self.state = SttState::Down { retry_at: None };
         self.open();
     }
@@ -167,22 +166,23 @@ impl SttLink {
             self.held_frames += 1;
             return true;
         }
-        let (audio, frames) = if self.held_frames == 0 {
-            (frame, 1)
-        } else {
-            self.held.extend_from_slice(&frame);
-            (self.held.split().freeze(), std::mem::take(&mut self.held_frames) as u64 + 1)
-        };
-        self.feed(SttInput::Audio(audio), frames)
+        if self.held_frames == 0 {
+            return self.feed(SttInput::Audio(frame), 1);
+        }
+        self.held.extend_from_slice(&frame);
+        self.held_frames += 1;
+        self.flush_held()
     }
 
-    /// Sends the held quiet frames now (before a control message, which must follow all the audio).
-    fn flush_held(&mut self) {
-        if self.held_frames > 0 {
-            let frames = std::mem::take(&mut self.held_frames) as u64;
-            let audio = self.held.split().freeze();
-            self.feed(SttInput::Audio(audio), frames);
+    /// Sends the held quiet frames now, as one message (also before a control message, which must follow all the
+    /// audio). Returns whether the feed took them.
+    fn flush_held(&mut self) -> bool {
+        if self.held_frames == 0 {
+            return true;
         }
+        let frames = std::mem::take(&mut self.held_frames) as u64;
+        let audio = self.held.split().freeze();
+        self.feed(SttInput::Audio(audio), frames)
     }
 
     fn drop_held(&mut self) {

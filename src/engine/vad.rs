@@ -52,7 +52,7 @@ pub enum VadSource {
 /// The energy gate alone: whether a μ-law frame is loud enough to be speech (its mean absolute sample value reaches
 /// `MIN_SPEECH_AMPLITUDE`). No allocation: it runs on every frame of every call.
 pub fn energy_voiced(mulaw: &[u8]) -> bool {
-    !mulaw.is_empty() && mulaw_level(mulaw) >= MIN_SPEECH_AMPLITUDE
+    mulaw_level(mulaw) >= MIN_SPEECH_AMPLITUDE
 }
 
 /// Mean absolute sample value (of 32767) of μ-law audio, decoded on the fly (0 for none).
@@ -73,9 +73,22 @@ pub struct VadVerdict {
 }
 
 enum Job {
-    Open { id: u64, mode: VadAggressiveness, verdicts: mpsc::UnboundedSender<VadVerdict>, answered: Arc<AtomicU64> },
-    Frame { id: u64, frame: u64, mulaw: Bytes },
-    Close { id: u64 },
+    Open {
+        id: u64,
+        mode: VadAggressiveness,
+        verdicts: mpsc::UnboundedSender<VadVerdict>,
+        answered: Arc<AtomicU64>,
+    },
+    /// `loud`: the frame passed the energy gate (the call already measured it).
+    Frame {
+        id: u64,
+        frame: u64,
+        mulaw: Bytes,
+        loud: bool,
+    },
+    Close {
+        id: u64,
+    },
 }
 
 /// The process-wide pool of VAD threads.
@@ -133,18 +146,19 @@ pub struct VadStream {
 }
 
 impl VadStream {
-    /// Classifies one 20 ms μ-law frame. A frame below the energy gate, with no earlier frame still at the worker, is
+    /// Classifies one 20 ms μ-law frame, given the energy gate's verdict on it ([`energy_voiced`], which the call
+    /// measures once for its own uses too). A frame below the gate, with no earlier frame still at the worker, is
     /// decided here and returned (verdicts stay in frame order); any other goes to the worker, whose verdict arrives on
     /// [`VadStream::verdicts`].
-    pub fn push(&mut self, mulaw: Bytes) -> Option<VadVerdict> {
+    pub fn push(&mut self, mulaw: Bytes, loud: bool) -> Option<VadVerdict> {
         let frame = self.next_frame;
         self.next_frame += 1;
         let settled = self.answered.load(Ordering::Acquire) >= self.queued_until;
-        if settled && !energy_voiced(&mulaw) {
+        if settled && !loud {
             return Some(VadVerdict { frame, voiced: false });
         }
         self.queued_until = frame + 1;
-        let _ = self.worker.send(Job::Frame { id: self.id, frame, mulaw });
+        let _ = self.worker.send(Job::Frame { id: self.id, frame, mulaw, loud });
         None
     }
 }
@@ -181,12 +195,12 @@ fn worker(jobs: std_mpsc::Receiver<Job>) {
                 let vad = Vad::new_with_rate_and_mode(SampleRate::Rate8kHz, mode.mode());
                 detectors.insert(id, Detector { vad, verdicts, answered });
             }
-            Job::Frame { id, frame, mulaw } => {
+            Job::Frame { id, frame, mulaw, loud } => {
                 let Some(detector) = detectors.get_mut(&id) else { continue };
                 // webrtc-vad takes 10, 20 or 30 ms; anything else (never produced by the framer) counts as silence.
                 // Its hangover keeps reporting speech for up to 100 ms after a sound stops; the energy gate ends
                 // that at once when the line goes quiet, so a short noise cannot pass for sustained speech.
-                let voiced = energy_voiced(&mulaw) && {
+                let voiced = loud && {
                     mulaw::decode_into(&mulaw, &mut pcm);
                     detector.vad.is_voice_segment(&pcm).unwrap_or(false)
                 };
@@ -224,7 +238,7 @@ mod tests {
         let mut verdicts = Vec::new();
         let mut at_once = 0;
         for frame in frames {
-            if let Some(verdict) = stream.push(frame.clone()) {
+            if let Some(verdict) = stream.push(frame.clone(), energy_voiced(frame)) {
                 // An immediate verdict is only given with nothing pending at the worker: gather those first.
                 while verdicts.len() < verdict.frame as usize {
                     verdicts.push(stream.verdicts.recv().await.unwrap());
@@ -273,10 +287,10 @@ mod tests {
         let pool = VadPool::new(1);
         let mut stream = pool.open(VadAggressiveness::Aggressive).unwrap();
         let loud = Bytes::copy_from_slice(&speechlike(20));
-        assert_eq!(stream.push(loud), None, "a loud frame goes to the worker");
+        assert_eq!(stream.push(loud, true), None, "a loud frame goes to the worker");
         // Until its verdict is back, a quiet frame cannot overtake it.
         let quiet = Bytes::from(vec![crate::audio::MULAW_SILENCE; 160]);
-        let decided_at_once = stream.push(quiet.clone());
+        let decided_at_once = stream.push(quiet.clone(), false);
         let first = stream.verdicts.recv().await.unwrap();
         assert_eq!(first.frame, 0);
         match decided_at_once {
@@ -285,7 +299,7 @@ mod tests {
             None => assert_eq!(stream.verdicts.recv().await.unwrap(), VadVerdict { frame: 1, voiced: false }),
         }
         // With nothing pending, the next quiet frame is decided at once.
-        assert_eq!(stream.push(quiet), Some(VadVerdict { frame: 2, voiced: false }));
+        assert_eq!(stream.push(quiet, false), Some(VadVerdict { frame: 2, voiced: false }));
     }
 
     #[test]
