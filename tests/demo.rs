@@ -3,6 +3,7 @@
 //! `espeak-ng` and the Whisper model (scripts/setup installs both).
 #![cfg(feature = "whisper")]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -38,6 +39,22 @@ fn offline_parley() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
     command.env_remove("OPENAI_API_KEY").env_remove("ANTHROPIC_API_KEY").env_remove("PARLEY_CONFIG");
     command
+}
+
+/// `parley eval --offline` of one scenario, with one more environment variable when given: its exit code, its report
+/// (every run must write one) and what it printed.
+fn eval_offline(scenario: &Path, env: Option<(&str, &OsStr)>) -> (Option<i32>, serde_json::Value, String) {
+    let out = tempfile::tempdir().unwrap();
+    let mut command = offline_parley();
+    if let Some((name, value)) = env {
+        command.env(name, value);
+    }
+    let output = command.args(["eval", "--offline", "--out"]).arg(out.path()).arg(scenario).output().unwrap();
+    let printed = format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let report =
+        std::fs::read(out.path().join("report.json")).unwrap_or_else(|e| panic!("no report ({e}):\n{printed}"));
+    let report = serde_json::from_slice(&report).unwrap_or_else(|e| panic!("the report is not JSON ({e}):\n{printed}"));
+    (output.status.code(), report, printed)
 }
 
 #[test]
@@ -101,21 +118,7 @@ fn replaying_the_call_gates_on_what_happened(call: &Path) {
     assert!(text.contains("interrupt_after_ms"), "the barge-in is replayed at its offset:\n{text}");
     assert!(text.contains("lookup_order") && text.contains("shipped"), "the tool call and its answer:\n{text}");
 
-    let eval = |config: Option<&Path>| {
-        let out = tempfile::tempdir().unwrap();
-        let mut command = offline_parley();
-        if let Some(config) = config {
-            command.env("PARLEY_CONFIG", config);
-        }
-        let output = command.args(["eval", "--offline", "--out"]).arg(out.path()).arg(&scenario).output().unwrap();
-        let printed =
-            format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        let report: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap_or_default())
-                .unwrap_or_default();
-        (output.status.code(), report, printed)
-    };
-    let (code, report, printed) = eval(None);
+    let (code, report, printed) = eval_offline(&scenario, None);
     assert_eq!(code, Some(0), "the replay fails against the same backend:\n{printed}");
     assert_eq!(report["scenarios"][0]["passed"], true, "{printed}");
 
@@ -134,7 +137,7 @@ fn replaying_the_call_gates_on_what_happened(call: &Path) {
         db.display().to_string()
     );
     std::fs::write(&config, backend_toml).unwrap();
-    let (code, report, printed) = eval(Some(&config));
+    let (code, report, printed) = eval_offline(&scenario, Some(("PARLEY_CONFIG", config.as_os_str())));
     assert_eq!(code, Some(1), "the replay passes although the backend's answer changed:\n{printed}");
     let checks = report["scenarios"][0]["checks"].as_array().cloned().unwrap_or_default();
     let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["passed"] == false).collect();
@@ -174,24 +177,14 @@ fn the_offline_scenario_passes_its_gate() {
 fn a_pause_before_the_number_is_waited_for_by_the_turn_model_and_cut_by_a_silence_timeout() {
     let _alone = one_call_at_a_time();
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/offline/pause-in-number.toml");
-    let eval = |strategy: Option<&str>| {
-        let out = tempfile::tempdir().unwrap();
-        let mut command = offline_parley();
-        if let Some(strategy) = strategy {
-            command.env("PARLEY__CONVERSATION__TURN__STRATEGY", strategy);
-        }
-        let output = command.args(["eval", "--offline", "--out"]).arg(out.path()).arg(&scenario).output().unwrap();
-        let printed =
-            format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        let report: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
-        (output.status.code(), report["scenarios"][0].clone(), printed)
-    };
-    let (code, smart, printed) = eval(None);
+    let (code, report, printed) = eval_offline(&scenario, None);
+    let smart = &report["scenarios"][0];
     assert_eq!(code, Some(0), "the smart strategy failed the scenario:\n{printed}");
     assert_eq!(smart["lines"][0]["turns"].as_array().map(Vec::len), Some(1), "{printed}");
     assert!(smart["tool_calls"][0]["arguments"].to_string().contains("456"), "{printed}");
-    let (code, vad, printed) = eval(Some("vad"));
+    let vad = Some(("PARLEY__CONVERSATION__TURN__STRATEGY", OsStr::new("vad")));
+    let (code, report, printed) = eval_offline(&scenario, vad);
+    let vad = &report["scenarios"][0];
     assert_eq!(code, Some(1), "a 500 ms silence timeout should answer before the number:\n{printed}");
     assert!(!vad["tool_calls"].to_string().contains("456"), "the order was looked up after all:\n{printed}");
 }
