@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parley::audio::mulaw;
+use parley::local::segment::SegmenterConfig;
 use parley::local::{EspeakSettings, WhisperEngine, WhisperSettings};
 use parley::stt::whisper::WhisperStt;
 use parley::stt::{SpeechToText, SttEvent, SttInput};
@@ -54,7 +55,8 @@ async fn whisper_understands_espeak_over_the_phone() {
 #[cfg(feature = "whisper")]
 #[tokio::test]
 async fn the_stt_provider_reports_an_utterance_streamed_in_real_time() {
-    let stt = WhisperStt::new(engine(), Default::default());
+    let engine = engine();
+    let stt = WhisperStt::new(Arc::clone(&engine), Default::default());
     let mut session = stt.open().await.unwrap();
     let mut audio = vec![mulaw::encode_sample(0); 8000];
     audio.extend(spoken(SENTENCE).await);
@@ -71,12 +73,14 @@ async fn the_stt_provider_reports_an_utterance_streamed_in_real_time() {
         }
     });
     let mut started = false;
+    let mut interims = Vec::new();
     let transcript = loop {
         match session.events.recv().await.expect("session ended without a transcript") {
             SttEvent::SpeechStarted { timestamp } => {
                 assert!(timestamp > 0.5, "speech began after a second of silence, reported at {timestamp}");
                 started = true;
             }
+            SttEvent::Transcript(transcript) if !transcript.is_final => interims.push(transcript.text),
             SttEvent::Transcript(transcript) => break transcript,
             SttEvent::Error(err) => panic!("{err}"),
             other => panic!("unexpected {other:?}"),
@@ -85,8 +89,12 @@ async fn the_stt_provider_reports_an_utterance_streamed_in_real_time() {
     assert!(started, "no SpeechStarted before the transcript");
     assert!(transcript.is_final && transcript.speech_final && !transcript.from_finalize);
     let error = wer(SENTENCE, &transcript.text);
-    println!("live provider heard {:?}: WER {:.1}%", transcript.text, error * 100.0);
+    println!("live provider heard {:?}: WER {:.1}%; interim {interims:?}", transcript.text, error * 100.0);
     assert!(error < 0.2, "WER {error} for {:?}", transcript.text);
+    // The sentence's last words were transcribed at the pause after them (its interim), and the utterance's end
+    // reused that transcript. (Earlier pauses inside the sentence, if the segmenter saw any, were transcribed too.)
+    assert_eq!(interims.last(), Some(&transcript.text), "the final is the transcript made at the last pause");
+    assert_eq!(engine.inferences(), interims.len() as u64, "no second inference for the final");
     feeder.await.unwrap();
 
     // Finalize with nothing pending still answers, so the engine's VAD turn strategy never waits forever.
@@ -109,6 +117,66 @@ async fn the_stt_provider_reports_an_utterance_streamed_in_real_time() {
             Some(other) => panic!("unexpected {other:?}"),
         }
     }
+}
+
+/// Streams `audio` into a new session in real time, then finalizes; returns the interim texts and the final.
+#[cfg(feature = "whisper")]
+async fn finalized_after(stt: &WhisperStt, audio: Vec<u8>) -> (Vec<String>, String) {
+    let mut session = stt.open().await.unwrap();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut interims = Vec::new();
+    for frame in audio.chunks(160) {
+        tick.tick().await;
+        session.input.send(SttInput::Audio(Bytes::copy_from_slice(frame))).await.unwrap();
+        while let Ok(event) = session.events.try_recv() {
+            if let SttEvent::Transcript(t) = event {
+                assert!(!t.is_final, "no final before the finalize: {t:?}");
+                interims.push(t.text);
+            }
+        }
+    }
+    session.input.send(SttInput::Finalize).await.unwrap();
+    loop {
+        match session.events.recv().await.expect("session ended without the finalize answer") {
+            SttEvent::Transcript(t) if t.is_final => {
+                assert!(t.from_finalize, "{t:?}");
+                return (interims, t.text);
+            }
+            SttEvent::Transcript(t) => interims.push(t.text),
+            SttEvent::Error(err) => panic!("{err}"),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(feature = "whisper")]
+#[tokio::test]
+async fn a_finalize_in_a_pause_reuses_the_transcript_made_at_the_pause_and_not_after_more_speech() {
+    let silence = |ms: usize| vec![mulaw::encode_sample(0); ms * 8];
+    let first = spoken("where is my order").await;
+    let second = spoken("it was due on friday").await;
+
+    // As with the `smart` turn strategy, only Parley's finalize ends an utterance here.
+    let segmenter = SegmenterConfig { end_silence_ms: 3_000, ..SegmenterConfig::default() };
+    // Speech, 600 ms of pause, finalize: one inference, made at 300 ms of the pause; the final is its text.
+    let engine = engine();
+    let stt = WhisperStt::new(Arc::clone(&engine), segmenter.clone());
+    let (interims, text) = finalized_after(&stt, [silence(500), first.clone(), silence(600)].concat()).await;
+    println!("paused: interim {interims:?}, final {text:?}");
+    assert!(wer("where is my order", &text) < 0.3, "{text:?}");
+    assert_eq!(engine.inferences(), 1, "the finalize reused the transcript made ahead");
+
+    // Speech after the reported pause makes the transcript made at it stale: the finalize, sent as the speech ends
+    // (no pause after it), transcribes the whole utterance again.
+    let engine = self::engine();
+    let stt = WhisperStt::new(Arc::clone(&engine), segmenter);
+    let speech_end = second.iter().rposition(|&b| b != mulaw::encode_sample(0)).map_or(0, |i| i + 1);
+    let audio = [silence(500), first, silence(600), second[..speech_end].to_vec()].concat();
+    let (interims, text) = finalized_after(&stt, audio).await;
+    println!("resumed: interim {interims:?}, final {text:?}");
+    assert!(wer("where is my order it was due on friday", &text) < 0.3, "{text:?}");
+    assert!(!interims.contains(&text), "the final was not made at a pause: {interims:?}");
+    assert_eq!(engine.inferences(), 2, "the first pause's transcript, then the whole utterance");
 }
 
 #[tokio::test]

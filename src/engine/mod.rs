@@ -22,6 +22,7 @@ pub mod replay;
 pub mod reply;
 pub mod resume;
 pub mod turn;
+pub mod turn_text;
 pub mod vad;
 
 /// Per-turn latency accounting lives with telemetry (which records it); the engine fills it in.

@@ -7,8 +7,11 @@
 //! - `vad`: Parley's own silence timeout — after `vad_silence_ms` of silence ask the STT to finalize, and end the turn
 //!   on the flushed result (or after `finalize_timeout_ms` with what is there).
 //! - `smart`: a turn model — after `smart_pause_ms` of silence the engine asks the model (over the caller's recent
-//!   audio) whether the turn is complete; if so, finalize as `vad` does, else wait for more speech, finalizing after
-//!   `smart_max_silence_ms` of silence whatever the model said.
+//!   audio) whether the turn is complete; if so, finalize as `vad` does, else ask again after each further
+//!   `smart_pause_ms` of silence (the model hears the longer silence), finalizing after `smart_max_silence_ms` of
+//!   silence whatever it said. The words heard so far settle the clear cases ([`super::turn_text`]): a turn whose last
+//!   word leaves the sentence open is not ended on the model's word, and one the recogniser closed with a full stop
+//!   ends once the model has been asked and the silence has lasted twice `smart_pause_ms`.
 //!
 //! Barge-in: while the agent speaks, caller speech that lasts `barge_in_min_speech_ms` (and, optionally, carries
 //! `barge_in_min_words` words that are not all backchannels like "uh-huh") interrupts it. Shorter noise does not.
@@ -19,6 +22,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::resume::ResumeConfig;
+use super::turn_text::{default_continuation_words, text_cue, TextCue};
 use crate::audio::FRAME_MILLIS;
 use crate::stt::Transcript;
 
@@ -50,6 +54,9 @@ pub struct TurnConfig {
     pub smart_pause_ms: u64,
     /// `smart` strategy: silence that ends the turn whatever the model judged.
     pub smart_max_silence_ms: u64,
+    /// `smart` strategy: words after which a sentence goes on (lower case); a turn ending in one is not over whatever
+    /// the model judged.
+    pub continuation_words: Vec<String>,
     /// Caller speech during agent audio that interrupts it.
     pub barge_in_min_speech_ms: u64,
     /// Words of interim transcript that must confirm a barge-in (0: VAD alone decides, fastest).
@@ -69,6 +76,7 @@ impl Default for TurnConfig {
             finalize_timeout_ms: 800,
             smart_pause_ms: 300,
             smart_max_silence_ms: 2_000,
+            continuation_words: default_continuation_words(),
             barge_in_min_speech_ms: 140,
             barge_in_min_words: 0,
             backchannels: [
@@ -126,8 +134,12 @@ pub struct TurnDetector {
     /// The pause the turn model is judging now; voice before its answer makes the answer stale.
     judging: Option<u64>,
     judgements_asked: u64,
-    /// The turn model was asked about the current pause.
-    pause_judged: bool,
+    /// The silence (ms) at which the turn model is next asked about the current pause.
+    next_judgement_ms: u64,
+    /// The model's last answer about the current pause (after the words' veto).
+    pause_verdict: Option<bool>,
+    /// What the words heard since the last end of turn say, updated with each transcript.
+    text_cue: TextCue,
 }
 
 const FRAME_MS: u64 = FRAME_MILLIS as u64;
@@ -149,7 +161,9 @@ impl TurnDetector {
             turn_open: false,
             judging: None,
             judgements_asked: 0,
-            pause_judged: false,
+            next_judgement_ms: 0,
+            pause_verdict: None,
+            text_cue: TextCue::Unclear,
         }
     }
 
@@ -180,6 +194,7 @@ impl TurnDetector {
         let had_words = !self.finals.is_empty() || !self.interim.trim().is_empty();
         self.finals.clear();
         self.interim.clear();
+        self.text_cue = TextCue::Unclear;
         self.awaiting_finalize_since = None;
         had_words
     }
@@ -189,11 +204,16 @@ impl TurnDetector {
         let mut decisions = Vec::new();
         if voiced {
             self.voiced_run_ms += FRAME_MS;
+            if self.unvoiced_run_ms >= self.config.smart_pause_ms {
+                // Speech after a pause: the words heard before it no longer tell where the sentence ends.
+                self.text_cue = TextCue::Unclear;
+            }
             self.unvoiced_run_ms = 0;
             self.last_voiced_at = Some(now);
             // The caller goes on: a judgement of the pause before is stale.
             self.judging = None;
-            self.pause_judged = false;
+            self.next_judgement_ms = self.config.smart_pause_ms;
+            self.pause_verdict = None;
             if !self.in_speech && self.voiced_run_ms >= self.config.min_speech_ms {
                 self.in_speech = true;
                 self.turn_open = true;
@@ -225,7 +245,8 @@ impl TurnDetector {
         decisions
     }
 
-    /// `smart` strategy: at the pause, ask the model; at the longest silence, finalize whatever it said.
+    /// `smart` strategy: at each `smart_pause_ms` of the pause, ask the model (one question at a time); at the longest
+    /// silence, finalize whatever it said.
     fn smart_pause(&mut self, now: Instant) -> Option<TurnDecision> {
         if !self.turn_open || self.awaiting_finalize_since.is_some() {
             return None;
@@ -235,9 +256,13 @@ impl TurnDetector {
             self.judging = None;
             return Some(self.request_finalize(now));
         }
+        if let Some(finalize) = self.finished_words_end_the_turn(now) {
+            return Some(finalize);
+        }
         // Speech over the agent's audio is not a turn to judge (it barges in, or it is noise).
-        if silence >= self.config.smart_pause_ms && !self.pause_judged && !self.agent_speaking {
-            self.pause_judged = true;
+        let due = silence >= self.next_judgement_ms.max(self.config.smart_pause_ms);
+        if due && self.judging.is_none() && !self.agent_speaking {
+            self.next_judgement_ms = silence + self.config.smart_pause_ms.max(FRAME_MS);
             self.judgements_asked += 1;
             self.judging = Some(self.judgements_asked);
             return Some(TurnDecision::JudgeTurn { id: self.judgements_asked });
@@ -246,16 +271,49 @@ impl TurnDetector {
     }
 
     /// `smart` strategy: the turn model's answer about the pause `id`. A complete turn is finalized now, unless the
-    /// caller spoke again since the pause.
+    /// caller spoke again since the pause or the words so far leave the sentence open; an incomplete one may still
+    /// end on finished words.
     pub fn on_judgement(&mut self, id: u64, complete: bool, now: Instant) -> Vec<TurnDecision> {
         if self.judging != Some(id) {
             return Vec::new();
         }
         self.judging = None;
-        if !complete || self.awaiting_finalize_since.is_some() || !self.turn_open {
+        if self.awaiting_finalize_since.is_some() || !self.turn_open {
             return Vec::new();
         }
-        vec![self.request_finalize(now)]
+        let complete = complete && self.text_cue != TextCue::Continues;
+        self.pause_verdict = Some(complete);
+        if complete {
+            return vec![self.request_finalize(now)];
+        }
+        self.finished_words_end_the_turn(now).into_iter().collect()
+    }
+
+    /// `smart` strategy: the model heard this pause as incomplete, but the recogniser closed the sentence and the
+    /// silence has lasted twice the judging pause: the words win.
+    fn finished_words_end_the_turn(&mut self, now: Instant) -> Option<TurnDecision> {
+        let long_enough = self.unvoiced_run_ms >= 2 * self.config.smart_pause_ms;
+        let heard_incomplete = self.pause_verdict == Some(false);
+        if self.config.strategy != TurnStrategy::Smart
+            || !self.turn_open
+            || self.awaiting_finalize_since.is_some()
+            || !long_enough
+            || !heard_incomplete
+            || self.text_cue != TextCue::Finished
+        {
+            return None;
+        }
+        tracing::debug!("the caller's words end the sentence after a pause the model judged incomplete");
+        Some(self.request_finalize(now))
+    }
+
+    /// Re-reads what the words so far say about the turn (after each transcript).
+    fn update_text_cue(&mut self) {
+        self.text_cue = match (self.finals.last(), self.interim.trim().is_empty()) {
+            (_, false) => text_cue(&self.interim, &self.config.continuation_words),
+            (Some(last), true) => text_cue(last, &self.config.continuation_words),
+            (None, true) => TextCue::Unclear,
+        };
     }
 
     fn request_finalize(&mut self, now: Instant) -> TurnDecision {
@@ -268,13 +326,16 @@ impl TurnDetector {
         let mut decisions = Vec::new();
         if !transcript.is_final {
             self.interim = transcript.text.clone();
+            self.update_text_cue();
             decisions.extend(self.check_barge_in());
+            decisions.extend(self.finished_words_end_the_turn(now));
             return decisions;
         }
         self.interim.clear();
         if !transcript.text.trim().is_empty() {
             self.finals.push(transcript.text.trim().to_owned());
         }
+        self.update_text_cue();
         decisions.extend(self.check_barge_in());
         let ends_turn = match self.config.strategy {
             TurnStrategy::Stt => transcript.speech_final,
@@ -284,6 +345,8 @@ impl TurnDetector {
         };
         if ends_turn {
             decisions.extend(self.end_turn(now));
+        } else {
+            decisions.extend(self.finished_words_end_the_turn(now));
         }
         decisions
     }
@@ -331,6 +394,8 @@ impl TurnDetector {
         self.voiced_run_ms = 0;
         let text = std::mem::take(&mut self.finals).join(" ");
         self.interim.clear();
+        self.text_cue = TextCue::Unclear;
+        self.pause_verdict = None;
         if text.trim().is_empty() {
             return None;
         }
@@ -504,7 +569,8 @@ mod tests {
         assert!(d.on_judgement(id, false, now).is_empty(), "incomplete: keep listening");
         // The provider's own end of speech does not end a smart turn.
         assert!(d.on_transcript(&transcript("my order number is", true, true), now).is_empty());
-        assert!(feed(&mut d, &mut now, false, 30).is_empty(), "800 ms pause");
+        let pause = feed(&mut d, &mut now, false, 30);
+        assert!(pause.iter().all(|x| matches!(x, TurnDecision::JudgeTurn { .. })), "800 ms pause: {pause:?}");
         let next = feed(&mut d, &mut now, true, 20);
         assert!(judge_id(&next).is_none());
         let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked again at the next pause");
@@ -524,8 +590,82 @@ mod tests {
         assert!(d.on_judgement(stale, true, now).is_empty(), "the caller spoke again before the answer");
         let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked");
         assert!(d.on_judgement(id, false, now).is_empty());
-        let silence = feed(&mut d, &mut now, false, 90);
+        // Asked again every 200 ms of the pause, incomplete every time, until the longest silence.
+        let mut asked = 1;
+        for _ in 0..89 {
+            for decision in feed(&mut d, &mut now, false, 1) {
+                let TurnDecision::JudgeTurn { id } = decision else { panic!("{decision:?} before 2 s of silence") };
+                asked += 1;
+                assert!(d.on_judgement(id, false, now).is_empty());
+            }
+        }
+        assert_eq!(asked, 9, "at 200, 400, … 1800 ms of silence");
+        let silence = feed(&mut d, &mut now, false, 1);
         assert_eq!(silence, vec![TurnDecision::RequestFinalize], "2 s of silence ends the turn");
+    }
+
+    #[test]
+    fn smart_strategy_asks_again_as_the_pause_grows() {
+        let mut d = smart();
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        let first = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked at 200 ms");
+        // The answer takes 100 ms; the next question waits for it, then comes at 400 ms of silence.
+        assert!(judge_id(&feed(&mut d, &mut now, false, 5)).is_none());
+        assert!(d.on_judgement(first, false, now).is_empty());
+        assert!(judge_id(&feed(&mut d, &mut now, false, 4)).is_none(), "not before 400 ms");
+        let second = judge_id(&feed(&mut d, &mut now, false, 1)).expect("asked again at 400 ms");
+        assert_eq!(d.on_judgement(second, true, now), vec![TurnDecision::RequestFinalize]);
+    }
+
+    #[test]
+    fn smart_strategy_does_not_end_a_sentence_left_open() {
+        let mut d = smart();
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        d.on_transcript(&transcript("my order number is", false, false), now);
+        let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked");
+        assert!(d.on_judgement(id, true, now).is_empty(), "the model's 'complete' loses to the open sentence");
+        let next = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked again");
+        assert!(d.on_judgement(next, true, now).is_empty());
+        // The number follows: its words close the sentence, and the model's next answer ends the turn.
+        feed(&mut d, &mut now, true, 20);
+        d.on_transcript(&transcript("my order number is four five six", false, false), now);
+        let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked");
+        assert_eq!(d.on_judgement(id, true, now), vec![TurnDecision::RequestFinalize]);
+    }
+
+    #[test]
+    fn smart_strategy_ends_on_finished_words_after_twice_the_pause() {
+        let mut d = smart();
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked at 200 ms");
+        assert!(d.on_judgement(id, false, now).is_empty(), "no words yet: the model's 'incomplete' stands");
+        feed(&mut d, &mut now, false, 2);
+        // 240 ms into the pause the recogniser's words close the sentence: not yet twice the pause.
+        assert!(d.on_transcript(&transcript("Great, thank you, goodbye.", false, false), now).is_empty());
+        let until = feed(&mut d, &mut now, false, 7);
+        assert!(!until.contains(&TurnDecision::RequestFinalize), "before 400 ms: {until:?}");
+        assert_eq!(feed(&mut d, &mut now, false, 1), vec![TurnDecision::RequestFinalize], "at 400 ms");
+        let flushed = Transcript { from_finalize: true, ..transcript("Great, thank you, goodbye.", true, true) };
+        assert!(matches!(d.on_transcript(&flushed, now).as_slice(), [TurnDecision::EndOfTurn(_)]));
+    }
+
+    #[test]
+    fn finished_words_alone_do_not_end_a_turn_the_model_was_not_asked_about() {
+        let mut d = smart();
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        d.on_transcript(&transcript("Where is my order?", false, false), now);
+        let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked");
+        // The answer is slow: the words do not end the turn on their own while it is awaited.
+        assert!(!feed(&mut d, &mut now, false, 15).contains(&TurnDecision::RequestFinalize));
+        assert_eq!(
+            d.on_judgement(id, false, now),
+            vec![TurnDecision::RequestFinalize],
+            "incomplete, but finished words"
+        );
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct SegmenterConfig {
     /// transcribing at a long silence, so "my order number is, um … four five six" loses its number when the pause
     /// is kept whole.
     pub max_inner_silence_ms: u64,
+    /// Silence after speech at which the utterance so far is reported ([`SegmentEvent::Paused`]), so that it can be
+    /// transcribed while the caller may still go on; 0 never reports pauses.
+    pub pause_report_ms: u64,
 }
 
 impl Default for SegmenterConfig {
@@ -43,6 +46,7 @@ impl Default for SegmenterConfig {
             pre_roll_ms: 300,
             max_utterance_ms: 25_000,
             max_inner_silence_ms: 300,
+            pause_report_ms: 300,
         }
     }
 }
@@ -74,6 +78,11 @@ impl Utterance {
 pub enum SegmentEvent {
     /// Speech began at this stream sample (pre-roll included).
     Started { start_sample: u64 },
+    /// The caller has been silent for `pause_report_ms` inside an utterance: what it holds so far, trimmed as an
+    /// ended utterance would be. If the utterance then ends with no more speech, it holds the same speech.
+    Paused(Utterance),
+    /// Speech again after a reported pause: the utterance goes on past the last [`SegmentEvent::Paused`].
+    Resumed,
     /// An utterance ended.
     Ended(Utterance),
 }
@@ -171,6 +180,11 @@ impl Segmenter {
                 }
             }
             State::Speaking { start_sample, samples, silent_run, kept_silence } => {
+                let pause_frames = frames_of(self.config.pause_report_ms);
+                let reports_pauses = self.config.pause_report_ms > 0;
+                if voiced && reports_pauses && *silent_run >= pause_frames {
+                    events.push(SegmentEvent::Resumed);
+                }
                 *silent_run = if voiced { 0 } else { *silent_run + 1 };
                 if voiced {
                     *kept_silence = 0;
@@ -179,14 +193,18 @@ impl Segmenter {
                     samples.extend_from_slice(&frame);
                     *kept_silence += usize::from(!voiced);
                 }
+                // Keep a little of the trailing silence (a natural decay), drop the rest.
+                let tail = kept_silence.saturating_sub(frames_of(200)) * FRAME_SAMPLES;
+                let trimmed = samples.len() - tail.min(samples.len());
                 let too_long = samples.len() >= frames_of(self.config.max_utterance_ms) * FRAME_SAMPLES;
                 if *silent_run >= frames_of(self.config.end_silence_ms) || too_long {
-                    // Keep a little of the trailing silence (a natural decay), drop the rest.
-                    let tail = kept_silence.saturating_sub(frames_of(200)) * FRAME_SAMPLES;
                     let mut samples = std::mem::take(samples);
-                    samples.truncate(samples.len() - tail.min(samples.len()));
+                    samples.truncate(trimmed);
                     events.push(SegmentEvent::Ended(Utterance { start_sample: *start_sample, samples }));
                     self.state = State::Idle { pre_roll: VecDeque::new(), voiced_run: 0 };
+                } else if reports_pauses && *silent_run == pause_frames {
+                    let so_far = Utterance { start_sample: *start_sample, samples: samples[..trimmed].to_vec() };
+                    events.push(SegmentEvent::Paused(so_far));
                 }
             }
         }
@@ -249,6 +267,41 @@ mod tests {
         let utterance = segmenter.flush().unwrap();
         assert_eq!(utterance.samples.len(), 1300 * 8);
         assert!(segmenter.flush().is_none());
+    }
+
+    #[test]
+    fn a_pause_is_reported_with_the_speech_so_far_and_speech_after_it_resumes() {
+        let config = SegmenterConfig { end_silence_ms: 3_000, ..SegmenterConfig::default() };
+        let mut segmenter = Segmenter::new(config);
+        let mut events = segmenter.push(&loud(1000));
+        events.extend(segmenter.push(&quiet(280)));
+        assert_eq!(events.len(), 1, "no pause before 300 ms: {events:?}");
+        events.extend(segmenter.push(&quiet(20)));
+        let [SegmentEvent::Started { .. }, SegmentEvent::Paused(so_far)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        // The speech and 200 ms of its decay, as an ended utterance keeps.
+        assert_eq!(so_far.samples.len(), (1000 + 200) * 8);
+        assert!(segmenter.push(&quiet(500)).is_empty(), "one report per pause");
+        assert_eq!(segmenter.push(&loud(100)), vec![SegmentEvent::Resumed]);
+        let events = segmenter.push(&quiet(300));
+        assert!(matches!(events.as_slice(), [SegmentEvent::Paused(u)] if u.samples.len() > so_far.samples.len()));
+        // With `pause_report_ms` 0 no pause is reported.
+        let mut quiet_only = Segmenter::new(SegmenterConfig { pause_report_ms: 0, ..SegmenterConfig::default() });
+        let events: Vec<_> = [loud(1000), quiet(1000)].iter().flat_map(|a| quiet_only.push(a)).collect();
+        assert!(events.iter().all(|e| !matches!(e, SegmentEvent::Paused(_) | SegmentEvent::Resumed)), "{events:?}");
+    }
+
+    #[test]
+    fn an_utterance_ending_after_a_reported_pause_holds_the_same_speech() {
+        let mut segmenter = Segmenter::new(SegmenterConfig::default());
+        let events: Vec<_> = [loud(1000), quiet(1000)].iter().flat_map(|a| segmenter.push(a)).collect();
+        let [SegmentEvent::Started { .. }, SegmentEvent::Paused(so_far), SegmentEvent::Ended(ended)] =
+            events.as_slice()
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(so_far, ended);
     }
 
     #[test]

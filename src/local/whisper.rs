@@ -6,6 +6,7 @@
 //! `Send + Sync`: CTranslate2 serialises access to its model replica internally.)
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[cfg(feature = "whisper")]
@@ -48,6 +49,8 @@ pub struct WhisperEngine {
     #[cfg(feature = "whisper")]
     options: WhisperOptions,
     permits: Semaphore,
+    /// Inferences run so far (the live provider reuses transcripts made ahead; tests and reports count them).
+    inferences: AtomicU64,
 }
 
 impl std::fmt::Debug for WhisperEngine {
@@ -101,6 +104,7 @@ impl WhisperEngine {
             language: settings.language.clone().filter(|l| !l.is_empty()),
             options,
             permits: Semaphore::new(settings.max_concurrent.max(1)),
+            inferences: AtomicU64::new(0),
         })
     }
 
@@ -118,7 +122,13 @@ impl WhisperEngine {
         if samples.is_empty() {
             return Ok(String::new());
         }
+        self.inferences.fetch_add(1, Ordering::Relaxed);
         self.generate(samples)
+    }
+
+    /// How many inferences this model has run.
+    pub fn inferences(&self) -> u64 {
+        self.inferences.load(Ordering::Relaxed)
     }
 
     #[cfg(not(feature = "whisper"))]

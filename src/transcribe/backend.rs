@@ -18,15 +18,16 @@ pub trait TranscriptionBackend: Send + Sync {
     async fn transcribe_leg(&self, pcm8k: Vec<i16>) -> Result<Vec<Segment>, TranscribeError>;
 }
 
-/// Cuts a whole leg into utterances (the same segmenter as the live provider, flushed at the end).
+/// Cuts a whole leg into utterances (the same segmenter as the live provider, flushed at the end; a whole leg needs
+/// no pause reports).
 pub fn utterances(pcm8k: &[i16], config: &SegmenterConfig) -> Vec<crate::local::segment::Utterance> {
-    let mut segmenter = Segmenter::new(config.clone());
+    let mut segmenter = Segmenter::new(SegmenterConfig { pause_report_ms: 0, ..config.clone() });
     let mut found: Vec<_> = segmenter
         .push(pcm8k)
         .into_iter()
         .filter_map(|event| match event {
             SegmentEvent::Ended(utterance) => Some(utterance),
-            SegmentEvent::Started { .. } => None,
+            SegmentEvent::Started { .. } | SegmentEvent::Paused(_) | SegmentEvent::Resumed => None,
         })
         .collect();
     found.extend(segmenter.flush());

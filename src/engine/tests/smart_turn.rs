@@ -13,17 +13,20 @@ use crate::engine::turn::{TurnConfig, TurnStrategy};
 use crate::stt::{SttEvent, SttInput, Transcript};
 use crate::turn_model::{TurnJudgement, TurnModel};
 
-/// A turn model answering from a script, 60 ms after each question, recording the audio it was given.
+/// A turn model answering from a script, 60 ms after each question, recording the audio it was given. Past the
+/// script it answers by the audio's length when `complete_from_bytes` is set, else "complete".
 #[derive(Default)]
 struct ScriptedModel {
     answers: Mutex<VecDeque<bool>>,
+    complete_from_bytes: Option<usize>,
     asked: Mutex<Vec<usize>>,
 }
 
 impl TurnModel for ScriptedModel {
     fn judge(&self, mulaw_8k: Vec<u8>) -> BoxFuture<'static, Result<TurnJudgement, String>> {
         self.asked.lock().expect("asked").push(mulaw_8k.len());
-        let complete = self.answers.lock().expect("answers").pop_front().unwrap_or(true);
+        let scripted = self.answers.lock().expect("answers").pop_front();
+        let complete = scripted.unwrap_or_else(|| self.complete_from_bytes.is_none_or(|bytes| mulaw_8k.len() >= bytes));
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(60)).await;
             let probability = if complete { 0.9 } else { 0.1 };
@@ -82,26 +85,27 @@ fn smart_call_with(model: &Arc<ScriptedModel>, turn: TurnConfig) -> Call {
 
 #[tokio::test(start_paused = true)]
 async fn a_pause_inside_a_number_is_waited_through_and_the_turn_ends_after_the_number() {
-    let model = Arc::new(ScriptedModel::default());
-    model.answers.lock().expect("answers").extend([false, true]);
+    // Incomplete until the caller has said the number (more than 2 s of audio heard).
+    let model = Arc::new(ScriptedModel { complete_from_bytes: Some(2_000 * 8), ..ScriptedModel::default() });
     let mut call = smart_call(&model);
     let mut stt = call.next_session().await;
     let mut finalized = 0;
     // "My order number is" … 800 ms … "four five six".
     audio(&call, &mut stt, true, 1_000, &mut finalized).await;
     audio(&call, &mut stt, false, 800, &mut finalized).await;
-    assert_eq!(model.asked.lock().expect("asked").len(), 1, "asked at the pause");
+    let asked_in_pause = model.asked.lock().expect("asked").len();
+    assert!((3..=4).contains(&asked_in_pause), "asked at 200, 400, 600 (and 800) ms of the pause: {asked_in_pause}");
     assert_eq!(finalized, 0, "the model judged the pause incomplete: keep listening");
     audio(&call, &mut stt, true, 800, &mut finalized).await;
     audio(&call, &mut stt, false, 400, &mut finalized).await;
-    assert_eq!(model.asked.lock().expect("asked").len(), 2);
+    assert_eq!(model.asked.lock().expect("asked").len(), asked_in_pause + 1, "asked once after the number");
     assert_eq!(finalized, 1, "a complete turn is finalized");
     flushed(&stt, "My order number is four five six.").await;
     let request = call.next_request().await;
     assert_eq!(request.last_user_text(), "My order number is four five six.");
     // The model heard the caller's recent audio: both stretches of speech, the pause and 200 ms of silence after
     // (2.8 s of 8 kHz μ-law, give or take a frame in flight).
-    let heard = model.asked.lock().expect("asked")[1];
+    let heard = *model.asked.lock().expect("asked").last().expect("asked");
     assert!((2_760 * 8..=2_840 * 8).contains(&heard), "{heard} bytes");
 }
 
@@ -125,8 +129,7 @@ async fn a_complete_turn_is_finalized_a_model_answer_after_the_short_pause() {
 
 #[tokio::test(start_paused = true)]
 async fn without_a_complete_judgement_the_longest_silence_ends_the_turn() {
-    let model = Arc::new(ScriptedModel::default());
-    model.answers.lock().expect("answers").extend([false]);
+    let model = Arc::new(ScriptedModel { complete_from_bytes: Some(usize::MAX), ..ScriptedModel::default() });
     let mut call = smart_call(&model);
     let mut stt = call.next_session().await;
     let mut finalized = 0;
@@ -135,6 +138,8 @@ async fn without_a_complete_judgement_the_longest_silence_ends_the_turn() {
     assert_eq!(finalized, 0);
     audio(&call, &mut stt, false, 400, &mut finalized).await;
     assert_eq!(finalized, 1, "2 s of silence");
+    let asked = model.asked.lock().expect("asked").len();
+    assert!(asked >= 8, "asked every 200 ms of the pause until the longest silence: {asked}");
 }
 
 #[tokio::test(start_paused = true)]
