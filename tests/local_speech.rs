@@ -35,6 +35,23 @@ fn engine() -> Arc<WhisperEngine> {
     }
 }
 
+/// The engine as the live provider loads it: greedy, with a window fitted to the audio.
+#[cfg(feature = "whisper")]
+fn live_engine() -> Arc<WhisperEngine> {
+    greedy_engine(WhisperSettings::default().live_window_ms)
+}
+
+/// A greedy engine with the given window.
+#[cfg(feature = "whisper")]
+fn greedy_engine(window_ms: u64) -> Arc<WhisperEngine> {
+    let defaults = WhisperSettings::default();
+    let settings = WhisperSettings { beam_size: defaults.live_beam_size, window_ms, ..defaults };
+    match WhisperEngine::load(&settings) {
+        Ok(engine) => Arc::new(engine),
+        Err(err) => panic!("these tests need the Whisper model: {err}"),
+    }
+}
+
 async fn spoken(text: &str) -> Vec<u8> {
     synthesize_mulaw(&caller_voice(), text).await.expect("espeak-ng must be installed (scripts/setup)")
 }
@@ -52,10 +69,31 @@ async fn whisper_understands_espeak_over_the_phone() {
     assert!(error < 0.2, "WER {error} for {text:?}");
 }
 
+/// The live provider's fitted window (the audio + 2 s, at least 10 s) hears ordinary caller speech as well as the
+/// full 30 s window, on short lines and on one longer than the window's minimum. Fitted to one frame less than the
+/// full window, Parley's own path (its features, the model run directly) hears exactly what ct2rs's does.
+#[cfg(feature = "whisper")]
+#[tokio::test]
+async fn a_window_fitted_to_the_audio_hears_what_the_full_window_hears() {
+    let (full, fitted, nearly_full) = (greedy_engine(30_000), live_engine(), greedy_engine(29_990));
+    let long = format!("{SENTENCE}. it was supposed to arrive last friday and i have been waiting at home all week");
+    for text in ["where is my order", SENTENCE, long.as_str()] {
+        let pcm = mulaw::decode(&spoken(text).await);
+        let (heard_full, heard_fitted) =
+            (full.transcribe_phone(pcm.clone()).await.unwrap(), fitted.transcribe_phone(pcm).await.unwrap());
+        let (error_full, error_fitted) = (wer(text, &heard_full), wer(text, &heard_fitted));
+        println!("{text:?}: full {heard_full:?} ({error_full:.2}), fitted {heard_fitted:?} ({error_fitted:.2})");
+        assert!(error_fitted < 0.3 && error_fitted <= error_full + 0.1, "fitted {heard_fitted:?}, full {heard_full:?}");
+        let heard_nearly_full = nearly_full.transcribe_phone(mulaw::decode(&spoken(text).await)).await.unwrap();
+        assert_eq!(wer(&heard_full, &heard_nearly_full), 0.0, "{heard_nearly_full:?} against ct2rs's {heard_full:?}");
+    }
+    assert_eq!(fitted.inferences(), 3);
+}
+
 #[cfg(feature = "whisper")]
 #[tokio::test]
 async fn the_stt_provider_reports_an_utterance_streamed_in_real_time() {
-    let engine = engine();
+    let engine = live_engine();
     let stt = WhisperStt::new(Arc::clone(&engine), Default::default());
     let mut session = stt.open().await.unwrap();
     let mut audio = vec![mulaw::encode_sample(0); 8000];
@@ -159,7 +197,7 @@ async fn a_finalize_in_a_pause_reuses_the_transcript_made_at_the_pause_and_not_a
     // As with the `smart` turn strategy, only Parley's finalize ends an utterance here.
     let segmenter = SegmenterConfig { end_silence_ms: 3_000, ..SegmenterConfig::default() };
     // Speech, 600 ms of pause, finalize: one inference, made at 300 ms of the pause; the final is its text.
-    let engine = engine();
+    let engine = live_engine();
     let stt = WhisperStt::new(Arc::clone(&engine), segmenter.clone());
     let (interims, text) = finalized_after(&stt, [silence(500), first.clone(), silence(600)].concat()).await;
     println!("paused: interim {interims:?}, final {text:?}");
@@ -168,7 +206,7 @@ async fn a_finalize_in_a_pause_reuses_the_transcript_made_at_the_pause_and_not_a
 
     // Speech after the reported pause makes the transcript made at it stale: the finalize, sent as the speech ends
     // (no pause after it), transcribes the whole utterance again.
-    let engine = self::engine();
+    let engine = live_engine();
     let stt = WhisperStt::new(Arc::clone(&engine), segmenter);
     let speech_end = second.iter().rposition(|&b| b != mulaw::encode_sample(0)).map_or(0, |i| i + 1);
     let audio = [silence(500), first, silence(600), second[..speech_end].to_vec()].concat();

@@ -128,6 +128,7 @@ fn stt_for(kind: SttProvider, config: &Config) -> Result<Arc<dyn SpeechToText>, 
         SttProvider::Whisper => {
             let live = crate::local::WhisperSettings {
                 beam_size: config.local.whisper.live_beam_size,
+                window_ms: config.local.whisper.live_window_ms,
                 ..config.local.whisper.clone()
             };
             let engine = crate::local::WhisperEngine::load(&live).map_err(|e| vec![e.to_string()])?;

@@ -223,9 +223,14 @@ mod tests {
         vec![20; ms * 8]
     }
 
+    /// The cutting alone, without the pause reports the live provider uses.
+    fn no_pause_reports() -> SegmenterConfig {
+        SegmenterConfig { pause_report_ms: 0, ..SegmenterConfig::default() }
+    }
+
     #[test]
     fn a_long_pause_inside_an_utterance_is_kept_short() {
-        let config = SegmenterConfig { end_silence_ms: 3_000, ..SegmenterConfig::default() };
+        let config = SegmenterConfig { end_silence_ms: 3_000, pause_report_ms: 0, ..SegmenterConfig::default() };
         let mut segmenter = Segmenter::new(config);
         let mut events = segmenter.push(&loud(1000));
         events.extend(segmenter.push(&quiet(800)));
@@ -240,7 +245,7 @@ mod tests {
 
     #[test]
     fn one_utterance_between_silences() {
-        let mut segmenter = Segmenter::new(SegmenterConfig::default());
+        let mut segmenter = Segmenter::new(no_pause_reports());
         let mut events = segmenter.push(&quiet(1000));
         assert!(events.is_empty());
         events.extend(segmenter.push(&loud(1000)));
@@ -258,7 +263,7 @@ mod tests {
 
     #[test]
     fn short_pauses_do_not_split_and_flush_ends_early() {
-        let mut segmenter = Segmenter::new(SegmenterConfig::default());
+        let mut segmenter = Segmenter::new(no_pause_reports());
         let mut events = segmenter.push(&loud(500));
         events.extend(segmenter.push(&quiet(300)));
         events.extend(segmenter.push(&loud(500)));
