@@ -13,6 +13,11 @@
 //! - `smart`: the same, with the smart-turn model asked for real (decoding, resampling, features and inference on
 //!   this thread) over the caller's audio so far whenever the detector emits `JudgeTurn`; the answer reaches the
 //!   detector after the measured wall time of that work, so inference time is part of the delay.
+//! - `smart` with words: the same, and at the first question of each pause the live Whisper provider's engine (greedy,
+//!   the fitted window) transcribes the audio so far for real, as the provider does at its pause report; the words
+//!   reach the detector as an interim transcript after the measured time of that transcription (the provider reports
+//!   its pause on the energy segmenter's 300 ms of silence, here on the detector's first question: the same point
+//!   within a frame or two).
 //! - `stt`: Parley's Deepgram client against the fake Deepgram server on 127.0.0.1 (`endpointing=300`, finalize
 //!   delay 0), streamed in real time (the fake's endpointing runs on audio time, its answers on wall time); the end
 //!   of turn is the first `speech_final` transcript's arrival.
@@ -34,9 +39,9 @@ use parley::audio::mulaw;
 use parley::engine::turn::{TurnConfig, TurnDecision, TurnDetector, TurnStrategy};
 use parley::engine::vad::energy_voiced;
 use parley::local::smart_turn::{phone_to_model_audio, FeatureExtractor, SmartTurnModel, FEATURES_LEN};
-use parley::local::{resample, wav, SmartTurnPool, SmartTurnSettings};
+use parley::local::{resample, wav, SmartTurnPool, SmartTurnSettings, WhisperEngine, WhisperSettings};
 use parley::stt::deepgram::{Deepgram, DeepgramConfig};
-use parley::stt::{SpeechToText, SttEvent, SttInput};
+use parley::stt::{SpeechToText, SttEvent, SttInput, Transcript};
 use tokio::time::Instant;
 use webrtc_vad::{SampleRate, Vad, VadMode};
 
@@ -285,6 +290,30 @@ impl Judge {
     }
 }
 
+/// The live Whisper engine transcribing the audio so far, with its answers cached per (utterance, frames).
+struct Words {
+    engine: WhisperEngine,
+    cache: HashMap<(usize, usize), (String, f64)>,
+}
+
+impl Words {
+    /// The words of the first `frames` frames of `audio`, and the wall time (ms) the transcription took.
+    fn transcribe(&mut self, utterance: usize, frames: usize, audio: &[u8]) -> (String, f64) {
+        if let Some(cached) = self.cache.get(&(utterance, frames)) {
+            return cached.clone();
+        }
+        let pcm = mulaw::decode(&audio[..frames * FRAME]);
+        let started = StdInstant::now();
+        let text = resample::phone_to_whisper(&pcm)
+            .map_err(|e| e.to_string())
+            .and_then(|samples| self.engine.transcribe_blocking(&samples).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| panic!("whisper: {e}"));
+        let answer = (text, started.elapsed().as_secs_f64() * 1000.0);
+        self.cache.insert((utterance, frames), answer.clone());
+        answer
+    }
+}
+
 /// A strategy's settings for one run.
 #[derive(Debug, Clone, Copy)]
 enum Setting {
@@ -292,8 +321,16 @@ enum Setting {
     Smart { pause_ms: u64, threshold: f32, max_silence_ms: u64 },
 }
 
-/// When (ms from the start of the stream) the detector asked to finalize the turn, if it did.
-fn decide(setting: Setting, index: usize, u: &Utterance, verdicts: &[bool], judge: &mut Judge) -> Option<f64> {
+/// When (ms from the start of the stream) the detector asked to finalize the turn, if it did. With `words`, the
+/// caller's words so far are transcribed at the first question of each pause and given to the detector.
+fn decide(
+    setting: Setting,
+    index: usize,
+    u: &Utterance,
+    verdicts: &[bool],
+    judge: &mut Judge,
+    mut words: Option<&mut Words>,
+) -> Option<f64> {
     let mut config = TurnConfig::default();
     let mut threshold = 0.5;
     match setting {
@@ -313,29 +350,74 @@ fn decide(setting: Setting, index: usize, u: &Utterance, verdicts: &[bool], judg
     let at = |ms: f64| base + Duration::from_secs_f64(ms / 1000.0);
     // A judgement on its way back: id, arrival (ms), complete.
     let mut pending: Option<(u64, f64, bool)> = None;
+    // Words on their way back: arrival (ms), text; the last voiced frame whose pause was transcribed, and its words.
+    let mut heard: Option<(f64, String)> = None;
+    let mut transcribed_pause: Option<(usize, f64, String)> = None;
+    // With words, a finalize's answer on its way back: requested at (ms), arrival (ms), text.
+    let mut finalizing: Option<(f64, f64, String)> = None;
+    let mut last_voiced = 0;
     for (i, &voiced) in verdicts.iter().enumerate() {
         let now_ms = (i + 1) as f64 * FRAME_MS;
-        if let Some((id, due, complete)) = pending {
-            if due <= now_ms {
-                pending = None;
-                let decisions = detector.on_judgement(id, complete, at(due));
-                if decisions.iter().any(|d| matches!(d, TurnDecision::RequestFinalize)) {
-                    return Some(due);
-                }
+        if voiced {
+            last_voiced = i;
+        }
+        let mut decisions: Vec<(f64, TurnDecision)> = Vec::new();
+        if let Some((requested, due, text)) = finalizing.take_if(|(_, due, _)| *due <= now_ms) {
+            let flushed = transcript(text, true, due);
+            if detector.on_transcript(&flushed, at(due)).iter().any(|d| matches!(d, TurnDecision::EndOfTurn(_))) {
+                return Some(requested);
             }
         }
-        for decision in detector.on_vad(voiced, at(now_ms)) {
+        if let Some((due, text)) = heard.take_if(|(due, _)| *due <= now_ms) {
+            decisions
+                .extend(detector.on_transcript(&transcript(text, false, due), at(due)).into_iter().map(|d| (due, d)));
+        }
+        if let Some((id, due, complete)) = pending.take_if(|(_, due, _)| *due <= now_ms) {
+            decisions.extend(detector.on_judgement(id, complete, at(due)).into_iter().map(|d| (due, d)));
+        }
+        decisions.extend(detector.on_vad(voiced, at(now_ms)).into_iter().map(|d| (now_ms, d)));
+        for (when, decision) in decisions {
             match decision {
-                TurnDecision::RequestFinalize => return Some(now_ms),
+                TurnDecision::RequestFinalize => {
+                    let Some(words) = words.as_deref_mut() else { return Some(when) };
+                    // The finalize's words: those transcribed at this pause if the caller said nothing since (the
+                    // provider reuses them), else the audio so far, transcribed now.
+                    let (due, text) = match &transcribed_pause {
+                        Some((pause, due, text)) if *pause == last_voiced => (due.max(when), text.clone()),
+                        _ => {
+                            let (text, wall_ms) = words.transcribe(index, i + 1, &u.mulaw);
+                            (when + wall_ms, text)
+                        }
+                    };
+                    finalizing = Some((when, due, text));
+                }
                 TurnDecision::JudgeTurn { id } => {
                     let j = judge.judge(index, i + 1, &u.mulaw);
                     pending = Some((id, now_ms + j.wall_ms, j.probability > threshold));
+                    let new_pause = transcribed_pause.as_ref().is_none_or(|(pause, _, _)| *pause != last_voiced);
+                    if let Some(words) = words.as_deref_mut().filter(|_| new_pause) {
+                        let (text, wall_ms) = words.transcribe(index, i + 1, &u.mulaw);
+                        transcribed_pause = Some((last_voiced, now_ms + wall_ms, text.clone()));
+                        heard = Some((now_ms + wall_ms, text));
+                    }
                 }
                 _ => {}
             }
         }
     }
     None
+}
+
+/// A transcript of the caller's words so far: interim, or the answer to a finalize.
+fn transcript(text: String, finalized: bool, at_ms: f64) -> Transcript {
+    Transcript {
+        text,
+        is_final: finalized,
+        speech_final: finalized,
+        from_finalize: finalized,
+        start: 0.0,
+        duration: at_ms / 1000.0,
+    }
 }
 
 /// One strategy's outcome on every utterance: the decision time, if any.
@@ -504,7 +586,7 @@ fn main() {
         Judge { model, extractor: FeatureExtractor::new(), features: vec![0.0; FEATURES_LEN], cache: HashMap::new() };
 
     let run = |setting: Setting, judge: &mut Judge| -> Vec<Option<f64>> {
-        set.iter().enumerate().map(|(i, u)| decide(setting, i, u, &verdicts[i], judge)).collect()
+        set.iter().enumerate().map(|(i, u)| decide(setting, i, u, &verdicts[i], judge, None)).collect()
     };
 
     let defaults = TurnConfig::default();
@@ -527,6 +609,34 @@ fn main() {
             &mut judge,
         ),
     });
+    // The live Whisper provider's engine, as `[stt] provider = "whisper"` loads it.
+    let whisper_defaults = WhisperSettings::default();
+    let live_whisper = WhisperSettings {
+        beam_size: whisper_defaults.live_beam_size,
+        window_ms: whisper_defaults.live_window_ms,
+        ..whisper_defaults
+    };
+    let mut words_transcribed = Vec::new();
+    match WhisperEngine::load(&live_whisper) {
+        Ok(engine) => {
+            eprintln!("transcribing each pause with the live Whisper engine…");
+            let mut words = Words { engine, cache: HashMap::new() };
+            let smart = Setting::Smart {
+                pause_ms: defaults.smart_pause_ms,
+                threshold: 0.5,
+                max_silence_ms: defaults.smart_max_silence_ms,
+            };
+            let decisions = set
+                .iter()
+                .enumerate()
+                .map(|(i, u)| decide(smart, i, u, &verdicts[i], &mut judge, Some(&mut words)))
+                .collect();
+            outcomes
+                .push(Outcome { label: "`smart`+words (live Whisper transcribing at each pause)".into(), decisions });
+            words_transcribed = words.cache.into_iter().collect();
+        }
+        Err(e) => eprintln!("no `smart` row with words: {e}"),
+    }
     eprintln!("streaming {} utterances in real time through the Deepgram client and the fake server…", set.len());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let stt = runtime.block_on(stt_decisions(&set));
@@ -575,6 +685,24 @@ fn main() {
         }
     }
 
+    if !words_transcribed.is_empty() {
+        let mut walls: Vec<f64> = words_transcribed.iter().map(|(_, (_, wall))| *wall).collect();
+        walls.sort_by(f64::total_cmp);
+        out.push_str(&format!(
+            "\nlive Whisper per transcription at a pause ({} transcriptions of the audio so far; greedy, fitted \
+             window): wall median {:.0} ms, p90 {:.0} ms.\n",
+            walls.len(),
+            percentile(&walls, 0.5),
+            percentile(&walls, 0.9)
+        ));
+        words_transcribed.sort_by_key(|((u, f), _)| (*u, *f));
+        out.push_str("\nWords at each transcribed pause (utterance: ms after the end of speech, text):\n\n");
+        for ((u, frames), (text, _)) in &words_transcribed {
+            let after = *frames as f64 * FRAME_MS - set[*u].speech_end_ms;
+            out.push_str(&format!("- {}: {after:.0} ms: {text:?}\n", set[*u].name));
+        }
+    }
+
     let judgements: Vec<Judgement> = judge.cache.values().copied().collect();
     let mut walls: Vec<f64> = judgements.iter().map(|j| j.wall_ms).collect();
     walls.sort_by(f64::total_cmp);
@@ -596,7 +724,7 @@ fn main() {
     for o in &outcomes {
         out.push_str(&format!(" {} |", o.label.split_whitespace().next().unwrap_or("")));
     }
-    out.push_str(" smart-turn p at each judgement |\n|---|---|---|---:|---:|---:|---|\n");
+    out.push_str(&format!(" smart-turn p at each judgement |\n|---|---|---|{}---|\n", "---:|".repeat(outcomes.len())));
     for (i, u) in set.iter().enumerate() {
         out.push_str(&format!("| {} | {} | {} |", u.name, u.source, if u.paused() { "yes" } else { "no" }));
         for o in &outcomes {

@@ -10,8 +10,9 @@
 //!   audio) whether the turn is complete; if so, finalize as `vad` does, else ask again after each further
 //!   `smart_pause_ms` of silence (the model hears the longer silence), finalizing after `smart_max_silence_ms` of
 //!   silence whatever it said. The words heard so far settle the clear cases ([`super::turn_text`]): a turn whose last
-//!   word leaves the sentence open is not ended on the model's word, and one the recogniser closed with a full stop
-//!   ends once the model has been asked and the silence has lasted twice `smart_pause_ms`.
+//!   word leaves the sentence open is not ended on the model's word — neither when the model is asked nor when the
+//!   finalized words come back ending so, unless the longest silence forced the finalize —, and one the recogniser
+//!   closed with a full stop ends once the model has been asked and the silence has lasted twice `smart_pause_ms`.
 //!
 //! Barge-in: while the agent speaks, caller speech that lasts `barge_in_min_speech_ms` (and, optionally, carries
 //! `barge_in_min_words` words that are not all backchannels like "uh-huh") interrupts it. Shorter noise does not.
@@ -140,6 +141,8 @@ pub struct TurnDetector {
     pause_verdict: Option<bool>,
     /// What the words heard since the last end of turn say, updated with each transcript.
     text_cue: TextCue,
+    /// The finalize awaited was forced by the longest silence: its words end the turn whatever they say.
+    finalize_forced: bool,
 }
 
 const FRAME_MS: u64 = FRAME_MILLIS as u64;
@@ -164,6 +167,7 @@ impl TurnDetector {
             next_judgement_ms: 0,
             pause_verdict: None,
             text_cue: TextCue::Unclear,
+            finalize_forced: false,
         }
     }
 
@@ -254,7 +258,9 @@ impl TurnDetector {
         let silence = self.unvoiced_run_ms;
         if silence >= self.config.smart_max_silence_ms.max(self.config.smart_pause_ms) {
             self.judging = None;
-            return Some(self.request_finalize(now));
+            let finalize = self.request_finalize(now);
+            self.finalize_forced = true;
+            return Some(finalize);
         }
         if let Some(finalize) = self.finished_words_end_the_turn(now) {
             return Some(finalize);
@@ -318,7 +324,22 @@ impl TurnDetector {
 
     fn request_finalize(&mut self, now: Instant) -> TurnDecision {
         self.awaiting_finalize_since = Some(now);
+        self.finalize_forced = false;
         TurnDecision::RequestFinalize
+    }
+
+    /// `smart` strategy: the finalized words leave the sentence open ("my order number is"), and the finalize was
+    /// the model's call, not the longest silence's: the caller is mid-sentence. Keep the words and listen on; the
+    /// model is asked again as the pause grows, and the longest silence still ends the turn.
+    fn open_sentence_keeps_the_turn(&mut self) -> bool {
+        if self.config.strategy != TurnStrategy::Smart || self.finalize_forced || self.text_cue != TextCue::Continues {
+            return false;
+        }
+        tracing::debug!("the finalized words leave the sentence open: the turn goes on");
+        self.awaiting_finalize_since = None;
+        self.pause_verdict = Some(false);
+        self.next_judgement_ms = self.unvoiced_run_ms + self.config.smart_pause_ms.max(FRAME_MS);
+        true
     }
 
     /// A transcript from the STT.
@@ -340,7 +361,9 @@ impl TurnDetector {
         let ends_turn = match self.config.strategy {
             TurnStrategy::Stt => transcript.speech_final,
             TurnStrategy::Vad | TurnStrategy::Smart => {
-                transcript.from_finalize && self.awaiting_finalize_since.is_some()
+                transcript.from_finalize
+                    && self.awaiting_finalize_since.is_some()
+                    && !self.open_sentence_keeps_the_turn()
             }
         };
         if ends_turn {
@@ -633,6 +656,48 @@ mod tests {
         d.on_transcript(&transcript("my order number is four five six", false, false), now);
         let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked");
         assert_eq!(d.on_judgement(id, true, now), vec![TurnDecision::RequestFinalize]);
+    }
+
+    #[test]
+    fn smart_strategy_listens_on_when_the_finalized_words_leave_the_sentence_open() {
+        let mut d = smart();
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked");
+        assert_eq!(d.on_judgement(id, true, now), vec![TurnDecision::RequestFinalize], "the model says complete");
+        let flushed = Transcript { from_finalize: true, ..transcript("My order number is", true, true) };
+        assert!(d.on_transcript(&flushed, now).is_empty(), "the words leave the sentence open: no end of turn");
+        assert!(!d.awaiting_finalize());
+        // The number follows; the next finalize's words close the sentence, and the turn holds both.
+        feed(&mut d, &mut now, true, 20);
+        let id = judge_id(&feed(&mut d, &mut now, false, 10)).expect("asked again");
+        assert_eq!(d.on_judgement(id, true, now), vec![TurnDecision::RequestFinalize]);
+        let flushed = Transcript { from_finalize: true, ..transcript("four five six.", true, true) };
+        assert!(matches!(d.on_transcript(&flushed, now).as_slice(),
+            [TurnDecision::EndOfTurn(e)] if e.text == "My order number is four five six."));
+    }
+
+    #[test]
+    fn the_longest_silence_ends_the_turn_whatever_the_words_say() {
+        let mut d = smart();
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        let mut finalize_at = None;
+        for frame in 0..100 {
+            for decision in feed(&mut d, &mut now, false, 1) {
+                match decision {
+                    TurnDecision::JudgeTurn { id } => assert!(d.on_judgement(id, false, now).is_empty()),
+                    TurnDecision::RequestFinalize => finalize_at = Some(frame),
+                    other => panic!("{other:?}"),
+                }
+            }
+            if finalize_at.is_some() {
+                break;
+            }
+        }
+        assert_eq!(finalize_at, Some(99), "at 2 s of silence");
+        let flushed = Transcript { from_finalize: true, ..transcript("I'd like to book a table for", true, true) };
+        assert!(matches!(d.on_transcript(&flushed, now).as_slice(), [TurnDecision::EndOfTurn(_)]));
     }
 
     #[test]

@@ -77,6 +77,12 @@ const MODEL_RATE: f64 = 16_000.0;
 /// silence, and ends its transcript more reliably with some.
 #[cfg(feature = "whisper")]
 const FITTED_PADDING_FRAMES: usize = 200;
+/// Tokens a fitted window may decode per second of audio (speech runs at 3–5, digits one token each), plus the prompt
+/// and a margin: greedy decoding on a short window can fall into a loop ("4 5 6 4 5 6 …"), and this bounds its time.
+#[cfg(feature = "whisper")]
+const FITTED_TOKENS_PER_SECOND: usize = 8;
+#[cfg(feature = "whisper")]
+const FITTED_TOKEN_MARGIN: usize = 16;
 
 /// A loaded model plus the limit on concurrent inferences.
 pub struct WhisperEngine {
@@ -238,8 +244,11 @@ impl WhisperEngine {
                 .ok_or_else(|| anyhow::anyhow!("failed to detect the language"))?,
         };
         let prompt = ["<|startoftranscript|>", language.as_str(), "<|transcribe|>", "<|notimestamps|>"].to_vec();
+        let longest = chunks.iter().map(|chunk| chunk.len()).max().unwrap_or(0);
+        let max_length = fitted_max_length(longest, prompt.len(), self.options.max_length);
+        let options = WhisperOptions { max_length, ..self.options.clone() };
         model
-            .generate(&view, &vec![prompt; chunks.len()], &self.options)?
+            .generate(&view, &vec![prompt; chunks.len()], &options)?
             .into_iter()
             .map(|result| {
                 let best = result.sequences.into_iter().next().ok_or_else(|| anyhow::anyhow!("no transcript"))?;
@@ -259,6 +268,13 @@ impl WhisperEngine {
         .await
         .map_err(|e| WhisperError::Inference(format!("inference thread failed: {e}")))?
     }
+}
+
+/// The most tokens (prompt included) a fitted window of `samples` 16 kHz samples may decode, within Whisper's `cap`.
+#[cfg(feature = "whisper")]
+fn fitted_max_length(samples: usize, prompt: usize, cap: usize) -> usize {
+    let seconds = samples.div_ceil(MODEL_RATE as usize);
+    (prompt + FITTED_TOKEN_MARGIN + seconds * FITTED_TOKENS_PER_SECOND).min(cap)
 }
 
 /// Whisper's text with the leading space, the bracketed non-speech tags (`[BLANK_AUDIO]`, `(music)`) and any special
@@ -309,6 +325,17 @@ mod tests {
         assert_eq!(clean(" [BLANK_AUDIO]"), "");
         assert_eq!(clean("<|notimestamps|> I want to cancel.<|endoftext|>"), "I want to cancel.");
         assert_eq!(clean("a <| b"), "a <| b");
+    }
+
+    #[cfg(feature = "whisper")]
+    #[test]
+    fn a_fitted_window_decodes_a_bounded_number_of_tokens() {
+        // 2.5 s of audio (rounded up to 3), a 4-token prompt: 4 + 16 + 3 × 8.
+        assert_eq!(fitted_max_length(40_000, 4, 448), 44);
+        assert_eq!(fitted_max_length(0, 4, 448), 20);
+        // Never past Whisper's own limit.
+        assert_eq!(fitted_max_length(30 * 16_000, 4, 448), 260);
+        assert_eq!(fitted_max_length(30 * 16_000, 4, 200), 200);
     }
 
     #[test]
