@@ -221,7 +221,12 @@ impl TurnDetector {
             if !self.in_speech && self.voiced_run_ms >= self.config.min_speech_ms {
                 self.in_speech = true;
                 self.turn_open = true;
-                self.awaiting_finalize_since = None;
+                // Under `vad` the silence timeout has ended the turn: the finalize's words close it even when they
+                // come back after the caller has started again (that speech is the next turn). A model's or a
+                // provider's decision is only a guess about a pause the caller has now spoken past.
+                if self.config.strategy != TurnStrategy::Vad {
+                    self.awaiting_finalize_since = None;
+                }
                 let onset = now - Duration::from_millis(self.voiced_run_ms - FRAME_MS);
                 self.onset = Some(onset);
                 decisions.push(TurnDecision::SpeechStarted { onset });
@@ -538,6 +543,23 @@ mod tests {
         assert!(
             matches!(d.on_transcript(&flushed, now).as_slice(), [TurnDecision::EndOfTurn(e)] if e.text == "book a table for two")
         );
+    }
+
+    #[test]
+    fn vad_strategy_ends_the_turn_on_the_finalize_even_when_the_caller_has_started_again() {
+        let mut d = TurnDetector::new(TurnConfig { strategy: TurnStrategy::Vad, ..TurnConfig::default() });
+        let mut now = Instant::now();
+        feed(&mut d, &mut now, true, 20);
+        assert_eq!(feed(&mut d, &mut now, false, 25), vec![TurnDecision::RequestFinalize], "500 ms of silence");
+        // The caller goes on before the recogniser answers ("… four five six").
+        assert!(matches!(feed(&mut d, &mut now, true, 10).as_slice(), [TurnDecision::SpeechStarted { .. }]));
+        let flushed = Transcript { from_finalize: true, ..transcript("my order number is", true, true) };
+        assert!(
+            matches!(d.on_transcript(&flushed, now).as_slice(), [TurnDecision::EndOfTurn(e)] if e.text == "my order number is"),
+            "the silence timeout ended the turn at the pause"
+        );
+        // The speech after it is the next turn, from a fresh onset.
+        assert!(matches!(feed(&mut d, &mut now, true, 10).as_slice(), [TurnDecision::SpeechStarted { .. }]));
     }
 
     #[test]
