@@ -28,8 +28,12 @@ fn caller_voice() -> EspeakSettings {
 
 #[cfg(feature = "whisper")]
 fn engine() -> Arc<WhisperEngine> {
-    let settings = WhisperSettings::default();
-    match WhisperEngine::load(&settings) {
+    load(&WhisperSettings::default())
+}
+
+#[cfg(feature = "whisper")]
+fn load(settings: &WhisperSettings) -> Arc<WhisperEngine> {
+    match WhisperEngine::load(settings) {
         Ok(engine) => Arc::new(engine),
         Err(err) => panic!("these tests need the Whisper model: {err}"),
     }
@@ -45,11 +49,7 @@ fn live_engine() -> Arc<WhisperEngine> {
 #[cfg(feature = "whisper")]
 fn greedy_engine(window_ms: u64) -> Arc<WhisperEngine> {
     let defaults = WhisperSettings::default();
-    let settings = WhisperSettings { beam_size: defaults.live_beam_size, window_ms, ..defaults };
-    match WhisperEngine::load(&settings) {
-        Ok(engine) => Arc::new(engine),
-        Err(err) => panic!("these tests need the Whisper model: {err}"),
-    }
+    load(&WhisperSettings { beam_size: defaults.live_beam_size, window_ms, ..defaults })
 }
 
 async fn spoken(text: &str) -> Vec<u8> {

@@ -137,8 +137,8 @@ pub struct TurnDetector {
     judgements_asked: u64,
     /// The silence (ms) at which the turn model is next asked about the current pause.
     next_judgement_ms: u64,
-    /// The model's last answer about the current pause (after the words' veto).
-    pause_verdict: Option<bool>,
+    /// The model answered "incomplete" about the current pause (or the words overruled its "complete").
+    heard_incomplete: bool,
     /// What the words heard since the last end of turn say, updated with each transcript.
     text_cue: TextCue,
     /// The finalize awaited was forced by the longest silence: its words end the turn whatever they say.
@@ -165,7 +165,7 @@ impl TurnDetector {
             judging: None,
             judgements_asked: 0,
             next_judgement_ms: 0,
-            pause_verdict: None,
+            heard_incomplete: false,
             text_cue: TextCue::Unclear,
             finalize_forced: false,
         }
@@ -217,7 +217,7 @@ impl TurnDetector {
             // The caller goes on: a judgement of the pause before is stale.
             self.judging = None;
             self.next_judgement_ms = self.config.smart_pause_ms;
-            self.pause_verdict = None;
+            self.heard_incomplete = false;
             if !self.in_speech && self.voiced_run_ms >= self.config.min_speech_ms {
                 self.in_speech = true;
                 self.turn_open = true;
@@ -293,7 +293,7 @@ impl TurnDetector {
             return Vec::new();
         }
         let complete = complete && self.text_cue != TextCue::Continues;
-        self.pause_verdict = Some(complete);
+        self.heard_incomplete = !complete;
         if complete {
             return vec![self.request_finalize(now)];
         }
@@ -304,12 +304,11 @@ impl TurnDetector {
     /// silence has lasted twice the judging pause: the words win.
     fn finished_words_end_the_turn(&mut self, now: Instant) -> Option<TurnDecision> {
         let long_enough = self.unvoiced_run_ms >= 2 * self.config.smart_pause_ms;
-        let heard_incomplete = self.pause_verdict == Some(false);
         if self.config.strategy != TurnStrategy::Smart
             || !self.turn_open
             || self.awaiting_finalize_since.is_some()
             || !long_enough
-            || !heard_incomplete
+            || !self.heard_incomplete
             || self.text_cue != TextCue::Finished
         {
             return None;
@@ -342,7 +341,7 @@ impl TurnDetector {
         }
         tracing::debug!("the finalized words leave the sentence open: the turn goes on");
         self.awaiting_finalize_since = None;
-        self.pause_verdict = Some(false);
+        self.heard_incomplete = true;
         self.next_judgement_ms = self.unvoiced_run_ms + self.config.smart_pause_ms.max(FRAME_MS);
         true
     }
@@ -423,7 +422,7 @@ impl TurnDetector {
         let text = std::mem::take(&mut self.finals).join(" ");
         self.interim.clear();
         self.text_cue = TextCue::Unclear;
-        self.pause_verdict = None;
+        self.heard_incomplete = false;
         if text.trim().is_empty() {
             return None;
         }

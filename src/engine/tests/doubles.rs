@@ -243,7 +243,7 @@ pub fn twilio_side(mut out: mpsc::Receiver<OutboundMessage>, playout: PlayoutHan
             match message {
                 OutboundMessage::Media { media, .. } => {
                     // A message carries whole 20 ms frames; each is logged as sent now.
-                    let frames = media.payload.len().div_ceil(160);
+                    let frames = media.payload.len().div_ceil(crate::audio::FRAME_BYTES);
                     let mut log = lock(&seen);
                     log.media_frames += frames;
                     log.media_at.extend(std::iter::repeat_n(Instant::now(), frames));

@@ -206,7 +206,7 @@ pub fn media_count(log: &[Received]) -> usize {
     log.iter()
         .map(|r| match r {
             Received::Message { message: OutboundMessage::Media { media, .. }, .. } => {
-                media.payload.len().div_ceil(160)
+                media.payload.len().div_ceil(parley::audio::FRAME_BYTES)
             }
             _ => 0,
         })
