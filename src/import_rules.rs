@@ -14,6 +14,7 @@ const BELOW_THE_ENGINE: &[&str] = &[
     "call",
     "config",
     "cost",
+    "deadline",
     "edge",
     "failover",
     "http_client",

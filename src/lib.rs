@@ -21,7 +21,7 @@
 //! - [`cli`]: the `parley` commands (`serve`, `check`, `demo`, `archive`, `transcribe`, `eval`).
 //! - [`eval`]: `parley eval`, the simulated caller's client and the scoring of scenario calls.
 //!
-//! A private `http_client` module holds the HTTP client settings the providers share.
+//! [`deadline`] is the per-frame select loops' wake-up. A private `http_client` module holds the HTTP client settings the providers share.
 
 pub mod archive;
 pub mod assembly;
@@ -30,6 +30,7 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod cost;
+pub mod deadline;
 pub mod edge;
 pub mod engine;
 pub mod eval;

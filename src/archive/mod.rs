@@ -24,8 +24,9 @@
 //! The agent leg holds the agent's audio where the caller actually heard it: a frame plays at the later of its send
 //! time and the end of the previous agent frame, and a `clear` (barge-in) cuts whatever had not played yet.
 //!
-//! Files are written while the call goes on: the recording is flushed every recorder tick (100 ms) with the audio
-//! older than the recorder's 0.3 s hold, timeline lines as they happen, so a crash loses at most about half a second.
+//! Files are written while the call goes on: every recorder tick (500 ms) the recording is flushed with the audio
+//! older than the recorder's 0.3 s hold, and the timeline with the lines since the last tick, so a crash loses at most
+//! about 0.8 s.
 //! Recording costs no codec work during the call: the bytes that came off the wire are copied. A call whose metadata
 //! still says "open" when Parley starts was cut short by a crash: start-up seals it (the μ-law recording is cut to
 //! its whole frames and its header given its sizes — or, for a call recorded in Opus, the Ogg stream is finished —

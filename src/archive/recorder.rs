@@ -28,7 +28,7 @@ use crate::telemetry::redact;
 /// (Agent audio before "now" is already final: it is only ever scheduled at or after its send time.)
 const HOLD: Duration = Duration::from_millis(300);
 const SAMPLES_PER_MS: u64 = 8;
-/// The step buffer's capacity kept between steps: a second of both legs (a step normally writes 100 ms).
+/// The step buffer's capacity kept between steps: a second of both legs (a step normally writes 500 ms).
 const SCRATCH_KEPT: usize = 16_000;
 
 /// A call to record: what the archive knows when the call starts, and the tap's events to come.

@@ -52,7 +52,7 @@ pub struct S3Config {
     /// Region; unset, `AWS_REGION` / `AWS_DEFAULT_REGION`, else us-east-1.
     pub region: Option<String>,
     /// How often at most a part of a call's recording or timeline is uploaded while the call goes on, in
-    /// milliseconds (the recorder hands over its audio every 100 ms). Lower loses less in a crash and costs more
+    /// milliseconds (the recorder hands over its audio every 500 ms). Lower loses less in a crash and costs more
     /// requests.
     pub upload_every_ms: u64,
 }

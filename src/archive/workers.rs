@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use super::recorder::{LiveRecording, RecordingJob};
 
-/// How often each call's events are taken and its audio written.
-pub(crate) const TICK: Duration = Duration::from_millis(100);
+/// How often each call's events are taken and its audio written: two writes a second a call (recording and
+/// timeline). A crash loses what had not been written: at most this plus the recorder's hold (300 ms), under the
+/// second the archive promises.
+pub(crate) const TICK: Duration = Duration::from_millis(500);
 
 /// Hands each new call to one of the recorder threads.
 pub(crate) struct RecorderPool {

@@ -20,6 +20,7 @@ use crate::call::agent::{AgentContext, CallEvent};
 use crate::call::registry::CallPermit;
 use crate::call::tap::{CallTap, ConversationEvent, TapEvent};
 use crate::call::CallInfo;
+use crate::deadline::Deadline;
 use crate::telemetry::redact;
 use crate::twilio::messages::{OutboundMessage, Start};
 use crate::twilio::outbound::OutboundEncoder;
@@ -58,6 +59,14 @@ enum Ending {
     Idle,
     /// `start` was invalid (malformed SIDs, parameters, or a call other than the token's).
     BadStart,
+}
+
+/// What woke the socket's loop.
+enum SocketEvent {
+    /// A message the agent queued for Twilio.
+    Outbound(OutboundMessage),
+    /// A frame from Twilio (or the socket's end).
+    Inbound(Option<Result<Message, axum::Error>>),
 }
 
 /// Counters for the end-of-call log line.
@@ -104,7 +113,7 @@ pub(crate) async fn run(
     peer: SocketAddr,
     expected_call_sid: Option<String>,
 ) {
-    let (mut sink, mut stream) = socket.split();
+    let mut socket = socket;
     let (outbound, mut outbound_rx) = mpsc::channel::<OutboundMessage>(OUTBOUND_QUEUE);
     let close_requested = permit.close_requested();
     let server = &state.config.server;
@@ -126,34 +135,51 @@ pub(crate) async fn run(
         counters: Counters::default(),
         peer,
     };
-    let start_deadline = tokio::time::sleep(start_timeout);
-    tokio::pin!(start_deadline);
-    // Re-armed by every text frame once the call has started. Twilio sends media every 20 ms, silence included, so
-    // a quiet socket is a dead peer (a half-open connection sends no FIN) or a hostile one. Pings would not help:
-    // a pong proves only that the peer's WebSocket library runs, and must not keep a call slot.
+    // Until the call starts, the socket has `start_timeout` to send `start`; from then on every text frame moves
+    // the idle deadline. Twilio sends media every 20 ms, silence included, so a quiet socket is a dead peer (a
+    // half-open connection sends no FIN) or a hostile one. Pings would not help: a pong proves only that the peer's
+    // WebSocket library runs, and must not keep a call slot. One timer serves both, moved only when it must be (see
+    // `Deadline`): a frame does not touch it.
     let mut last_message = Instant::now();
-    let idle_deadline = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle_deadline);
+    let mut wake = Deadline::new();
+    // The two cancellations are waited on by futures that live as long as the loop, registered once.
     let hang_up = session.hang_up.clone();
+    let shutdown = close_requested.cancelled();
+    tokio::pin!(shutdown);
+    let hung_up = hang_up.cancelled();
+    tokio::pin!(hung_up);
     let mut encoder = OutboundEncoder::new();
 
     let ending = loop {
-        if session.live.is_some() {
-            idle_deadline.as_mut().reset(last_message + idle_timeout);
-        }
-        tokio::select! {
-            () = close_requested.cancelled() => break Ending::ServerShutdown,
-            () = hang_up.cancelled() => break Ending::HungUp,
-            () = &mut start_deadline, if session.live.is_none() => break Ending::NoStart,
-            () = &mut idle_deadline, if session.live.is_some() => break Ending::Idle,
-            Some(message) = outbound_rx.recv() => {
+        let due = match session.live {
+            None => session.opened_at + start_timeout,
+            Some(_) => last_message + idle_timeout,
+        };
+        wake.want(Some(due));
+        // Biased, in this order: the ends, then the agent's messages (first audio and `clear` wait for nothing),
+        // then Twilio's frames; each is polled only when the ones before it have nothing.
+        let event = tokio::select! {
+            biased;
+            () = &mut shutdown => break Ending::ServerShutdown,
+            () = &mut hung_up => break Ending::HungUp,
+            Some(message) = outbound_rx.recv() => SocketEvent::Outbound(message),
+            frame = socket.next() => SocketEvent::Inbound(frame),
+            () = wake.fired() => {
+                if Instant::now() < due {
+                    continue;
+                }
+                break if session.live.is_none() { Ending::NoStart } else { Ending::Idle };
+            }
+        };
+        match event {
+            SocketEvent::Outbound(message) => {
                 let Some(text) = encode(&mut encoder, &message) else { continue };
-                if let Err(err) = sink.send(Message::Text(text)).await {
+                if let Err(err) = socket.send(Message::Text(text)).await {
                     tracing::info!(%err, "could not write to Twilio");
                     break Ending::Vanished;
                 }
             }
-            frame = stream.next() => match frame {
+            SocketEvent::Inbound(frame) => match frame {
                 Some(Ok(Message::Text(text))) => {
                     last_message = Instant::now();
                     match session.on_text(text.as_str()) {
@@ -184,7 +210,7 @@ pub(crate) async fn run(
             break;
         }
         let Some(text) = encode(&mut encoder, &message) else { continue };
-        if sink.send(Message::Text(text)).await.is_err() {
+        if socket.send(Message::Text(text)).await.is_err() {
             break;
         }
     }
@@ -198,8 +224,8 @@ pub(crate) async fn run(
         Ending::Vanished => None,
     };
     if let Some((code, reason)) = close {
-        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-        let _ = sink.close().await;
+        let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        let _ = socket.close().await;
     }
 }
 

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::call_control::{CallAction, CallControl};
 use super::chunker::ChunkerConfig;
-use super::clock::sleep_until;
 use super::config::ConversationConfig;
 use super::conversation::{self, append_user_text, Conversation, WrittenSummary};
 use super::heard::heard_prefix;
@@ -32,13 +31,14 @@ use super::reply::{self, ReplyEvent, ReplyEvents, ReplyJob};
 use super::resume::{PauseVerdict, Paused};
 use super::tools::{ToolCallContext, ToolExecutor};
 use super::turn::{EndOfTurn, TurnDecision, TurnDetector, TurnStrategy};
-use super::vad::{energy_voiced, VadPool, VadSource, VadStream, VadVerdict};
+use super::vad::{energy_voiced, VadSource, VoiceDetector};
 use crate::audio::playout::{ClearReport, PlayoutHandle, PlayoutProgress};
 use crate::audio::recent::RecentAudio;
 use crate::call::agent::{Agent, AgentContext, AgentFactory, CallEvent};
 use crate::call::tap::{CallTap, ConversationEvent};
 use crate::call::CallInfo;
 use crate::cost::{CallUsage, PriceTable};
+use crate::deadline::Deadline;
 use crate::llm::context::tokens::TokenCounter;
 use crate::llm::context::Fold;
 use crate::llm::routing::{ModelRoute, Route};
@@ -68,7 +68,7 @@ pub struct CascadeDeps {
     /// The built-in `end_call`/`transfer_call` tools, when offered (the same object is `tools`, wrapping the
     /// backend's), so the engine can carry out what the model asked for.
     pub call_control: Option<Arc<CallControl>>,
-    /// Where the call's VAD runs (the worker pool, except in tests of the engine's decisions).
+    /// What decides whether the caller speaks (webrtc-vad, except in tests of the engine's decisions).
     pub vad: VadSource,
     /// The larger model for hard turns (`[llm.route]`), when configured.
     pub route: Option<Arc<ModelRoute>>,
@@ -106,18 +106,15 @@ impl Agent for CascadeAgent {
     }
 }
 
-/// The call's VAD: verdicts from the worker pool, or the energy gate inline.
+/// The call's VAD, run on each frame as it comes.
 enum Vad {
-    Pool(VadStream),
+    WebRtc(VoiceDetector),
     Energy,
-    /// No worker could be had: barge-in and VAD turn-taking are off for the call.
-    Off,
 }
 
 /// Everything the engine loop waits on, kept apart from the state so each can be borrowed on its own.
 struct Inputs {
     call: mpsc::Receiver<CallEvent>,
-    vad: Option<mpsc::UnboundedReceiver<VadVerdict>>,
     stt: Option<mpsc::Receiver<SttEvent>>,
     links: mpsc::UnboundedReceiver<LinkEvent>,
     replies: mpsc::UnboundedReceiver<(u64, ReplyEvent)>,
@@ -176,13 +173,6 @@ async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     }
 }
 
-async fn recv_unbounded<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Engine {
     /// Sets the call up: VAD, provider links (opening in the background), the greeting.
     fn start(deps: CascadeDeps, ctx: AgentContext) -> (Engine, Inputs) {
@@ -195,27 +185,17 @@ impl Engine {
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
             tracing::Span::current().context()
         });
-        let (vad, vad_rx) = match deps.vad {
-            VadSource::Energy => (Vad::Energy, None),
-            VadSource::Pool => match VadPool::global().open(deps.config.vad_aggressiveness) {
-                Some(mut stream) => {
-                    let verdicts = std::mem::replace(&mut stream.verdicts, mpsc::unbounded_channel().1);
-                    (Vad::Pool(stream), Some(verdicts))
-                }
-                None => {
-                    tracing::error!(call_sid = %ctx.call.call_sid, "no VAD worker is available; barge-in is off for this call");
-                    (Vad::Off, None)
-                }
-            },
+        let vad = match deps.vad {
+            VadSource::Energy => Vad::Energy,
+            VadSource::WebRtc => Vad::WebRtc(VoiceDetector::new(deps.config.vad_aggressiveness)),
         };
         let replay_frames = (deps.config.stt_replay_ms / 20) as usize;
-        let mut stt = SttLink::new(Arc::clone(&deps.stt), replay_frames, links.clone());
+        let mut stt = SttLink::new(Arc::clone(&deps.stt), links.clone());
         stt.open();
         let tts = TtsLink::spawn(Arc::clone(&deps.tts), links);
         let speculative = deps.config.speculative_replies.then(|| Arc::new(SpeculativeLlm::new(Arc::clone(&deps.llm))));
         let inputs = Inputs {
             call: ctx.events,
-            vad: vad_rx,
             stt: None,
             links: links_rx,
             replies: replies_rx,
@@ -264,13 +244,18 @@ impl Engine {
             let greeting = self.deps.config.greeting.clone();
             self.speak_line(&greeting);
         }
+        // One timer for the loop's life, moved only when something is due earlier than it is set for; the tick
+        // branch checks the time itself, so an early wake-up decides nothing.
+        let mut wake = Deadline::new();
         loop {
-            let deadline =
-                [self.turn.next_deadline(), self.stt.retry_at(), self.keypad.deadline(), self.resume_deadline()]
-                    .into_iter()
-                    .flatten()
-                    .min();
+            for due in [self.turn.next_deadline(), self.stt.retry_at(), self.keypad.deadline(), self.resume_deadline()]
+            {
+                wake.want(due);
+            }
+            // Biased: the caller's frames, fifty a second, are polled first and usually alone; the branches after
+            // them are polled only when no frame is waiting (none starves: a frame takes microseconds).
             tokio::select! {
+                biased;
                 event = inputs.call.recv() => match event {
                     Some(CallEvent::Audio(frame)) => self.on_caller_audio(frame).await,
                     Some(CallEvent::Dtmf(digit)) => {
@@ -281,7 +266,6 @@ impl Engine {
                     }
                     Some(CallEvent::Hangup) | None => break,
                 },
-                Some(verdict) = recv_unbounded(&mut inputs.vad) => self.on_vad(verdict.voiced).await,
                 event = recv(&mut inputs.stt) => self.on_stt(event, inputs).await,
                 Some(event) = inputs.links.recv() => self.on_link(event, inputs),
                 Some((id, event)) = inputs.replies.recv() => self.on_reply_event(id, event),
@@ -310,7 +294,7 @@ impl Engine {
                     self.on_playout(now);
                 }
                 result = self.outcome.transfer_result() => self.on_transfer_result(result),
-                () = sleep_until(deadline) => {
+                () = wake.fired() => {
                     let now = Instant::now();
                     self.stt.on_tick(now);
                     if let Some(entry) = self.keypad.on_tick(now) {
@@ -331,22 +315,18 @@ impl Engine {
     // ----- caller audio and speech-to-text ---------------------------------------------------------------------
 
     async fn on_caller_audio(&mut self, frame: bytes::Bytes) {
-        // The energy gate, measured once: the VAD, the STT's batching and the energy-only VAD all use it.
+        // The energy gate, measured once: the VAD and the STT's batching both use it.
         let loud = energy_voiced(&frame);
-        if let Vad::Energy = self.vad {
-            self.on_vad(loud).await;
-        }
+        let voiced = match &mut self.vad {
+            Vad::WebRtc(detector) => detector.is_speech(&frame, loud),
+            Vad::Energy => loud,
+        };
         if let Some(recent) = &mut self.recent_audio {
             recent.push(&frame);
         }
         self.replay.push(frame.clone());
         let may_wait = !loud && self.stt_may_wait();
-        // The pool decides a quiet frame at once; the verdict is handled after the frame went to the STT, as a verdict
-        // from the worker would be.
-        let decided = match &mut self.vad {
-            Vad::Pool(stream) => stream.push(frame.clone(), loud),
-            Vad::Energy | Vad::Off => None,
-        };
+        // The frame goes to the STT before its verdict is acted on: a finalize the verdict leads to follows it.
         let sent = self.stt.send_audio(frame, may_wait);
         if sent {
             self.usage.stt_seconds += 0.02;
@@ -354,9 +334,7 @@ impl Engine {
         if !sent && self.stt.is_open() && self.stt.dropped_frames.is_power_of_two() {
             tracing::warn!(call_sid = %self.call.call_sid, dropped = self.stt.dropped_frames, "speech-to-text is not keeping up");
         }
-        if let Some(verdict) = decided {
-            self.on_vad(verdict.voiced).await;
-        }
+        self.on_vad(voiced).await;
     }
 
     /// Whether quiet caller audio may wait a little before going to the STT: no result is waited for — no speech
@@ -593,12 +571,10 @@ impl Engine {
 
     /// Whether words the STT heard now can only be noise: the agent's audio is playing and the VAD never saw speech
     /// long enough to interrupt it (real speech over the agent barges in first, which ends the reply). A cough the
-    /// recogniser turned into a word must not cut the agent off. Without a VAD, words are all there is to go by. A
-    /// reply that resumed after a barge-in is the exception: its words came late (a slow recogniser), and they are
-    /// what the caller said when they cut in.
+    /// recogniser turned into a word must not cut the agent off. A reply that resumed after a barge-in is the
+    /// exception: its words came late (a slow recogniser), and they are what the caller said when they cut in.
     fn is_noise_over_the_agent(&self) -> bool {
-        !matches!(self.vad, Vad::Off)
-            && self.reply.as_ref().is_some_and(|r| r.has_audio() && !r.is_paused() && !r.resumed)
+        self.reply.as_ref().is_some_and(|r| r.has_audio() && !r.is_paused() && !r.resumed)
     }
 
     /// Keys the caller pressed become a caller turn, as if said.

@@ -28,7 +28,8 @@ pub struct ConversationConfig {
     pub text_hold_max_ms: u64,
     /// Keys the caller presses make one turn once they press `#` or stop pressing for this long.
     pub keypad_commit_ms: u64,
-    /// Caller audio kept since the last turn, replayed into a new STT session when one is lost mid-turn.
+    /// Caller audio kept since the last turn, replayed into a new STT session when one is lost mid-turn (at most what
+    /// a session's input holds, [`crate::stt::INPUT_CAPACITY`] frames, about 20 s).
     pub stt_replay_ms: u64,
     /// Start the reply's model request on the STT's eager end of turn (Deepgram Flux with `eager_eot_threshold`),
     /// dropped if the caller goes on. Saves the model's time to first token; costs a request per false alarm.

@@ -1,7 +1,8 @@
 //! The call's provider sessions: opened, fed and reopened in tasks, so the engine loop never waits on the network.
 //!
-//! - [`SttLink`] opens a recognition session in a task that reports back as a [`LinkEvent`]. Caller audio goes to a
-//!   bounded feed that a task drains into the session, so a slow provider never stalls the loop; a new session is
+//! - [`SttLink`] opens a recognition session in a task that reports back as a [`LinkEvent`]. Caller audio goes
+//!   straight into the session's bounded input ([`crate::stt::INPUT_CAPACITY`]) without waiting: a provider that
+//!   does not keep up loses frames (counted), never stalls the loop; a new session is
 //!   first fed the caller's audio since the last turn (the engine's replay buffer), so no word is lost while it
 //!   connects. A failed open is retried after [`STT_RETRY`]. Quiet audio between turns, which no result waits for,
 //!   goes in batches of [`QUIET_BATCH_FRAMES`] frames (one message instead of five); anything else goes at once, with
@@ -22,8 +23,6 @@ use crate::tts::{ContextId, TextToSpeech, TtsError, TtsEvent, TtsInput, TtsSessi
 
 /// How long to wait before reconnecting after a failed STT open.
 pub const STT_RETRY: Duration = Duration::from_secs(2);
-/// Frames a session's feed holds beyond the replay: about five seconds of a provider not keeping up.
-const FEED_MARGIN_FRAMES: usize = 256;
 /// Quiet frames sent to the provider as one message: 100 ms, a fifth of the messages (and of the provider task's
 /// wake-ups and socket writes) while nobody speaks.
 pub const QUIET_BATCH_FRAMES: usize = 5;
@@ -56,7 +55,6 @@ pub struct SttLink {
     stt: Arc<dyn SpeechToText>,
     state: SttState,
     generation: u64,
-    feed_capacity: usize,
     report: mpsc::UnboundedSender<LinkEvent>,
     /// Audio frames the feed could not take (the provider is not keeping up).
     pub dropped_frames: u64,
@@ -66,13 +64,12 @@ pub struct SttLink {
 }
 
 impl SttLink {
-    /// `replay_frames` is the most audio a new session is fed on opening.
-    pub fn new(stt: Arc<dyn SpeechToText>, replay_frames: usize, report: mpsc::UnboundedSender<LinkEvent>) -> Self {
+    /// A link with no session yet; [`SttLink::open`] starts one.
+    pub fn new(stt: Arc<dyn SpeechToText>, report: mpsc::UnboundedSender<LinkEvent>) -> Self {
         SttLink {
             stt,
             state: SttState::Down { retry_at: None },
             generation: 0,
-            feed_capacity: replay_frames + FEED_MARGIN_FRAMES,
             report,
             dropped_frames: 0,
             held: BytesMut::new(),
@@ -112,8 +109,7 @@ impl SttLink {
         }
         match result {
             Ok(session) => {
-                let (feed, queued) = mpsc::channel(self.feed_capacity);
-                tokio::spawn(feed_session(queued, session.input));
+                let feed = session.input;
                 for frame in replay {
                     if feed.try_send(SttInput::Audio(frame.clone())).is_err() {
                         self.dropped_frames += 1;
@@ -214,18 +210,6 @@ impl SttLink {
             let _ = feed.try_send(SttInput::Close);
         }
         self.state = SttState::Down { retry_at: None };
-    }
-}
-
-/// Drains a session's feed into the provider, batching what queued up while the provider was busy.
-async fn feed_session(mut queued: mpsc::Receiver<SttInput>, input: mpsc::Sender<SttInput>) {
-    let mut batch = Vec::with_capacity(16);
-    while queued.recv_many(&mut batch, 16).await > 0 {
-        for item in batch.drain(..) {
-            if input.send(item).await.is_err() {
-                return;
-            }
-        }
     }
 }
 

@@ -13,22 +13,24 @@ use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use url::Url;
 
+use crate::deadline::Deadline;
 use crate::websocket::{self, Socket, UpgradeHeader};
 
-use super::{SpeechToText, SttError, SttEvent, SttInput, SttSession, Transcript};
+use super::{SpeechToText, SttError, SttEvent, SttInput, SttSession, Transcript, INPUT_CAPACITY};
 
 /// Provider name used in errors, logs and spans.
 pub const PROVIDER: &str = "deepgram";
 
-/// Capacity of the session's input and event channels: a few seconds of 20 ms audio frames, so a short stall on
-/// the network does not block the engine's audio path.
-const CHANNEL_CAPACITY: usize = 256;
+/// Capacity of the session's event channel: a few seconds of results, so a slow engine does not stall the socket.
+const EVENT_CAPACITY: usize = 256;
+/// Queued inputs written with one socket write at most.
+const INPUTS_PER_WRITE: usize = 32;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Configuration
@@ -444,8 +446,8 @@ impl SpeechToText for Deepgram {
         let request_id = response.headers().get("dg-request-id").and_then(|value| value.to_str().ok()).unwrap_or("");
         tracing::info!(provider = PROVIDER, request_id, "stream opened");
 
-        let (input_tx, input_rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let (event_tx, event_rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (input_tx, input_rx) = mpsc::channel(INPUT_CAPACITY);
+        let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
         let io = SessionIo {
             socket,
             input: input_rx,
@@ -477,24 +479,33 @@ impl SessionIo {
     /// Pumps audio and control messages out, events in, and a `KeepAlive` whenever nothing was sent for
     /// `keepalive_interval`. Ends with exactly one `Closed` or `Error` event (unless the engine stopped listening).
     async fn run(mut self) {
-        let mut keepalive_at = Instant::now() + self.keepalive_interval;
+        let mut last_sent = Instant::now();
         let mut close_deadline: Option<Instant> = None;
+        // One timer for the session (see `Deadline`): audio sent moves the keep-alive's time, not the timer.
+        let mut wake = Deadline::new();
         loop {
+            let due = close_deadline.unwrap_or(last_sent + self.keepalive_interval);
+            wake.want(Some(due));
             let flow = tokio::select! {
+                biased;
                 input = self.input.recv(), if close_deadline.is_none() => {
-                    let flow = self.on_input(input, &mut close_deadline).await;
-                    keepalive_at = Instant::now() + self.keepalive_interval;
+                    let flow = self.on_inputs(input, &mut close_deadline).await;
+                    last_sent = Instant::now();
                     flow
                 }
                 frame = self.socket.next() => self.on_frame(frame, close_deadline.is_some()).await,
-                _ = sleep_until(keepalive_at), if close_deadline.is_none() => {
-                    keepalive_at = Instant::now() + self.keepalive_interval;
-                    self.send(Message::text(ControlMessage::KeepAlive.to_json())).await
-                }
-                _ = sleep_until(close_deadline.unwrap_or_else(Instant::now)), if close_deadline.is_some() => {
-                    tracing::warn!(provider = PROVIDER, "no close from the server after CloseStream; closing");
-                    self.emit(SttEvent::Closed).await;
-                    Flow::Stop
+                () = wake.fired() => {
+                    let now = Instant::now();
+                    if now < due {
+                        Flow::Continue
+                    } else if close_deadline.is_some() {
+                        tracing::warn!(provider = PROVIDER, "no close from the server after CloseStream; closing");
+                        self.emit(SttEvent::Closed).await;
+                        Flow::Stop
+                    } else {
+                        last_sent = now;
+                        self.send(Message::text(ControlMessage::KeepAlive.to_json())).await
+                    }
                 }
             };
             if let Flow::Stop = flow {
@@ -505,16 +516,37 @@ impl SessionIo {
         let _ = self.socket.close(None).await;
     }
 
-    async fn on_input(&mut self, input: Option<SttInput>, close_deadline: &mut Option<Instant>) -> Flow {
-        match input {
-            // An empty binary frame is Deepgram's legacy "end of stream" signal, so never send one.
-            Some(SttInput::Audio(audio)) if audio.is_empty() => Flow::Continue,
-            Some(SttInput::Audio(audio)) => self.send(Message::binary(audio)).await,
-            Some(SttInput::Finalize) => self.send(Message::text(ControlMessage::Finalize.to_json())).await,
-            Some(SttInput::Close) | None => {
-                *close_deadline = Some(Instant::now() + self.close_timeout);
-                self.send(Message::text(ControlMessage::CloseStream.to_json())).await
+    /// Writes `first` and whatever else the engine has queued (up to [`INPUTS_PER_WRITE`]) as frames of one socket
+    /// write: under load, inputs that waited for the task go out in one system call instead of one each.
+    async fn on_inputs(&mut self, first: Option<SttInput>, close_deadline: &mut Option<Instant>) -> Flow {
+        let mut input = first;
+        for _ in 0..INPUTS_PER_WRITE {
+            let message = match input {
+                // An empty binary frame is Deepgram's legacy "end of stream" signal, so never send one.
+                Some(SttInput::Audio(audio)) if audio.is_empty() => None,
+                Some(SttInput::Audio(audio)) => Some(Message::binary(audio)),
+                Some(SttInput::Finalize) => Some(Message::text(ControlMessage::Finalize.to_json())),
+                Some(SttInput::Close) | None => {
+                    *close_deadline = Some(Instant::now() + self.close_timeout);
+                    Some(Message::text(ControlMessage::CloseStream.to_json()))
+                }
+            };
+            if let Some(message) = message {
+                if let Err(error) = self.socket.feed(message).await {
+                    return self.on_lost(format!("send failed: {error}"), false).await;
+                }
             }
+            if close_deadline.is_some() {
+                break;
+            }
+            match self.input.try_recv() {
+                Ok(next) => input = Some(next),
+                Err(_) => break,
+            }
+        }
+        match self.socket.flush().await {
+            Ok(()) => Flow::Continue,
+            Err(error) => self.on_lost(format!("send failed: {error}"), false).await,
         }
     }
 

@@ -242,7 +242,7 @@ impl SpeechToText for DeepgramFlux {
         let (socket, _) = websocket::connect(&url, &headers, self.config.connect_timeout)
             .await
             .map_err(|error| SttError::from_handshake(PROVIDER, error))?;
-        let (input_tx, input_rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (input_tx, input_rx) = mpsc::channel(super::INPUT_CAPACITY);
         let (event_tx, event_rx) = mpsc::channel(CHANNEL_CAPACITY);
         tokio::spawn(run(socket, input_rx, event_tx));
         Ok(SttSession { input: input_tx, events: event_rx })

@@ -100,7 +100,13 @@ pub enum TurnEvent {
     EndOfTurn,
 }
 
-/// A live recognition session: audio in, events out. Dropping `input` closes the session.
+/// Inputs a session's `input` channel holds. The engine feeds it without ever waiting (a full channel drops the
+/// frame, counted), so this is the whole backlog a session may build: a new session's replay of the caller's audio
+/// since the last turn (15 s by default, 750 frames) and about five seconds more of a provider not keeping up.
+pub const INPUT_CAPACITY: usize = 1024;
+
+/// A live recognition session: audio in, events out. Dropping `input` closes the session. Providers make `input`
+/// with [`INPUT_CAPACITY`].
 pub struct SttSession {
     pub input: mpsc::Sender<SttInput>,
     pub events: mpsc::Receiver<SttEvent>,

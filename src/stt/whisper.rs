@@ -48,7 +48,7 @@ impl SpeechToText for WhisperStt {
     }
 
     async fn open(&self) -> Result<SttSession, SttError> {
-        let (input, inputs) = mpsc::channel(256);
+        let (input, inputs) = mpsc::channel(super::INPUT_CAPACITY);
         let (events_tx, events) = mpsc::channel(64);
         let (jobs_tx, jobs) = mpsc::unbounded_channel();
         let live_pause = Arc::new(AtomicU64::new(NO_PAUSE));

@@ -95,7 +95,7 @@ impl SpeechToText for TestStt {
         if let Open::HangUntil(gate) = plan {
             gate.await.map_err(|_| SttError::Connect { provider: "test-stt", detail: "gave up".into() })?;
         }
-        let (input, audio) = mpsc::channel(64);
+        let (input, audio) = mpsc::channel(crate::stt::INPUT_CAPACITY);
         let (events, events_rx) = mpsc::channel(64);
         let _ = self.sessions.send(SttHandle { events, audio });
         Ok(SttSession { input, events: events_rx })
