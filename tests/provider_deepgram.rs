@@ -300,3 +300,27 @@ async fn server_error_message_ends_the_session() {
     };
     assert!(detail.contains("SchemaError"), "{detail}");
 }
+
+#[tokio::test]
+async fn inputs_queued_while_the_session_was_busy_all_go_out_in_order() {
+    let fake = FakeDeepgram::start(FakeDeepgramOptions::default()).await.unwrap();
+    let session = open(&fake).await;
+    // Queued without yielding, as an engine under load queues them: far more than one socket write takes, with a
+    // finalize in the middle and the close last.
+    let frames: Vec<Vec<u8>> = (0..200u8).map(|n| vec![n; 160]).collect();
+    for (n, frame) in frames.iter().enumerate() {
+        session.input.try_send(SttInput::Audio(Bytes::copy_from_slice(frame))).expect("the input holds the backlog");
+        if n == 99 {
+            session.input.try_send(SttInput::Finalize).unwrap();
+        }
+    }
+    session.input.try_send(SttInput::Close).unwrap();
+    let ended = fake.wait_for(Duration::from_secs(5), |records| records.first().is_some_and(|r| r.ended)).await;
+    assert!(ended, "the session never closed");
+    let record = fake.connections().remove(0);
+    assert_eq!(record.binary_frames(), 200, "every frame is its own message");
+    assert_eq!(record.audio(), frames.concat(), "the audio arrives whole and in order");
+    assert_eq!(record.control_types(), ["Finalize", "CloseStream"]);
+    let finalize_at = record.received.iter().position(|frame| matches!(frame, ReceivedFrame::Text(_))).unwrap();
+    assert_eq!(finalize_at, 100, "the finalize follows the audio queued before it");
+}

@@ -156,14 +156,15 @@ pub(crate) async fn run(
             Some(_) => last_message + idle_timeout,
         };
         wake.want(Some(due));
-        // Biased, in this order: the ends, then the agent's messages (first audio and `clear` wait for nothing),
-        // then Twilio's frames; each is polled only when the ones before it have nothing.
+        // Biased, in this order: the agent's messages (first audio and `clear` wait for nothing), Twilio's frames,
+        // then the ends; each is polled only when the ones before it have nothing, so a frame costs one poll. The
+        // ends are not starved by a flood: the runtime's budget makes the socket report nothing after a while.
         let event = tokio::select! {
             biased;
-            () = &mut shutdown => break Ending::ServerShutdown,
-            () = &mut hung_up => break Ending::HungUp,
             Some(message) = outbound_rx.recv() => SocketEvent::Outbound(message),
             frame = socket.next() => SocketEvent::Inbound(frame),
+            () = &mut shutdown => break Ending::ServerShutdown,
+            () = &mut hung_up => break Ending::HungUp,
             () = wake.fired() => {
                 if Instant::now() < due {
                     continue;

@@ -252,8 +252,9 @@ impl Engine {
             {
                 wake.want(due);
             }
-            // Biased: the caller's frames, fifty a second, are polled first and usually alone; the branches after
-            // them are polled only when no frame is waiting (none starves: a frame takes microseconds).
+            // Biased, the most frequent first: the caller's frames (fifty a second) are polled first and usually
+            // alone; each later branch only when the ones before it have nothing (none starves: a frame takes
+            // microseconds).
             tokio::select! {
                 biased;
                 event = inputs.call.recv() => match event {
@@ -268,6 +269,13 @@ impl Engine {
                 },
                 event = recv(&mut inputs.stt) => self.on_stt(event, inputs).await,
                 Some(event) = inputs.links.recv() => self.on_link(event, inputs),
+                changed = inputs.progress.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let now = *inputs.progress.borrow_and_update();
+                    self.on_playout(now);
+                }
                 Some((id, event)) = inputs.replies.recv() => self.on_reply_event(id, event),
                 Some((id, judgement)) = inputs.judgements.recv() => {
                     let decisions = match judgement {
@@ -285,13 +293,6 @@ impl Engine {
                         self.usage.add_tokens(self.deps.llm.name(), self.deps.llm.model(), usage);
                     }
                     self.conversation.summary_ready(fold, summary.text);
-                }
-                changed = inputs.progress.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let now = *inputs.progress.borrow_and_update();
-                    self.on_playout(now);
                 }
                 result = self.outcome.transfer_result() => self.on_transfer_result(result),
                 () = wake.fired() => {

@@ -520,7 +520,8 @@ impl SessionIo {
     /// write: under load, inputs that waited for the task go out in one system call instead of one each.
     async fn on_inputs(&mut self, first: Option<SttInput>, close_deadline: &mut Option<Instant>) -> Flow {
         let mut input = first;
-        for _ in 0..INPUTS_PER_WRITE {
+        let mut written = 0;
+        loop {
             let message = match input {
                 // An empty binary frame is Deepgram's legacy "end of stream" signal, so never send one.
                 Some(SttInput::Audio(audio)) if audio.is_empty() => None,
@@ -536,7 +537,8 @@ impl SessionIo {
                     return self.on_lost(format!("send failed: {error}"), false).await;
                 }
             }
-            if close_deadline.is_some() {
+            written += 1;
+            if close_deadline.is_some() || written == INPUTS_PER_WRITE {
                 break;
             }
             match self.input.try_recv() {
