@@ -6,10 +6,18 @@ use clap::Parser;
 use parley::cli::{self, Cli, Command};
 use parley::config::Secrets;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before any thread exists: the allocator's arena cap applies to the threads to come.
+    parley::edge::limit_allocator_arenas();
     let cli = Cli::parse();
-    match run(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("parley: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("parley: {err:#}");

@@ -27,6 +27,7 @@ use crate::config::{Config, Secrets};
 use crate::twilio::signature::SignatureValidator;
 use crate::twilio::stream_token::StreamTokens;
 
+pub use idle_memory::limit_allocator_arenas;
 pub use serve::connections_refused_at_cap;
 pub use shutdown::wait_for_signal;
 
