@@ -21,7 +21,8 @@
 //! - [`cli`]: the `parley` commands (`serve`, `check`, `demo`, `archive`, `transcribe`, `eval`).
 //! - [`eval`]: `parley eval`, the simulated caller's client and the scoring of scenario calls.
 //!
-//! [`deadline`] is the per-frame select loops' wake-up. A private `http_client` module holds the HTTP client settings the providers share.
+//! [`deadline`] is the per-frame select loops' wake-up. A private `http_client` module holds the HTTP client settings
+//! the providers share.
 
 pub mod archive;
 pub mod assembly;
