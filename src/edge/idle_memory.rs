@@ -135,13 +135,11 @@ mod tests {
         RELEASES.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    const SCHEDULE: [Duration; 2] = [Duration::from_secs(5), Duration::from_secs(95)];
-
     #[tokio::test(start_paused = true)]
     async fn it_releases_on_its_schedule_once_the_calls_are_gone_and_stops_with_the_registry() {
-        let settle = SCHEDULE[0];
+        let settle = RELEASE_AFTER[0];
         let (calls, active) = watch::channel(0usize);
-        let task = tokio::spawn(run(active, &SCHEDULE, count_release));
+        let task = tokio::spawn(run(active, &RELEASE_AFTER, count_release));
         tokio::time::sleep(settle * 2).await;
         assert_eq!(releases(), 0, "no call has been live yet");
         calls.send_replace(3);

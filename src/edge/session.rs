@@ -107,13 +107,12 @@ struct Session {
 
 /// Serves one Media Stream until it ends, whatever the other side does.
 pub(crate) async fn run(
-    socket: WebSocket,
+    mut socket: WebSocket,
     state: Arc<AppState>,
     permit: CallPermit,
     peer: SocketAddr,
     expected_call_sid: Option<String>,
 ) {
-    let mut socket = socket;
     let (outbound, mut outbound_rx) = mpsc::channel::<OutboundMessage>(OUTBOUND_QUEUE);
     let close_requested = permit.close_requested();
     let server = &state.config.server;

@@ -534,7 +534,7 @@ impl SessionIo {
             };
             if let Some(message) = message {
                 if let Err(error) = self.socket.feed(message).await {
-                    return self.on_lost(format!("send failed: {error}"), false).await;
+                    return self.on_send_failed(error).await;
                 }
             }
             written += 1;
@@ -548,7 +548,7 @@ impl SessionIo {
         }
         match self.socket.flush().await {
             Ok(()) => Flow::Continue,
-            Err(error) => self.on_lost(format!("send failed: {error}"), false).await,
+            Err(error) => self.on_send_failed(error).await,
         }
     }
 
@@ -602,11 +602,13 @@ impl SessionIo {
     async fn send(&mut self, message: Message) -> Flow {
         match self.socket.send(message).await {
             Ok(()) => Flow::Continue,
-            Err(error) => {
-                let detail = format!("send failed: {error}");
-                self.on_lost(detail, false).await
-            }
+            Err(error) => self.on_send_failed(error).await,
         }
+    }
+
+    /// A write to the socket failed: the socket is gone.
+    async fn on_send_failed(&mut self, error: WsError) -> Flow {
+        self.on_lost(format!("send failed: {error}"), false).await
     }
 
     /// Forwards an event; if the engine dropped its receiver there is nobody to work for, so stop.
