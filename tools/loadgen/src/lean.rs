@@ -2,7 +2,9 @@
 //! two cores.
 //!
 //! Calls are grouped in shards; each shard is one task with one 20 ms interval that writes every call's next frame
-//! (prebuilt payloads, counters formatted into a reused buffer) and advances every call's script. Each call has a
+//! (prebuilt payloads, counters formatted into a reused buffer) and advances every call's script. The shards' ticks
+//! are spread evenly over the 20 ms, as independent calls' frames are: Twilio's streams do not all send their frames
+//! at the same instant, and a generator whose calls all do measures a burst real traffic does not make. Each call has a
 //! reader task that classifies Parley's messages without parsing them ([`crate::wire::classify`]) and notes only
 //! what the measurements need — when the reply's audio started, gaps in it, `clear`s, marks to echo — in a small
 //! state shared with its shard. Nothing is stored per message.
@@ -178,12 +180,13 @@ pub async fn run(
     let script = Arc::new(script);
     let mut senders = Vec::with_capacity(shards);
     let mut tasks = Vec::with_capacity(shards);
-    for _ in 0..shards {
+    let started = Instant::now();
+    for n in 0..shards {
         let (tx, rx) = mpsc::unbounded_channel();
         senders.push(tx);
-        tasks.push(tokio::spawn(shard(rx, payloads.clone(), script.clone(), progress.clone())));
+        let phase = started + FRAME.mul_f64(n as f64 / shards as f64);
+        tasks.push(tokio::spawn(shard(rx, phase, payloads.clone(), script.clone(), progress.clone())));
     }
-    let started = Instant::now();
     for n in 0..calls {
         let at = started + ramp.mul_f64(f64::from(n) / f64::from(calls.max(1)));
         let shard = senders[n as usize % shards].clone();
@@ -308,6 +311,7 @@ async fn read(mut stream: SplitStream<Socket>, heard: Arc<Mutex<Heard>>, late_ga
 /// One shard: every 20 ms, each of its calls sends its next frame and advances its script.
 async fn shard(
     mut joining: mpsc::UnboundedReceiver<Result<Call, CallResult>>,
+    phase: Instant,
     payloads: Arc<Payloads>,
     script: Arc<Script>,
     progress: Arc<Progress>,
@@ -316,7 +320,7 @@ async fn shard(
     let mut results = Vec::new();
     let mut buffer = String::with_capacity(512);
     let mut open = true;
-    let mut tick = tokio::time::interval(FRAME);
+    let mut tick = tokio::time::interval_at(phase, FRAME);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     loop {
         tick.tick().await;

@@ -79,8 +79,9 @@ struct RunArgs {
     /// Every this many turns the caller talks over the reply, 500 ms after its first audio (0: never).
     #[arg(long, default_value_t = 3)]
     barge_every: u32,
-    /// Caller tasks that pace the calls (each writes its calls' frames from one 20 ms tick).
-    #[arg(long, default_value_t = 4)]
+    /// Caller tasks that pace the calls (each writes its calls' frames from one 20 ms tick; the ticks are spread
+    /// evenly over the 20 ms, so this many phases).
+    #[arg(long, default_value_t = 10)]
     shards: usize,
     /// What the fake model answers.
     #[arg(long, default_value = DEFAULT_REPLY)]
