@@ -28,6 +28,7 @@ use super::links::{LinkEvent, SttLink, TtsLink};
 use super::outcome::CallOutcome;
 use super::replay::ReplayBuffer;
 use super::reply::{self, ReplyEvent, ReplyEvents, ReplyJob};
+use super::reports::{judgement_reporter, link_reporter, reply_reporter, summary_reporter, Report, Reporter};
 use super::resume::{PauseVerdict, Paused};
 use super::tools::{ToolCallContext, ToolExecutor};
 use super::turn::{EndOfTurn, TurnDecision, TurnDetector, TurnStrategy};
@@ -116,12 +117,8 @@ enum Vad {
 struct Inputs {
     call: mpsc::Receiver<CallEvent>,
     stt: Option<mpsc::Receiver<SttEvent>>,
-    links: mpsc::UnboundedReceiver<LinkEvent>,
-    replies: mpsc::UnboundedReceiver<(u64, ReplyEvent)>,
-    /// Running summaries written off the hot path: (fold id, summary).
-    summaries: mpsc::UnboundedReceiver<(u64, WrittenSummary)>,
-    /// The turn model's answers: (pause id, judgement; `None` when it failed).
-    judgements: mpsc::UnboundedReceiver<(u64, Option<TurnJudgement>)>,
+    /// What the engine's tasks report: the links, replies, running summaries, the turn model's answers.
+    reports: mpsc::UnboundedReceiver<Report>,
     progress: tokio::sync::watch::Receiver<PlayoutProgress>,
 }
 
@@ -138,8 +135,8 @@ struct Engine {
     conversation: Conversation,
     reply: Option<InFlight>,
     next_reply_id: u64,
-    replies: mpsc::UnboundedSender<(u64, ReplyEvent)>,
-    summaries: mpsc::UnboundedSender<(u64, WrittenSummary)>,
+    replies: Reporter<(u64, ReplyEvent)>,
+    summaries: Reporter<(u64, WrittenSummary)>,
     /// What the call has used so far (priced at its end by `[cost]`).
     usage: CallUsage,
     started_at: Instant,
@@ -161,7 +158,7 @@ struct Engine {
     /// speech that started after the last answer is still pending (its words, or none, are to come).
     stt_speech_started: Option<f64>,
     stt_answered_until: f64,
-    judgements: mpsc::UnboundedSender<(u64, Option<TurnJudgement>)>,
+    judgements: Reporter<(u64, Option<TurnJudgement>)>,
     /// The caller's last 8 s, for the turn model (only with the `smart` strategy and a model).
     recent_audio: Option<RecentAudio>,
 }
@@ -176,10 +173,10 @@ async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
 impl Engine {
     /// Sets the call up: VAD, provider links (opening in the background), the greeting.
     fn start(deps: CascadeDeps, ctx: AgentContext) -> (Engine, Inputs) {
-        let (replies, replies_rx) = mpsc::unbounded_channel();
-        let (summaries, summaries_rx) = mpsc::unbounded_channel();
-        let (judgements, judgements_rx) = mpsc::unbounded_channel();
-        let (links, links_rx) = mpsc::unbounded_channel();
+        let (queue, reports) = mpsc::unbounded_channel();
+        let (replies, summaries, judgements) =
+            (reply_reporter(&queue), summary_reporter(&queue), judgement_reporter(&queue));
+        let links = link_reporter(&queue);
         let call_trace = otel::enabled().then(|| {
             // The agent task runs inside the call's span (src/edge/session.rs).
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -194,15 +191,7 @@ impl Engine {
         stt.open();
         let tts = TtsLink::spawn(Arc::clone(&deps.tts), links);
         let speculative = deps.config.speculative_replies.then(|| Arc::new(SpeculativeLlm::new(Arc::clone(&deps.llm))));
-        let inputs = Inputs {
-            call: ctx.events,
-            stt: None,
-            links: links_rx,
-            replies: replies_rx,
-            summaries: summaries_rx,
-            judgements: judgements_rx,
-            progress: ctx.playout.watch(),
-        };
+        let inputs = Inputs { call: ctx.events, stt: None, reports, progress: ctx.playout.watch() };
         let engine = Engine {
             conversation: Conversation::new(&deps.config.system_prompt, deps.config.context.clone(), deps.tokens),
             turn: TurnDetector::new(deps.config.turn.clone()),
@@ -268,31 +257,18 @@ impl Engine {
                     Some(CallEvent::Hangup) | None => break,
                 },
                 event = recv(&mut inputs.stt) => self.on_stt(event, inputs).await,
-                Some(event) = inputs.links.recv() => self.on_link(event, inputs),
+                Some(report) = inputs.reports.recv() => match report {
+                    Report::Link(event) => self.on_link(event, inputs),
+                    Report::Reply(id, event) => self.on_reply_event(id, event),
+                    Report::Judgement(id, judgement) => self.on_judgement(id, judgement).await,
+                    Report::Summary(fold, summary) => self.on_summary(fold, summary),
+                },
                 changed = inputs.progress.changed() => {
                     if changed.is_err() {
                         break;
                     }
                     let now = *inputs.progress.borrow_and_update();
                     self.on_playout(now);
-                }
-                Some((id, event)) = inputs.replies.recv() => self.on_reply_event(id, event),
-                Some((id, judgement)) = inputs.judgements.recv() => {
-                    let decisions = match judgement {
-                        Some(judgement) => {
-                            tracing::debug!(call_sid = %self.call.call_sid, probability = judgement.complete_probability,
-                                inference_ms = judgement.inference.as_secs_f64() * 1000.0, "turn model judged a pause");
-                            self.turn.on_judgement(id, judgement.complete, Instant::now())
-                        }
-                        None => Vec::new(),
-                    };
-                    self.apply(decisions).await;
-                }
-                Some((fold, summary)) = inputs.summaries.recv() => {
-                    if let Some(usage) = &summary.usage {
-                        self.usage.add_tokens(self.deps.llm.name(), self.deps.llm.model(), usage);
-                    }
-                    self.conversation.summary_ready(fold, summary.text);
                 }
                 result = self.outcome.transfer_result() => self.on_transfer_result(result),
                 () = wake.fired() => {
@@ -422,6 +398,27 @@ impl Engine {
         let lost_words = self.turn.discard_pending();
         self.recheck_lost_words = self.turn.caller_speaking() || lost_words;
         self.stt.lost();
+    }
+
+    /// The turn model answered about a pause (`None`: it failed, and the pause goes unjudged).
+    async fn on_judgement(&mut self, id: u64, judgement: Option<TurnJudgement>) {
+        let decisions = match judgement {
+            Some(judgement) => {
+                tracing::debug!(call_sid = %self.call.call_sid, probability = judgement.complete_probability,
+                    inference_ms = judgement.inference.as_secs_f64() * 1000.0, "turn model judged a pause");
+                self.turn.on_judgement(id, judgement.complete, Instant::now())
+            }
+            None => Vec::new(),
+        };
+        self.apply(decisions).await;
+    }
+
+    /// A running summary is written: its tokens count, and the conversation takes it.
+    fn on_summary(&mut self, fold: u64, summary: WrittenSummary) {
+        if let Some(usage) = &summary.usage {
+            self.usage.add_tokens(self.deps.llm.name(), self.deps.llm.model(), usage);
+        }
+        self.conversation.summary_ready(fold, summary.text);
     }
 
     fn on_link(&mut self, event: LinkEvent, inputs: &mut Inputs) {

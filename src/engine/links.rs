@@ -18,6 +18,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::reports::Reporter;
+
 use crate::stt::{SpeechToText, SttError, SttEvent, SttInput, SttSession};
 use crate::tts::{ContextId, TextToSpeech, TtsError, TtsEvent, TtsInput, TtsSession};
 
@@ -55,7 +57,7 @@ pub struct SttLink {
     stt: Arc<dyn SpeechToText>,
     state: SttState,
     generation: u64,
-    report: mpsc::UnboundedSender<LinkEvent>,
+    report: Reporter<LinkEvent>,
     /// Audio frames the feed could not take (the provider is not keeping up).
     pub dropped_frames: u64,
     /// Quiet frames held back to go with the next ones (see [`SttLink::send_audio`]).
@@ -65,7 +67,7 @@ pub struct SttLink {
 
 impl SttLink {
     /// A link with no session yet; [`SttLink::open`] starts one.
-    pub fn new(stt: Arc<dyn SpeechToText>, report: mpsc::UnboundedSender<LinkEvent>) -> Self {
+    pub fn new(stt: Arc<dyn SpeechToText>, report: Reporter<LinkEvent>) -> Self {
         SttLink {
             stt,
             state: SttState::Down { retry_at: None },
@@ -228,7 +230,7 @@ pub struct TtsLink {
 
 impl TtsLink {
     /// Starts the link's task, which opens a session at once and reports on `report`.
-    pub fn spawn(tts: Arc<dyn TextToSpeech>, report: mpsc::UnboundedSender<LinkEvent>) -> TtsLink {
+    pub fn spawn(tts: Arc<dyn TextToSpeech>, report: Reporter<LinkEvent>) -> TtsLink {
         let (commands, rx) = mpsc::unbounded_channel();
         let provider = tts.name();
         tokio::spawn(run_tts_link(tts, rx, report));
@@ -252,7 +254,7 @@ impl TtsLink {
     }
 }
 
-async fn open_tts(tts: &dyn TextToSpeech, report: &mpsc::UnboundedSender<LinkEvent>) -> Option<TtsSession> {
+async fn open_tts(tts: &dyn TextToSpeech, report: &Reporter<LinkEvent>) -> Option<TtsSession> {
     match tts.open().await {
         Ok(session) => Some(session),
         Err(error) => {
@@ -276,7 +278,7 @@ async fn next_event(session: &mut Option<TtsSession>) -> Option<TtsEvent> {
 async fn run_tts_link(
     tts: Arc<dyn TextToSpeech>,
     mut commands: mpsc::UnboundedReceiver<TtsCommand>,
-    report: mpsc::UnboundedSender<LinkEvent>,
+    report: Reporter<LinkEvent>,
 ) {
     let mut link = TtsLinkState { tts, report, session: None, delivered: Vec::new(), failed: None };
     let mut batch = Vec::new();
@@ -312,7 +314,7 @@ async fn run_tts_link(
 /// The TTS link's state; see [`run_tts_link`].
 struct TtsLinkState {
     tts: Arc<dyn TextToSpeech>,
-    report: mpsc::UnboundedSender<LinkEvent>,
+    report: Reporter<LinkEvent>,
     session: Option<TtsSession>,
     /// Contexts the current session has had text for.
     delivered: Vec<ContextId>,

@@ -20,6 +20,7 @@ pub mod links;
 pub mod outcome;
 pub mod replay;
 pub mod reply;
+pub mod reports;
 pub mod resume;
 pub mod turn;
 pub mod turn_text;

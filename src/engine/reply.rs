@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::chunker::{ChunkerConfig, Piece, SentenceChunker};
 use super::clock::sleep_until;
+use super::reports::Reporter;
 use super::tools::{ToolCallContext, ToolExecutor};
 use crate::llm::history::{append_tool_round, ToolOutcome, ToolResult};
 use crate::llm::routing::{ModelRoute, Route, ESCALATED_RESULT, ESCALATION_TOOL};
@@ -73,7 +73,7 @@ pub enum ReplyEvent {
 #[derive(Clone)]
 pub struct ReplyEvents {
     pub reply_id: u64,
-    pub sender: mpsc::UnboundedSender<(u64, ReplyEvent)>,
+    pub sender: Reporter<(u64, ReplyEvent)>,
 }
 
 impl ReplyEvents {
