@@ -129,7 +129,9 @@ pub(crate) async fn run(
         state,
         permit,
         outbound,
-        hang_up: CancellationToken::new(),
+        // A child of the close request: a server shutdown ends the wait for a hang-up too, so the loop waits on one
+        // cancellation instead of two (each is checked under a lock whenever the loop wakes).
+        hang_up: close_requested.child_token(),
         live: None,
         counters: Counters::default(),
         peer,
@@ -141,12 +143,11 @@ pub(crate) async fn run(
     // `Deadline`): a frame does not touch it.
     let mut last_message = Instant::now();
     let mut wake = Deadline::new();
-    // The two cancellations are waited on by futures that live as long as the loop, registered once.
+    // The hang-up (or the server's close request, its parent) is waited on by a future that lives as long as the loop,
+    // registered once.
     let hang_up = session.hang_up.clone();
-    let shutdown = close_requested.cancelled();
-    tokio::pin!(shutdown);
-    let hung_up = hang_up.cancelled();
-    tokio::pin!(hung_up);
+    let ended = hang_up.cancelled();
+    tokio::pin!(ended);
     let mut encoder = OutboundEncoder::new();
 
     let ending = loop {
@@ -156,14 +157,15 @@ pub(crate) async fn run(
         };
         wake.want(Some(due));
         // Biased, in this order: the agent's messages (first audio and `clear` wait for nothing), Twilio's frames,
-        // then the ends; each is polled only when the ones before it have nothing, so a frame costs one poll. The
-        // ends are not starved by a flood: the runtime's budget makes the socket report nothing after a while.
+        // then the end; each is polled only when the ones before it have nothing, so a frame costs one poll. The
+        // end is not starved by a flood: the runtime's budget makes the socket report nothing after a while.
         let event = tokio::select! {
             biased;
             Some(message) = outbound_rx.recv() => SocketEvent::Outbound(message),
             frame = socket.next() => SocketEvent::Inbound(frame),
-            () = &mut shutdown => break Ending::ServerShutdown,
-            () = &mut hung_up => break Ending::HungUp,
+            () = &mut ended => {
+                break if close_requested.is_cancelled() { Ending::ServerShutdown } else { Ending::HungUp };
+            }
             () = wake.fired() => {
                 if Instant::now() < due {
                     continue;
