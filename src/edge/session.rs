@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -144,10 +145,9 @@ pub(crate) async fn run(
     let mut last_message = Instant::now();
     let mut wake = Deadline::new();
     // The hang-up (or the server's close request, its parent) is waited on by a future that lives as long as the loop,
-    // registered once.
-    let hang_up = session.hang_up.clone();
-    let ended = hang_up.cancelled();
-    tokio::pin!(ended);
+    // registered once, and is polled only once it was woken: polling a cancellation takes its lock, and the loop
+    // turns once per frame.
+    let mut ended: FuturesUnordered<_> = [session.hang_up.clone().cancelled_owned()].into_iter().collect();
     let mut encoder = OutboundEncoder::new();
 
     let ending = loop {
@@ -163,7 +163,7 @@ pub(crate) async fn run(
             biased;
             Some(message) = outbound_rx.recv() => SocketEvent::Outbound(message),
             frame = socket.next() => SocketEvent::Inbound(frame),
-            () = &mut ended => {
+            Some(()) = ended.next() => {
                 break if close_requested.is_cancelled() { Ending::ServerShutdown } else { Ending::HungUp };
             }
             () = wake.fired() => {

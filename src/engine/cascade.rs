@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -119,7 +121,21 @@ struct Inputs {
     stt: Option<mpsc::Receiver<SttEvent>>,
     /// What the engine's tasks report: the links, replies, running summaries, the turn model's answers.
     reports: mpsc::UnboundedReceiver<Report>,
-    progress: tokio::sync::watch::Receiver<PlayoutProgress>,
+    progress: ProgressChanges,
+}
+
+/// The playout's progress, as a stream the loop polls only once the watch has changed. A `changed()` future built
+/// on every turn of the loop takes the watch's lock twice (to wait and to stop waiting), once per caller frame; a
+/// `SelectAll` polls its stream only after the stream's waker was called, and costs an atomic load otherwise.
+type ProgressChanges = SelectAll<BoxStream<'static, PlayoutProgress>>;
+
+fn progress_changes(progress: tokio::sync::watch::Receiver<PlayoutProgress>) -> ProgressChanges {
+    let changes = futures_util::stream::unfold(progress, |mut progress| async move {
+        progress.changed().await.ok()?;
+        let now = *progress.borrow_and_update();
+        Some((now, progress))
+    });
+    futures_util::stream::select_all([changes.boxed()])
 }
 
 struct Engine {
@@ -191,7 +207,7 @@ impl Engine {
         stt.open();
         let tts = TtsLink::spawn(Arc::clone(&deps.tts), links);
         let speculative = deps.config.speculative_replies.then(|| Arc::new(SpeculativeLlm::new(Arc::clone(&deps.llm))));
-        let inputs = Inputs { call: ctx.events, stt: None, reports, progress: ctx.playout.watch() };
+        let inputs = Inputs { call: ctx.events, stt: None, reports, progress: progress_changes(ctx.playout.watch()) };
         let engine = Engine {
             conversation: Conversation::new(&deps.config.system_prompt, deps.config.context.clone(), deps.tokens),
             turn: TurnDetector::new(deps.config.turn.clone()),
@@ -263,13 +279,10 @@ impl Engine {
                     Report::Judgement(id, judgement) => self.on_judgement(id, judgement).await,
                     Report::Summary(fold, summary) => self.on_summary(fold, summary),
                 },
-                changed = inputs.progress.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let now = *inputs.progress.borrow_and_update();
-                    self.on_playout(now);
-                }
+                progress = inputs.progress.next() => match progress {
+                    Some(now) => self.on_playout(now),
+                    None => break,
+                },
                 result = self.outcome.transfer_result() => self.on_transfer_result(result),
                 () = wake.fired() => {
                     let now = Instant::now();
