@@ -125,8 +125,6 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// Connections that have not finished a request or their WebSocket upgrade; beyond it new ones are closed.
     pub max_pending_connections: usize,
-    /// Threads that run the calls, each a single-threaded runtime holding all of its calls' tasks (0: one per core).
-    pub call_threads: usize,
     /// A Media Stream that sends no `start` within this is closed.
     pub start_timeout_ms: u64,
     /// A started Media Stream with no inbound frame for this long is a dead peer (Twilio sends media every 20 ms):
@@ -144,7 +142,6 @@ impl Default for ServerConfig {
             max_frame_bytes: 64 * 1024,
             header_read_timeout_ms: 10_000,
             max_pending_connections: 512,
-            call_threads: 0,
             start_timeout_ms: 10_000,
             media_idle_timeout_ms: 10_000,
         }

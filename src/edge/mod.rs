@@ -1,6 +1,5 @@
 //! The HTTP/WebSocket edge Twilio talks to: the voice webhook, the Media Stream socket, health, and shutdown.
 
-mod call_threads;
 mod health;
 mod idle_memory;
 mod media;
@@ -49,8 +48,6 @@ pub enum EdgeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("configuration is not usable: {0}")]
     Config(String),
-    #[error("cannot start the call threads: {0}")]
-    Threads(std::io::Error),
 }
 
 /// Shared by every handler.
@@ -133,7 +130,6 @@ pub async fn start_with(
         header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
         max_pending_connections: config.server.max_pending_connections,
     };
-    let state_threads = config.server.call_threads;
     let state = Arc::new(AppState {
         config,
         validator,
@@ -146,9 +142,7 @@ pub async fn start_with(
     let stop_http = CancellationToken::new();
     let stop = stop_http.clone();
     let app = router(state).merge(more);
-    let threads = call_threads::CallThreads::start(state_threads).map_err(EdgeError::Threads)?;
-    tracing::debug!(threads = threads.len(), "call threads started");
-    let task = tokio::spawn(serve::serve(listener, app, limits, threads, stop));
+    let task = tokio::spawn(serve::serve(listener, app, limits, stop));
     tracing::info!(%local_addr, "Parley is listening");
     Ok(RunningServer { local_addr, registry, stop_http, task, grace })
 }

@@ -14,13 +14,11 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-
-use super::call_threads::CallThreads;
 
 /// How long a failed `accept` (out of file descriptors, most often) waits before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -47,7 +45,6 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServeLimits,
-    threads: CallThreads,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let pending = Arc::new(Semaphore::new(limits.max_pending_connections.max(1)));
@@ -84,33 +81,17 @@ pub(crate) async fn serve(
             warned_at_cap = false;
         }
         let _ = tcp.set_nodelay(true);
-        // The socket moves to the call thread that will serve it (its readiness is then that thread's to watch).
-        let tcp = match tcp.into_std() {
-            Ok(tcp) => tcp,
-            Err(err) => {
-                tracing::debug!(%peer, %err, "could not hand a connection to a call thread");
-                continue;
-            }
-        };
         // The router for this connection, with the peer's address where `ConnectInfo` finds it.
         let app = app.clone();
-        let http = http.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
         let stop = stop.clone();
-        threads.spawn(connections.track_future(async move {
+        connections.spawn(async move {
             // Held until the connection is upgraded (the future ends when the upgrade is handed over) or closed.
             let _permit = permit;
-            let tcp = match TcpStream::from_std(tcp) {
-                Ok(tcp) => tcp,
-                Err(err) => {
-                    tracing::debug!(%peer, %err, "a call thread could not take a connection");
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(request)
-            });
-            let connection = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -122,12 +103,10 @@ pub(crate) async fn serve(
             if let Err(err) = result {
                 tracing::debug!(%peer, %err, "HTTP connection ended with an error");
             }
-        }));
+        });
     }
     connections.close();
     // Connections still open finish their request; the header deadline bounds the wait for idle ones.
     let _ = tokio::time::timeout(limits.header_read_timeout + Duration::from_secs(1), connections.wait()).await;
-    // The call threads stop with the server (the calls were drained before `stop`).
-    drop(threads);
     Ok(())
 }
