@@ -131,7 +131,7 @@ pub(crate) async fn run(
         permit,
         outbound,
         // A child of the close request: a server shutdown ends the wait for a hang-up too, so the loop waits on one
-        // cancellation instead of two (each is checked under a lock whenever the loop wakes).
+        // cancellation instead of two.
         hang_up: close_requested.child_token(),
         live: None,
         counters: Counters::default(),
