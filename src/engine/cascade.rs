@@ -30,7 +30,7 @@ use super::links::{LinkEvent, SttLink, TtsLink};
 use super::outcome::CallOutcome;
 use super::replay::ReplayBuffer;
 use super::reply::{self, ReplyEvent, ReplyEvents, ReplyJob};
-use super::reports::{judgement_reporter, link_reporter, reply_reporter, summary_reporter, Report, Reporter};
+use super::reports::{Report, Reporter};
 use super::resume::{PauseVerdict, Paused};
 use super::tools::{ToolCallContext, ToolExecutor};
 use super::turn::{EndOfTurn, TurnDecision, TurnDetector, TurnStrategy};
@@ -151,8 +151,8 @@ struct Engine {
     conversation: Conversation,
     reply: Option<InFlight>,
     next_reply_id: u64,
-    replies: Reporter<(u64, ReplyEvent)>,
-    summaries: Reporter<(u64, WrittenSummary)>,
+    /// The queue the engine's tasks report on (the other end is `Inputs::reports`).
+    reports: mpsc::UnboundedSender<Report>,
     /// What the call has used so far (priced at its end by `[cost]`).
     usage: CallUsage,
     started_at: Instant,
@@ -174,7 +174,6 @@ struct Engine {
     /// speech that started after the last answer is still pending (its words, or none, are to come).
     stt_speech_started: Option<f64>,
     stt_answered_until: f64,
-    judgements: Reporter<(u64, Option<TurnJudgement>)>,
     /// The caller's last 8 s, for the turn model (only with the `smart` strategy and a model).
     recent_audio: Option<RecentAudio>,
 }
@@ -190,9 +189,7 @@ impl Engine {
     /// Sets the call up: VAD, provider links (opening in the background), the greeting.
     fn start(deps: CascadeDeps, ctx: AgentContext) -> (Engine, Inputs) {
         let (queue, reports) = mpsc::unbounded_channel();
-        let (replies, summaries, judgements) =
-            (reply_reporter(&queue), summary_reporter(&queue), judgement_reporter(&queue));
-        let links = link_reporter(&queue);
+        let links = Reporter::new(queue.clone(), Report::Link);
         let call_trace = otel::enabled().then(|| {
             // The agent task runs inside the call's span (src/edge/session.rs).
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -222,8 +219,7 @@ impl Engine {
             tts,
             reply: None,
             next_reply_id: 1,
-            replies,
-            summaries,
+            reports: queue,
             usage: CallUsage::default(),
             started_at: Instant::now(),
             outcome: CallOutcome::default(),
@@ -234,7 +230,6 @@ impl Engine {
             speculative,
             stt_speech_started: None,
             stt_answered_until: 0.0,
-            judgements,
             recent_audio: (deps.config.turn.strategy == TurnStrategy::Smart && deps.turn_model.is_some())
                 .then(|| RecentAudio::new(TURN_MODEL_AUDIO_BYTES)),
             deps,
@@ -566,7 +561,7 @@ impl Engine {
     fn judge_turn(&self, id: u64) {
         let (Some(model), Some(recent)) = (&self.deps.turn_model, &self.recent_audio) else { return };
         let answer = model.judge(recent.to_vec());
-        let judgements = self.judgements.clone();
+        let reports = self.reports.clone();
         let call_sid = self.call.call_sid.clone();
         tokio::spawn(async move {
             let judgement = match answer.await {
@@ -576,7 +571,7 @@ impl Engine {
                     None
                 }
             };
-            let _ = judgements.send((id, judgement));
+            let _ = reports.send(Report::Judgement(id, judgement));
         });
     }
 
@@ -656,7 +651,8 @@ impl Engine {
             confirmed,
             trace: trace.reply_trace(),
         };
-        let events = ReplyEvents { reply_id, sender: self.replies.clone() };
+        let sender = Reporter::new(self.reports.clone(), |(id, event)| Report::Reply(id, event));
+        let events = ReplyEvents { reply_id, sender };
         let task = tokio::spawn(reply::run(job, events));
         let mut reply = InFlight::model(reply_id, turn_index, task, cancel);
         reply.latency = TurnLatency {
@@ -1031,14 +1027,14 @@ impl Engine {
     /// text comes back to the loop as an event.
     fn write_summary(&self, fold: Fold) {
         let llm = Arc::clone(&self.deps.llm);
-        let summaries = self.summaries.clone();
+        let reports = self.reports.clone();
         let call_sid = self.call.call_sid.clone();
         tokio::spawn(async move {
             let summary = conversation::write_summary(llm, fold.request.request).await;
             if summary.text.is_none() {
                 tracing::warn!(%call_sid, "the running summary could not be written; older turns leave without it");
             }
-            let _ = summaries.send((fold.id, summary));
+            let _ = reports.send(Report::Summary(fold.id, summary));
         });
     }
 

@@ -52,26 +52,6 @@ impl<T> Reporter<T> {
     }
 }
 
-/// Reports from the provider links.
-pub fn link_reporter(queue: &mpsc::UnboundedSender<Report>) -> Reporter<LinkEvent> {
-    Reporter::new(queue.clone(), Report::Link)
-}
-
-/// Reports from replies, tagged with the reply's id.
-pub fn reply_reporter(queue: &mpsc::UnboundedSender<Report>) -> Reporter<(u64, ReplyEvent)> {
-    Reporter::new(queue.clone(), |(id, event)| Report::Reply(id, event))
-}
-
-/// Running summaries, tagged with their fold's id.
-pub fn summary_reporter(queue: &mpsc::UnboundedSender<Report>) -> Reporter<(u64, WrittenSummary)> {
-    Reporter::new(queue.clone(), |(fold, summary)| Report::Summary(fold, summary))
-}
-
-/// The turn model's answers, tagged with the pause's id.
-pub fn judgement_reporter(queue: &mpsc::UnboundedSender<Report>) -> Reporter<(u64, Option<TurnJudgement>)> {
-    Reporter::new(queue.clone(), |(id, judgement)| Report::Judgement(id, judgement))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,8 +59,8 @@ mod tests {
     #[test]
     fn every_kind_of_report_arrives_in_the_one_queue_in_the_order_sent() {
         let (queue, mut reports) = mpsc::unbounded_channel();
-        let summaries = summary_reporter(&queue);
-        let judgements = judgement_reporter(&queue);
+        let judgements = Reporter::new(queue.clone(), |(id, judgement)| Report::Judgement(id, judgement));
+        let summaries = Reporter::new(queue, |(fold, summary)| Report::Summary(fold, summary));
         judgements.send((7, None)).expect("engine is there");
         summaries.send((3, WrittenSummary { text: None, usage: None })).expect("engine is there");
         assert!(matches!(reports.try_recv(), Ok(Report::Judgement(7, None))));
