@@ -5,6 +5,7 @@ pub mod fakes;
 pub mod lean;
 pub mod procstat;
 pub mod sealed;
+pub mod stages;
 pub mod summary;
 pub mod wire;
 

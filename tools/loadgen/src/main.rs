@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use loadgen::lean::{self, Progress, Script};
 use loadgen::procstat::{self, ProcSample};
 use loadgen::sealed::{self, SealCheck};
+use loadgen::stages;
 use loadgen::summary::{summarise, CallerSummary};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -245,8 +246,11 @@ async fn run(args: RunArgs, threads: usize) -> anyhow::Result<()> {
     };
     let seal = sealed::wait_sealed(&archive, placed + warm_up, Duration::from_secs(10)).await?;
 
-    let report =
+    let mut report =
         Report::new(calls, &plateau, &peaks, window, max_live, &callers, idle.as_ref(), &seal, placed + warm_up);
+    let (stage_lines, stage_json) = parley_stages(&addr).await;
+    report.lines.extend(stage_lines);
+    report.json["parley_stages"] = stage_json;
     report.print();
     if args.json {
         println!("{}", serde_json::to_string(&report.json)?);
@@ -271,6 +275,28 @@ async fn run(args: RunArgs, threads: usize) -> anyhow::Result<()> {
         bail!("{}", problems.join("; "));
     }
     Ok(())
+}
+
+/// Parley's own share of the turns' latency, from its `/metrics` (see [`loadgen::stages`]): the report's lines and
+/// their JSON. A scrape that fails is reported as such; it does not fail the run.
+async fn parley_stages(addr: &str) -> (Vec<String>, serde_json::Value) {
+    let scraped = async {
+        let response = reqwest::get(format!("http://{addr}/metrics")).await?.error_for_status()?;
+        response.text().await
+    };
+    let exposition = match scraped.await {
+        Ok(text) => text,
+        Err(err) => return (vec![format!("Parley's /metrics could not be read: {err}")], serde_json::Value::Null),
+    };
+    let mut lines = Vec::new();
+    let mut json = serde_json::Map::new();
+    for (stage, name) in stages::REPORTED_STAGES {
+        if let Some(quantiles) = stages::stage_quantiles(&exposition, stage) {
+            lines.push(stages::describe(name, &quantiles));
+            json.insert(stage.to_owned(), serde_json::json!(quantiles));
+        }
+    }
+    (lines, serde_json::Value::Object(json))
 }
 
 /// Starts `parley serve` on an ephemeral port with the fakes as its providers and every call archived under
