@@ -1,5 +1,6 @@
 //! The edge under the resource attacks it must withstand: half-open HTTP connections, media streams that go silent,
-//! replayed upgrades, hostile `start` messages. A real server on 127.0.0.1 with short, configured timeouts.
+//! peers that stop reading, replayed upgrades, hostile `start` messages. A real server on 127.0.0.1 with short,
+//! configured timeouts.
 
 mod common;
 
@@ -248,4 +249,90 @@ async fn a_crlf_call_sid_is_refused_at_start_and_never_reaches_the_log_raw() {
     }
     assert!(!text.contains("\u{1b}[31mred"), "an escape sequence from the caller reached the log");
     assert!(!text.contains("FORGED-LINE"), "the hostile SID is not even logged escaped: it never got past start");
+}
+
+/// A peer that connects a socket announcing a small segment size and receive buffer, so that the few seconds of
+/// audio Parley writes to it fill the connection when it does not read.
+async fn small_window_socket(addr: std::net::SocketAddr) -> TcpStream {
+    use std::os::fd::AsRawFd;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    // Parley's send buffer is sized from the segment size the peer announces (on loopback, 64 KiB segments make it
+    // megabytes): 536 bytes keeps it to tens of kilobytes.
+    let mss: libc::c_int = 536;
+    // SAFETY: a valid descriptor, an int option and its size, as setsockopt(2) documents for TCP_MAXSEG.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "TCP_MAXSEG: {}", std::io::Error::last_os_error());
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_ended_after_the_idle_timeout_though_it_keeps_sending() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let logs = captured_logs();
+    let mut config = test_config();
+    config.server.media_idle_timeout_ms = 1_000;
+    config.server.max_concurrent_calls = 1;
+    let server = start(config).await;
+    let options = StartOptions { call_sid: format!("CA{:032x}", 0x5eed_u32), ..StartOptions::default() };
+    let (url, signature) = stream_request(&server.local_addr.to_string(), &options.call_sid).await;
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("x-twilio-signature", signature.parse().unwrap());
+    let stream = small_window_socket(server.local_addr).await;
+    let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await.expect("upgrade accepted");
+    let start = serde_json::json!({
+        "event": "start", "sequenceNumber": "1", "streamSid": options.stream_sid,
+        "start": {
+            "accountSid": options.account_sid, "streamSid": options.stream_sid, "callSid": options.call_sid,
+            "tracks": ["inbound"], "customParameters": {},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+        }
+    });
+    socket.send(Message::text(start.to_string())).await.unwrap();
+    wait_active(&server, 1).await;
+    // The caller speaks without a pause (the echo agent plays it all back) and never reads a byte of it: the peer is
+    // not silent, so only the writes that wait for it can tell it is gone.
+    let stream_sid = options.stream_sid.clone();
+    let speaking = tokio::spawn(async move {
+        let frame = tone(440.0, 20, 8_000);
+        let payload = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &frame);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for n in 0u64.. {
+            tick.tick().await;
+            let media = serde_json::json!({
+                "event": "media", "sequenceNumber": (n + 2).to_string(), "streamSid": stream_sid,
+                "media": {"track": "inbound", "chunk": (n + 1).to_string(), "timestamp": (n * 20).to_string(),
+                          "payload": payload}
+            });
+            if socket.send(Message::text(media.to_string())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs(60);
+    while server.registry().active() != 0 {
+        assert!(Instant::now() < deadline, "a peer that reads nothing still holds its call after 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("a peer that stopped reading was ended {:?} after it started speaking", began.elapsed());
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(text.contains("stopped reading"), "the end says why:\n{text}");
+    speaking.abort();
+    // The slot is free: the next call is taken and served.
+    let mut next = place_call(&server).await;
+    next.stream_audio(&tone(440.0, 200, 8_000)).await.unwrap();
+    next.wait_until("an echo", WAIT, |log| !log.is_empty()).await.unwrap();
+    next.hang_up().await;
 }

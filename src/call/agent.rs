@@ -3,9 +3,9 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::events::CallEvents;
 use super::tap::CallTap;
 use super::CallInfo;
 use crate::audio::playout::PlayoutHandle;
@@ -24,7 +24,8 @@ pub enum CallEvent {
 /// Everything an agent needs for one call.
 pub struct AgentContext {
     pub call: CallInfo,
-    pub events: mpsc::Receiver<CallEvent>,
+    /// The caller's audio and keys, from the call's socket.
+    pub events: CallEvents,
     pub playout: PlayoutHandle,
     /// Cancel to end the call from Parley's side (the session closes the stream, which hangs up).
     pub hang_up: CancellationToken,
@@ -32,7 +33,8 @@ pub struct AgentContext {
     pub tap: CallTap,
 }
 
-/// Answers one call. Runs as its own task until the call ends.
+/// Answers one call until it ends. The media socket polls the agent's future in its own task (see
+/// [`super::events`]); tests may run it as a task of its own.
 #[async_trait]
 pub trait Agent: Send {
     async fn run(self: Box<Self>, ctx: AgentContext);

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod echo;
+pub mod events;
 pub mod registry;
 pub mod tap;
 

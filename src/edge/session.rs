@@ -1,15 +1,20 @@
-//! One Media Stream socket: reads Twilio's frames, keeps the call's protocol state, hands audio to the agent and
-//! writes the playout queue's messages back. Parsing is in [`crate::twilio::messages`]; this is the I/O around it.
+//! One Media Stream socket: reads Twilio's frames, keeps the call's protocol state, hands audio to the call's agent
+//! (which runs in this socket's task, polled right after each frame) and writes the playout queue's messages back
+//! without waiting on the peer. Parsing is in [`crate::twilio::messages`]; this is the I/O around it.
 
+use std::any::Any;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -18,6 +23,7 @@ use super::AppState;
 use crate::audio::jitter::InboundFrameQueue;
 use crate::audio::playout::{self, PlayoutHandle};
 use crate::call::agent::{AgentContext, CallEvent};
+use crate::call::events::{call_events, CallEventSender, Delivery};
 use crate::call::registry::CallPermit;
 use crate::call::tap::{CallTap, ConversationEvent, TapEvent};
 use crate::call::CallInfo;
@@ -40,6 +46,9 @@ const OUTBOUND_QUEUE: usize = 256;
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
+/// What the end of a call may spend writing the messages the agent queued and the close handshake; a peer that takes
+/// none of it in this time is dropped.
+const CLOSING_WRITES: Duration = Duration::from_secs(2);
 
 /// How a call's socket ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +67,9 @@ enum Ending {
     NoStart,
     /// The call had started, then no frame arrived for the idle timeout: a dead peer.
     Idle,
+    /// A write to Twilio waited the idle timeout for room: the peer stopped reading (Twilio reads every frame as it
+    /// plays), so nothing more is written to it.
+    Unread,
     /// `start` was invalid (malformed SIDs, parameters, or a call other than the token's).
     BadStart,
 }
@@ -68,7 +80,14 @@ enum SocketEvent {
     Outbound(OutboundMessage),
     /// A frame from Twilio (or the socket's end).
     Inbound(Option<Result<Message, axum::Error>>),
+    /// What was written to Twilio and waited for room has gone out (or could not).
+    Flushed(Result<(), axum::Error>),
+    /// The agent's future returned (or panicked).
+    AgentEnded(Result<(), Box<dyn Any + Send>>),
 }
+
+/// A call's agent, polled by the socket's task: its `run` future, a panic caught as the end of the agent.
+type AgentRun = Pin<Box<dyn Future<Output = Result<(), Box<dyn Any + Send>>> + Send>>;
 
 /// Counters for the end-of-call log line.
 #[derive(Debug, Default)]
@@ -84,10 +103,11 @@ struct Counters {
 struct LiveCall {
     call: CallInfo,
     tap: CallTap,
-    events: mpsc::Sender<CallEvent>,
+    events: CallEventSender,
     playout: PlayoutHandle,
     jitter: InboundFrameQueue,
-    agent: JoinHandle<()>,
+    /// `None` once the agent has ended.
+    agent: Option<AgentRun>,
     started_at: Instant,
     /// The call's root span: the agent and its turns are traced under it.
     span: tracing::Span,
@@ -149,26 +169,39 @@ pub(crate) async fn run(
     // turns once per frame.
     let mut ended: FuturesUnordered<_> = [session.hang_up.clone().cancelled_owned()].into_iter().collect();
     let mut encoder = OutboundEncoder::new();
+    // Since when a message written to Twilio has waited for room in the socket. Meanwhile the socket is flushed before
+    // anything else is written (the agent's messages wait in their queue) while the call's agent runs and Twilio's
+    // frames are read: a peer that stops reading stops neither, and holds the call no longer than the idle timeout.
+    let mut write_waiting_since: Option<Instant> = None;
 
     let ending = loop {
-        let due = match session.live {
+        let read_due = match session.live {
             None => session.opened_at + start_timeout,
             Some(_) => last_message + idle_timeout,
         };
+        let write_due = write_waiting_since.map(|since| since + idle_timeout);
+        let due = write_due.map_or(read_due, |write_due| write_due.min(read_due));
         wake.want(Some(due));
         // Biased, in this order: the agent's messages (first audio and `clear` wait for nothing), Twilio's frames,
-        // then the end; each is polled only when the ones before it have nothing, so a frame costs one poll. The
-        // end is not starved by a flood: the runtime's budget makes the socket report nothing after a while.
+        // the agent itself (run on the frames just handed to it, in this same turn of the task), then the end; each
+        // is polled only when the ones before it have nothing, so a frame costs one poll. The end is not starved by
+        // a flood: the runtime's budget makes the socket report nothing after a while.
         let event = tokio::select! {
             biased;
-            Some(message) = outbound_rx.recv() => SocketEvent::Outbound(message),
-            frame = socket.next() => SocketEvent::Inbound(frame),
+            Some(message) = outbound_rx.recv(), if write_waiting_since.is_none() => SocketEvent::Outbound(message),
+            io = read_or_flush(&mut socket, write_waiting_since.is_some()) => io,
+            result = run_agent(&mut session.live) => SocketEvent::AgentEnded(result),
             Some(()) = ended.next() => {
                 break if close_requested.is_cancelled() { Ending::ServerShutdown } else { Ending::HungUp };
             }
             () = wake.fired() => {
-                if Instant::now() < due {
+                let now = Instant::now();
+                if now < due {
                     continue;
+                }
+                if write_due.is_some_and(|write_due| now >= write_due) {
+                    tracing::warn!(peer = %session.peer, "the peer stopped reading: a write waited the idle timeout");
+                    break Ending::Unread;
                 }
                 break if session.live.is_none() { Ending::NoStart } else { Ending::Idle };
             }
@@ -176,9 +209,26 @@ pub(crate) async fn run(
         match event {
             SocketEvent::Outbound(message) => {
                 let Some(text) = encode(&mut encoder, &message) else { continue };
-                if let Err(err) = socket.send(Message::Text(text)).await {
-                    tracing::info!(%err, "could not write to Twilio");
-                    break Ending::Vanished;
+                match write_without_waiting(&mut socket, Message::Text(text)).await {
+                    Ok(Written::Out) => {}
+                    Ok(Written::Waiting) => write_waiting_since = Some(Instant::now()),
+                    Err(err) => {
+                        tracing::info!(%err, "could not write to Twilio");
+                        break Ending::Vanished;
+                    }
+                }
+            }
+            SocketEvent::Flushed(Ok(())) => write_waiting_since = None,
+            SocketEvent::Flushed(Err(err)) => {
+                tracing::info!(%err, "could not write to Twilio");
+                break Ending::Vanished;
+            }
+            SocketEvent::AgentEnded(result) => {
+                if let Some(live) = session.live.as_mut() {
+                    live.agent = None;
+                }
+                if let Err(panic) = result {
+                    tracing::error!(panic = panic_message(panic.as_ref()), "the call's agent panicked");
                 }
             }
             SocketEvent::Inbound(frame) => match frame {
@@ -206,29 +256,86 @@ pub(crate) async fn run(
     };
 
     session.finish(ending).await;
-    // Write what the agent queued before the end, then close politely where the peer is still there.
-    while let Ok(message) = outbound_rx.try_recv() {
-        if ending == Ending::Vanished {
-            break;
-        }
-        let Some(text) = encode(&mut encoder, &message) else { continue };
-        if socket.send(Message::Text(text)).await.is_err() {
-            break;
-        }
+    if matches!(ending, Ending::Vanished | Ending::Unread) {
+        return;
     }
-    let close = match ending {
+    // Write what the agent queued before the end, then close politely, for as long as the peer takes it.
+    let closing = async {
+        while let Ok(message) = outbound_rx.try_recv() {
+            let Some(text) = encode(&mut encoder, &message) else { continue };
+            if socket.send(Message::Text(text)).await.is_err() {
+                return;
+            }
+        }
+        if let Some((code, reason)) = close_frame(ending) {
+            let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+            let _ = socket.close().await;
+        }
+    };
+    if tokio::time::timeout(CLOSING_WRITES, closing).await.is_err() {
+        tracing::info!(peer = %peer, "the peer took no close in time; dropping the connection");
+    }
+}
+
+/// The close frame a call's ending sends, where the peer is still there to read it.
+fn close_frame(ending: Ending) -> Option<(u16, &'static str)> {
+    match ending {
         Ending::ServerShutdown => Some((CLOSE_GOING_AWAY, "Parley is shutting down")),
         Ending::HungUp => Some((CLOSE_NORMAL, "call ended")),
         Ending::NoStart => Some((CLOSE_POLICY, "no start message")),
         Ending::Idle => Some((CLOSE_POLICY, "idle: no frame within the media idle timeout")),
         Ending::BadStart => Some((CLOSE_POLICY, "invalid start message")),
         Ending::Stopped | Ending::ClosedByTwilio => Some((CLOSE_NORMAL, "")),
-        Ending::Vanished => None,
-    };
-    if let Some((code, reason)) = close {
-        let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-        let _ = socket.close().await;
+        Ending::Vanished | Ending::Unread => None,
     }
+}
+
+/// How a write to Twilio went.
+enum Written {
+    /// Into the socket.
+    Out,
+    /// Into the socket's buffer, waiting for room: [`read_or_flush`] sends it.
+    Waiting,
+}
+
+/// Twilio's next frame; first, while a write waits for room, the flush that sends it.
+fn read_or_flush(socket: &mut WebSocket, write_waiting: bool) -> impl Future<Output = SocketEvent> + '_ {
+    poll_fn(move |cx| {
+        if write_waiting {
+            if let Poll::Ready(result) = Pin::new(&mut *socket).poll_flush(cx) {
+                return Poll::Ready(SocketEvent::Flushed(result));
+            }
+        }
+        socket.poll_next_unpin(cx).map(SocketEvent::Inbound)
+    })
+}
+
+/// Writes a message to Twilio without waiting for room in the socket. The agent runs in the socket's task, so a peer
+/// that stops reading must not stop the loop. Called only while nothing waits, when the socket takes a message at once.
+async fn write_without_waiting(socket: &mut WebSocket, message: Message) -> Result<Written, axum::Error> {
+    socket.feed(message).await?;
+    match poll_fn(|cx| Poll::Ready(Pin::new(&mut *socket).poll_flush(cx))).await {
+        Poll::Ready(Ok(())) => Ok(Written::Out),
+        Poll::Ready(Err(err)) => Err(err),
+        Poll::Pending => Ok(Written::Waiting),
+    }
+}
+
+/// Runs the call's agent until it returns; never, when there is none (before `start`, or after it ended).
+async fn run_agent(live: &mut Option<LiveCall>) -> Result<(), Box<dyn Any + Send>> {
+    match live.as_mut().and_then(|live| live.agent.as_mut()) {
+        Some(agent) => agent.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a caught panic said, when it said it as text.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not text)")
 }
 
 /// A message as the text frame Twilio reads, written into the socket's reused buffer; `None` (logged) if it cannot be
@@ -351,7 +458,8 @@ impl Session {
         let tap = self.state.taps.as_ref().map(|taps| taps.open(&call)).unwrap_or_default();
         let lead = Duration::from_millis(self.state.config.audio.playout_lead_ms);
         let playout = playout::spawn(call.stream_sid.clone(), lead, self.outbound.clone(), tap.clone());
-        let (events, events_rx) = mpsc::channel(AGENT_QUEUE_FRAMES);
+        // The agent is polled by this socket's task (`run_agent`), right after the frames handed to it.
+        let (events, events_rx) = call_events(AGENT_QUEUE_FRAMES, Delivery::Inline);
         let agent = self.state.agents.create(&call);
         let ctx = AgentContext {
             call: call.clone(),
@@ -362,10 +470,11 @@ impl Session {
         };
         let span = call_span(&call, redact_numbers);
         crate::telemetry::metrics::global().call_started();
-        let agent = tokio::spawn(agent.run(ctx).instrument(span.clone()));
+        let agent: AgentRun = Box::pin(AssertUnwindSafe(agent.run(ctx).instrument(span.clone())).catch_unwind());
         let audio = &self.state.config.audio;
         let jitter = InboundFrameQueue::new(audio.jitter_max_held_frames, audio.max_gap_fill_ms_per_call);
-        self.live = Some(LiveCall { call, tap, events, playout, jitter, agent, started_at: Instant::now(), span });
+        let started_at = Instant::now();
+        self.live = Some(LiveCall { call, tap, events, playout, jitter, agent: Some(agent), started_at, span });
     }
 
     /// Ends the call: the agent hears the hang-up (after any audio still held) and gets a moment to finish.
@@ -378,8 +487,11 @@ impl Session {
         deliver_frames(&mut live, &mut self.counters);
         let _ = live.events.try_send(CallEvent::Hangup);
         drop(live.events);
-        if tokio::time::timeout(Duration::from_secs(2), &mut live.agent).await.is_err() {
-            live.agent.abort();
+        // The agent is polled here until it ends; one that does not end in time is dropped, which cancels it.
+        if let Some(agent) = live.agent.take() {
+            if let Ok(Err(panic)) = tokio::time::timeout(Duration::from_secs(2), agent).await {
+                tracing::error!(panic = panic_message(panic.as_ref()), "the call's agent panicked");
+            }
         }
         live.tap.send(TapEvent::Ended { at: Instant::now(), reason: format!("{ending:?}") });
         let progress = live.playout.progress();

@@ -1,8 +1,9 @@
 //! The cascade agent: caller audio → VAD + streaming STT → turn detection → LLM (with tools) → TTS → playout, with
 //! barge-in.
 //!
-//! One engine task per call owns the call's state and only decides: it never awaits the network. Its parts each
-//! have one job — [`links`](super::links) keeps the STT and TTS sessions (opened and reopened in tasks),
+//! One engine per call owns the call's state and only decides: it never awaits the network (it runs in its call's
+//! media socket task, polled right after each caller frame is handed to it; see [`crate::call::events`]). Its parts
+//! each have one job — [`links`](super::links) keeps the STT and TTS sessions (opened and reopened in tasks),
 //! [`in_flight`](super::in_flight) is the reply being spoken, [`conversation`](super::conversation) the history as
 //! the caller heard it, [`outcome`](super::outcome) giving up and call control — and the model's reply runs in a task
 //! of its own ([`reply`](super::reply)). Everything that takes time reports back as an event, so VAD verdicts,
@@ -38,6 +39,7 @@ use super::vad::{energy_voiced, VadSource, VoiceDetector};
 use crate::audio::playout::{ClearReport, PlayoutHandle, PlayoutProgress};
 use crate::audio::recent::RecentAudio;
 use crate::call::agent::{Agent, AgentContext, AgentFactory, CallEvent};
+use crate::call::events::CallEvents;
 use crate::call::tap::{CallTap, ConversationEvent};
 use crate::call::CallInfo;
 use crate::cost::{CallUsage, PriceTable};
@@ -117,7 +119,7 @@ enum Vad {
 
 /// Everything the engine loop waits on, kept apart from the state so each can be borrowed on its own.
 struct Inputs {
-    call: mpsc::Receiver<CallEvent>,
+    call: CallEvents,
     stt: Option<mpsc::Receiver<SttEvent>>,
     /// What the engine's tasks report: the links, replies, running summaries, the turn model's answers.
     reports: mpsc::UnboundedReceiver<Report>,
@@ -191,7 +193,7 @@ impl Engine {
         let (queue, reports) = mpsc::unbounded_channel();
         let links = Reporter::new(queue.clone(), Report::Link);
         let call_trace = otel::enabled().then(|| {
-            // The agent task runs inside the call's span (src/edge/session.rs).
+            // The agent runs inside the call's span (src/edge/session.rs).
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
             tracing::Span::current().context()
         });

@@ -25,6 +25,7 @@ use super::tools::NoTools;
 use super::vad::VadSource;
 use crate::audio::playout;
 use crate::call::agent::{AgentContext, AgentFactory, CallEvent};
+use crate::call::events::{call_events, CallEventSender, Delivery};
 use crate::call::tap::CallTap;
 use crate::call::CallInfo;
 use crate::llm::LlmError;
@@ -50,7 +51,7 @@ async fn within<T>(what: &str, next: impl std::future::Future<Output = Option<T>
 
 /// One call of the engine with every provider in the test's hands.
 struct Call {
-    events: mpsc::Sender<CallEvent>,
+    events: CallEventSender,
     stt_sessions: mpsc::UnboundedReceiver<SttHandle>,
     llm: mpsc::UnboundedReceiver<LlmTurn>,
     tts: Arc<TestTts>,
@@ -104,7 +105,7 @@ impl Call {
         let (out, out_rx) = mpsc::channel(1024);
         let playout = playout::spawn(call.stream_sid.clone(), Duration::from_millis(200), out, CallTap::default());
         let twilio = twilio_side(out_rx, playout.clone());
-        let (events, events_rx) = mpsc::channel(250);
+        let (events, events_rx) = call_events(250, Delivery::Woken);
         let hang_up = CancellationToken::new();
         let agent = CascadeFactory { deps }.create(&call);
         let ctx = AgentContext { call, events: events_rx, playout, hang_up: hang_up.clone(), tap: CallTap::default() };
@@ -127,7 +128,7 @@ impl Call {
 
     async fn frames(&self, millis: u64, frame: fn() -> Bytes) {
         for _ in 0..millis / 20 {
-            self.events.send(CallEvent::Audio(frame())).await.expect("engine gone");
+            self.events.try_send(CallEvent::Audio(frame())).expect("engine gone");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
