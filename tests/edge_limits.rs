@@ -277,6 +277,7 @@ async fn small_window_socket(addr: std::net::SocketAddr) -> TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_is_ended_after_the_idle_timeout_though_it_keeps_sending() {
     use futures_util::SinkExt;
+    use loadgen::wire;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
 
@@ -291,15 +292,7 @@ async fn a_peer_that_stops_reading_is_ended_after_the_idle_timeout_though_it_kee
     request.headers_mut().insert("x-twilio-signature", signature.parse().unwrap());
     let stream = small_window_socket(server.local_addr).await;
     let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await.expect("upgrade accepted");
-    let start = serde_json::json!({
-        "event": "start", "sequenceNumber": "1", "streamSid": options.stream_sid,
-        "start": {
-            "accountSid": options.account_sid, "streamSid": options.stream_sid, "callSid": options.call_sid,
-            "tracks": ["inbound"], "customParameters": {},
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
-        }
-    });
-    socket.send(Message::text(start.to_string())).await.unwrap();
+    socket.send(Message::text(wire::start(&options.stream_sid, &options.call_sid))).await.unwrap();
     wait_active(&server, 1).await;
     // The caller speaks without a pause (the echo agent plays it all back) and never reads a byte of it: the peer is
     // not silent, so only the writes that wait for it can tell it is gone.
@@ -308,14 +301,11 @@ async fn a_peer_that_stops_reading_is_ended_after_the_idle_timeout_though_it_kee
         let frame = tone(440.0, 20, 8_000);
         let payload = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &frame);
         let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut media = String::new();
         for n in 0u64.. {
             tick.tick().await;
-            let media = serde_json::json!({
-                "event": "media", "sequenceNumber": (n + 2).to_string(), "streamSid": stream_sid,
-                "media": {"track": "inbound", "chunk": (n + 1).to_string(), "timestamp": (n * 20).to_string(),
-                          "payload": payload}
-            });
-            if socket.send(Message::text(media.to_string())).await.is_err() {
+            wire::write_media(&mut media, &stream_sid, n + 2, n + 1, n * 20, &payload);
+            if socket.send(Message::text(media.as_str())).await.is_err() {
                 break;
             }
         }

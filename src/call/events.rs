@@ -139,9 +139,10 @@ impl Drop for CallEvents {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake};
+    use std::time::Duration;
 
     use bytes::Bytes;
 
@@ -197,25 +198,25 @@ mod tests {
     async fn an_inline_receiver_is_not_woken_by_a_send() {
         let (sender, mut events) = call_events(8, Delivery::Inline);
         let waker = futures_util::task::noop_waker();
-        let counting = std::sync::Arc::new(CountingWake::default());
-        let counted = Waker::from(std::sync::Arc::clone(&counting));
+        let counting = Arc::new(CountingWake::default());
+        let counted = Waker::from(Arc::clone(&counting));
         let mut next = Box::pin(events.recv());
-        let mut cx = std::task::Context::from_waker(&counted);
+        let mut cx = Context::from_waker(&counted);
         assert!(next.as_mut().poll(&mut cx).is_pending());
         sender.try_send(frame(7)).expect("queued");
-        assert_eq!(counting.wakes.load(std::sync::atomic::Ordering::SeqCst), 0, "the sender's own task polls it");
-        let mut cx = std::task::Context::from_waker(&waker);
+        assert_eq!(counting.wakes.load(Ordering::SeqCst), 0, "the sender's own task polls it");
+        let mut cx = Context::from_waker(&waker);
         assert_eq!(next.as_mut().poll(&mut cx), Poll::Ready(Some(frame(7))));
     }
 
     #[derive(Default)]
     struct CountingWake {
-        wakes: std::sync::atomic::AtomicUsize,
+        wakes: AtomicUsize,
     }
 
-    impl std::task::Wake for CountingWake {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    impl Wake for CountingWake {
+        fn wake(self: Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
         }
     }
 }

@@ -228,7 +228,7 @@ pub(crate) async fn run(
                     live.agent = None;
                 }
                 if let Err(panic) = result {
-                    tracing::error!(panic = panic_message(panic.as_ref()), "the call's agent panicked");
+                    log_agent_panic(panic.as_ref());
                 }
             }
             SocketEvent::Inbound(frame) => match frame {
@@ -329,13 +329,14 @@ async fn run_agent(live: &mut Option<LiveCall>) -> Result<(), Box<dyn Any + Send
     }
 }
 
-/// What a caught panic said, when it said it as text.
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
+/// Logs a panic caught from the call's agent, with what it said when it said it as text.
+fn log_agent_panic(panic: &(dyn Any + Send)) {
+    let said = panic
         .downcast_ref::<&str>()
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(not text)")
+        .unwrap_or("(not text)");
+    tracing::error!(panic = said, "the call's agent panicked");
 }
 
 /// A message as the text frame Twilio reads, written into the socket's reused buffer; `None` (logged) if it cannot be
@@ -490,7 +491,7 @@ impl Session {
         // The agent is polled here until it ends; one that does not end in time is dropped, which cancels it.
         if let Some(agent) = live.agent.take() {
             if let Ok(Err(panic)) = tokio::time::timeout(Duration::from_secs(2), agent).await {
-                tracing::error!(panic = panic_message(panic.as_ref()), "the call's agent panicked");
+                log_agent_panic(panic.as_ref());
             }
         }
         live.tap.send(TapEvent::Ended { at: Instant::now(), reason: format!("{ending:?}") });
