@@ -7,7 +7,9 @@
 //! early, finds nothing due (each loop's tick checks the time itself) and asks again. So a silence timeout pushed
 //! back by every frame costs one timer move per firing, not one per frame.
 
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use tokio::time::{Instant, Sleep};
 
@@ -33,14 +35,17 @@ impl Deadline {
     }
 
     /// The loop needs to wake by `at` (`None`: for nothing). Moves the timer only when `at` is earlier than the
-    /// wake-up already set; otherwise the loop may wake before `at` and must check the time itself.
-    pub fn want(&mut self, at: Option<Instant>) {
-        let Some(at) = at else { return };
+    /// wake-up already set; otherwise the loop may wake before `at` and must check the time itself. Says whether it
+    /// moved the timer: a loop that polls its wake-up only once woken (a [`crate::wake_gate::WakeGate`]) must poll
+    /// it after a move.
+    pub fn want(&mut self, at: Option<Instant>) -> bool {
+        let Some(at) = at else { return false };
         if self.set_for.is_some_and(|set| set <= at) {
-            return;
+            return false;
         }
         self.sleep.as_mut().reset(at);
         self.set_for = Some(at);
+        true
     }
 
     /// When the timer is set to fire, if it is.
@@ -51,11 +56,18 @@ impl Deadline {
     /// Completes when the wake-up set comes (and unsets it); pending while none is set. Cancel-safe: dropped before
     /// it completes, the wake-up stays set.
     pub async fn fired(&mut self) {
+        poll_fn(|cx| self.poll_fired(cx)).await;
+    }
+
+    /// [`Deadline::fired`] as a poll: ready when the wake-up set comes (and unsets it); pending, registering no
+    /// waker, while none is set.
+    pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.set_for.is_none() {
-            return std::future::pending().await;
+            return Poll::Pending;
         }
-        self.sleep.as_mut().await;
+        ready!(self.sleep.as_mut().poll(cx));
         self.set_for = None;
+        Poll::Ready(())
     }
 }
 

@@ -30,6 +30,7 @@ const BELOW_THE_ENGINE: &[&str] = &[
     "tts",
     "turn_model",
     "twilio",
+    "wake_gate",
     "websocket",
 ];
 

@@ -21,8 +21,8 @@
 //! - [`cli`]: the `parley` commands (`serve`, `check`, `demo`, `archive`, `transcribe`, `eval`).
 //! - [`eval`]: `parley eval`, the simulated caller's client and the scoring of scenario calls.
 //!
-//! [`deadline`] is the per-frame select loops' wake-up. A private `http_client` module holds the HTTP client settings
-//! the providers share.
+//! [`deadline`] is the per-frame select loops' wake-up, and [`wake_gate`] keeps their rare inputs from being polled
+//! on every frame. A private `http_client` module holds the HTTP client settings the providers share.
 
 pub mod archive;
 pub mod assembly;
@@ -52,4 +52,5 @@ pub mod tts;
 pub mod turn_model;
 pub mod twilio;
 pub mod viewer;
+pub mod wake_gate;
 pub mod websocket;

@@ -12,7 +12,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,6 +31,7 @@ use crate::telemetry::redact;
 use crate::twilio::messages::{OutboundMessage, Start};
 use crate::twilio::outbound::OutboundEncoder;
 use crate::twilio::stream_state::{Skip, Step, StreamRules, StreamState};
+use crate::wake_gate::WakeGate;
 
 /// Bad frames of one call logged as warnings; the rest go to debug (all are counted).
 const WARNED_BAD_FRAMES: u64 = 20;
@@ -126,6 +126,16 @@ struct Session {
     peer: SocketAddr,
 }
 
+/// What the socket's rare inputs gave.
+enum Rare {
+    /// A message from the agent for Twilio.
+    Outbound(OutboundMessage),
+    /// The call was hung up, or the server is closing.
+    Ended,
+    /// The timer fired.
+    Tick,
+}
+
 /// Serves one Media Stream until it ends, whatever the other side does.
 pub(crate) async fn run(
     mut socket: WebSocket,
@@ -165,9 +175,10 @@ pub(crate) async fn run(
     let mut last_message = Instant::now();
     let mut wake = Deadline::new();
     // The hang-up (or the server's close request, its parent) is waited on by a future that lives as long as the loop,
-    // registered once, and is polled only once it was woken: polling a cancellation takes its lock, and the loop
-    // turns once per frame.
-    let mut ended: FuturesUnordered<_> = [session.hang_up.clone().cancelled_owned()].into_iter().collect();
+    // registered once. It, the timer and the agent's messages (a few a second while it speaks) are polled only after
+    // one of them woke the loop, which turns once per frame.
+    let mut ended = Box::pin(session.hang_up.clone().cancelled_owned());
+    let mut rare = WakeGate::new();
     let mut encoder = OutboundEncoder::new();
     // Since when a message written to Twilio has waited for room in the socket. Meanwhile the socket is flushed before
     // anything else is written (the agent's messages wait in their queue) while the call's agent runs and Twilio's
@@ -181,30 +192,45 @@ pub(crate) async fn run(
         };
         let write_due = write_waiting_since.map(|since| since + idle_timeout);
         let due = write_due.map_or(read_due, |write_due| write_due.min(read_due));
-        wake.want(Some(due));
-        // Biased, in this order: the agent's messages (first audio and `clear` wait for nothing), Twilio's frames,
-        // the agent itself (run on the frames just handed to it, in this same turn of the task), then the end; each
-        // is polled only when the ones before it have nothing, so a frame costs one poll. The end is not starved by
-        // a flood: the runtime's budget makes the socket report nothing after a while.
+        if wake.want(Some(due)) {
+            rare.open();
+        }
+        // Biased, in this order: the rare inputs once one woke the loop — the agent's messages first (first audio and
+        // `clear` wait for nothing), then the end and the timer —, Twilio's frames, then the agent itself (run on the
+        // frames just handed to it, in this same turn of the task); each is polled only when the ones before it have
+        // nothing, so a frame costs one poll.
         let event = tokio::select! {
             biased;
-            Some(message) = outbound_rx.recv(), if write_waiting_since.is_none() => SocketEvent::Outbound(message),
+            rare = poll_fn(|cx| rare.poll(cx, |cx| {
+                // Skipped while a write waits; the gate is opened again when it is out.
+                if write_waiting_since.is_none() {
+                    if let Poll::Ready(Some(message)) = outbound_rx.poll_recv(cx) {
+                        return Poll::Ready(Rare::Outbound(message));
+                    }
+                }
+                if ended.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Rare::Ended);
+                }
+                wake.poll_fired(cx).map(|()| Rare::Tick)
+            })) => match rare {
+                Rare::Outbound(message) => SocketEvent::Outbound(message),
+                Rare::Ended => {
+                    break if close_requested.is_cancelled() { Ending::ServerShutdown } else { Ending::HungUp };
+                }
+                Rare::Tick => {
+                    let now = Instant::now();
+                    if now < due {
+                        continue;
+                    }
+                    if write_due.is_some_and(|write_due| now >= write_due) {
+                        tracing::warn!(peer = %session.peer, "the peer stopped reading: a write waited the idle timeout");
+                        break Ending::Unread;
+                    }
+                    break if session.live.is_none() { Ending::NoStart } else { Ending::Idle };
+                }
+            },
             io = read_or_flush(&mut socket, write_waiting_since.is_some()) => io,
             result = run_agent(&mut session.live) => SocketEvent::AgentEnded(result),
-            Some(()) = ended.next() => {
-                break if close_requested.is_cancelled() { Ending::ServerShutdown } else { Ending::HungUp };
-            }
-            () = wake.fired() => {
-                let now = Instant::now();
-                if now < due {
-                    continue;
-                }
-                if write_due.is_some_and(|write_due| now >= write_due) {
-                    tracing::warn!(peer = %session.peer, "the peer stopped reading: a write waited the idle timeout");
-                    break Ending::Unread;
-                }
-                break if session.live.is_none() { Ending::NoStart } else { Ending::Idle };
-            }
         };
         match event {
             SocketEvent::Outbound(message) => {
@@ -218,7 +244,10 @@ pub(crate) async fn run(
                     }
                 }
             }
-            SocketEvent::Flushed(Ok(())) => write_waiting_since = None,
+            SocketEvent::Flushed(Ok(())) => {
+                write_waiting_since = None;
+                rare.open();
+            }
             SocketEvent::Flushed(Err(err)) => {
                 tracing::info!(%err, "could not write to Twilio");
                 break Ending::Vanished;

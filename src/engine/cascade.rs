@@ -9,11 +9,13 @@
 //! of its own ([`reply`](super::reply)). Everything that takes time reports back as an event, so VAD verdicts,
 //! playout progress and barge-in are handled while a provider connects or a transfer is under way.
 
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -54,6 +56,7 @@ use crate::telemetry::spans::{StageProviders, TurnEnd, TurnTrace};
 use crate::telemetry::{metrics, otel};
 use crate::tts::{TextToSpeech, TtsEvent, TtsInput};
 use crate::turn_model::{TurnJudgement, TurnModel};
+use crate::wake_gate::WakeGate;
 
 /// The caller's audio a turn model reads: its last 8 s (8 kHz μ-law).
 const TURN_MODEL_AUDIO_BYTES: usize = 8 * 8_000;
@@ -120,24 +123,75 @@ enum Vad {
 /// Everything the engine loop waits on, kept apart from the state so each can be borrowed on its own.
 struct Inputs {
     call: CallEvents,
+    rare: RareInputs,
+}
+
+/// The inputs that are rare next to the caller's frames, polled only after one of them woke the engine: the loop
+/// turns once per caller frame.
+struct RareInputs {
+    gate: WakeGate,
     stt: Option<mpsc::Receiver<SttEvent>>,
     /// What the engine's tasks report: the links, replies, running summaries, the turn model's answers.
     reports: mpsc::UnboundedReceiver<Report>,
-    progress: ProgressChanges,
+    /// The playout's progress, each time its watch changes: one `changed()` future for the call's life (one built on
+    /// every turn of the loop would take the watch's lock twice per caller frame).
+    progress: BoxStream<'static, PlayoutProgress>,
+    /// The loop's one timer, moved only when something is due earlier than it is set for; the tick checks the time
+    /// itself, so an early wake-up decides nothing.
+    wake: Deadline,
 }
 
-/// The playout's progress, as a stream the loop polls only once the watch has changed. A `changed()` future built
-/// on every turn of the loop takes the watch's lock twice (to wait and to stop waiting), once per caller frame; a
-/// `SelectAll` polls its stream only after the stream's waker was called, and costs an atomic load otherwise.
-type ProgressChanges = SelectAll<BoxStream<'static, PlayoutProgress>>;
+/// One of the engine's rare inputs.
+enum Rare {
+    Stt(Option<SttEvent>),
+    Report(Report),
+    Progress(Option<PlayoutProgress>),
+    /// The timer fired.
+    Tick,
+}
 
-fn progress_changes(progress: tokio::sync::watch::Receiver<PlayoutProgress>) -> ProgressChanges {
-    let changes = futures_util::stream::unfold(progress, |mut progress| async move {
+impl RareInputs {
+    /// The next rare input — the STT's results first, then the tasks' reports, the playout's progress, the timer —;
+    /// pending without polling any of them until one has woken the engine.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Rare> {
+        let RareInputs { gate, stt, reports, progress, wake } = self;
+        gate.poll(cx, |cx| {
+            if let Some(Poll::Ready(event)) = stt.as_mut().map(|stt| stt.poll_recv(cx)) {
+                return Poll::Ready(Rare::Stt(event));
+            }
+            // The engine keeps a sender: the reports never end.
+            if let Poll::Ready(Some(report)) = reports.poll_recv(cx) {
+                return Poll::Ready(Rare::Report(report));
+            }
+            if let Poll::Ready(progress) = progress.poll_next_unpin(cx) {
+                return Poll::Ready(Rare::Progress(progress));
+            }
+            wake.poll_fired(cx).map(|()| Rare::Tick)
+        })
+    }
+
+    /// The loop needs to wake by `due`; a timer moved has to be polled (and learn the gate's waker).
+    fn want_wake(&mut self, due: Option<Instant>) {
+        if self.wake.want(due) {
+            self.gate.open();
+        }
+    }
+
+    /// A new STT session's results: never polled yet, so the gate is opened for them.
+    fn set_stt(&mut self, events: mpsc::Receiver<SttEvent>) {
+        self.stt = Some(events);
+        self.gate.open();
+    }
+}
+
+fn progress_changes(progress: tokio::sync::watch::Receiver<PlayoutProgress>) -> BoxStream<'static, PlayoutProgress> {
+    futures_util::stream::unfold(progress, |mut progress| async move {
         progress.changed().await.ok()?;
         let now = *progress.borrow_and_update();
         Some((now, progress))
-    });
-    futures_util::stream::select_all([changes.boxed()])
+    })
+    .fuse()
+    .boxed()
 }
 
 struct Engine {
@@ -180,13 +234,6 @@ struct Engine {
     recent_audio: Option<RecentAudio>,
 }
 
-async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Engine {
     /// Sets the call up: VAD, provider links (opening in the background), the greeting.
     fn start(deps: CascadeDeps, ctx: AgentContext) -> (Engine, Inputs) {
@@ -206,7 +253,14 @@ impl Engine {
         stt.open();
         let tts = TtsLink::spawn(Arc::clone(&deps.tts), links);
         let speculative = deps.config.speculative_replies.then(|| Arc::new(SpeculativeLlm::new(Arc::clone(&deps.llm))));
-        let inputs = Inputs { call: ctx.events, stt: None, reports, progress: progress_changes(ctx.playout.watch()) };
+        let rare = RareInputs {
+            gate: WakeGate::new(),
+            stt: None,
+            reports,
+            progress: progress_changes(ctx.playout.watch()),
+            wake: Deadline::new(),
+        };
+        let inputs = Inputs { call: ctx.events, rare };
         let engine = Engine {
             conversation: Conversation::new(&deps.config.system_prompt, deps.config.context.clone(), deps.tokens),
             turn: TurnDetector::new(deps.config.turn.clone()),
@@ -246,17 +300,14 @@ impl Engine {
             let greeting = self.deps.config.greeting.clone();
             self.speak_line(&greeting);
         }
-        // One timer for the loop's life, moved only when something is due earlier than it is set for; the tick
-        // branch checks the time itself, so an early wake-up decides nothing.
-        let mut wake = Deadline::new();
         loop {
             for due in [self.turn.next_deadline(), self.stt.retry_at(), self.keypad.deadline(), self.resume_deadline()]
             {
-                wake.want(due);
+                inputs.rare.want_wake(due);
             }
             // Biased, the most frequent first: the caller's frames (fifty a second) are polled first and usually
-            // alone; each later branch only when the ones before it have nothing (none starves: a frame takes
-            // microseconds).
+            // alone; the rare inputs and the timer only once one of them woke the engine, and a transfer's answer
+            // last (none starves: a frame takes microseconds).
             tokio::select! {
                 biased;
                 event = inputs.call.recv() => match event {
@@ -269,28 +320,26 @@ impl Engine {
                     }
                     Some(CallEvent::Hangup) | None => break,
                 },
-                event = recv(&mut inputs.stt) => self.on_stt(event, inputs).await,
-                Some(report) = inputs.reports.recv() => match report {
-                    Report::Link(event) => self.on_link(event, inputs),
-                    Report::Reply(id, event) => self.on_reply_event(id, event),
-                    Report::Judgement(id, judgement) => self.on_judgement(id, judgement).await,
-                    Report::Summary(fold, summary) => self.on_summary(fold, summary),
-                },
-                progress = inputs.progress.next() => match progress {
-                    Some(now) => self.on_playout(now),
-                    None => break,
+                rare = poll_fn(|cx| inputs.rare.poll(cx)) => match rare {
+                    Rare::Stt(event) => self.on_stt(event, inputs).await,
+                    Rare::Report(Report::Link(event)) => self.on_link(event, inputs),
+                    Rare::Report(Report::Reply(id, event)) => self.on_reply_event(id, event),
+                    Rare::Report(Report::Judgement(id, judgement)) => self.on_judgement(id, judgement).await,
+                    Rare::Report(Report::Summary(fold, summary)) => self.on_summary(fold, summary),
+                    Rare::Progress(Some(now)) => self.on_playout(now),
+                    Rare::Progress(None) => break,
+                    Rare::Tick => {
+                        let now = Instant::now();
+                        self.stt.on_tick(now);
+                        if let Some(entry) = self.keypad.on_tick(now) {
+                            self.keyed_turn(entry).await;
+                        }
+                        let decisions = self.turn.on_tick(now);
+                        self.apply(decisions).await;
+                        self.check_paused_reply(now);
+                    }
                 },
                 result = self.outcome.transfer_result() => self.on_transfer_result(result),
-                () = wake.fired() => {
-                    let now = Instant::now();
-                    self.stt.on_tick(now);
-                    if let Some(entry) = self.keypad.on_tick(now) {
-                        self.keyed_turn(entry).await;
-                    }
-                    let decisions = self.turn.on_tick(now);
-                    self.apply(decisions).await;
-                    self.check_paused_reply(now);
-                }
             }
             if let Some(action) = self.due_action.take() {
                 self.carry_out(action);
@@ -401,7 +450,7 @@ impl Engine {
     /// turn, so no word is lost; only when that audio is no longer all there, and the caller was mid-sentence, does
     /// the agent ask them to repeat (once the new session is up).
     fn stt_lost(&mut self, inputs: &mut Inputs) {
-        inputs.stt = None;
+        inputs.rare.stt = None;
         // A new session counts its stream from zero.
         self.stt_speech_started = None;
         self.stt_answered_until = 0.0;
@@ -439,7 +488,7 @@ impl Engine {
                 let frames = self.replay.len();
                 match self.stt.opened(generation, result, replay.into_iter().flatten()) {
                     Ok(Some(events)) => {
-                        inputs.stt = Some(events);
+                        inputs.rare.set_stt(events);
                         tracing::info!(call_sid = %self.call.call_sid, frames, replayed, "speech-to-text session open; fed the caller's audio since the last turn");
                         let ask_to_repeat = std::mem::take(&mut self.recheck_lost_words) && !replayed;
                         if ask_to_repeat && self.reply.is_none() {

@@ -7,6 +7,8 @@
 //! events), which is unit-tested against `proto-fixtures/deepgram/`, and the I/O task that owns the socket.
 
 use std::fmt;
+use std::future::poll_fn;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +22,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use url::Url;
 
 use crate::deadline::Deadline;
+use crate::wake_gate::WakeGate;
 use crate::websocket::{self, Socket, UpgradeHeader};
 
 use super::{SpeechToText, SttError, SttEvent, SttInput, SttSession, Transcript, INPUT_CAPACITY};
@@ -469,6 +472,14 @@ struct SessionIo {
     close_timeout: Duration,
 }
 
+/// What woke the session besides the engine's inputs.
+enum Woke {
+    /// A frame from Deepgram (`None`: the socket ended).
+    Frame(Option<Result<Message, WsError>>),
+    /// The timer fired.
+    Tick,
+}
+
 /// Whether the session loop goes on.
 enum Flow {
     Continue,
@@ -483,9 +494,14 @@ impl SessionIo {
         let mut close_deadline: Option<Instant> = None;
         // One timer for the session (see `Deadline`): audio sent moves the keep-alive's time, not the timer.
         let mut wake = Deadline::new();
+        // Deepgram's results come a few times a second, the caller's audio fifty: the socket's reads and the timer
+        // are polled only after one of them woke the task, not after every frame sent.
+        let mut rare = WakeGate::new();
         loop {
             let due = close_deadline.unwrap_or(last_sent + self.keepalive_interval);
-            wake.want(Some(due));
+            if wake.want(Some(due)) {
+                rare.open();
+            }
             let flow = tokio::select! {
                 biased;
                 input = self.input.recv(), if close_deadline.is_none() => {
@@ -493,20 +509,27 @@ impl SessionIo {
                     last_sent = Instant::now();
                     flow
                 }
-                frame = self.socket.next() => self.on_frame(frame, close_deadline.is_some()).await,
-                () = wake.fired() => {
-                    let now = Instant::now();
-                    if now < due {
-                        Flow::Continue
-                    } else if close_deadline.is_some() {
-                        tracing::warn!(provider = PROVIDER, "no close from the server after CloseStream; closing");
-                        self.emit(SttEvent::Closed).await;
-                        Flow::Stop
-                    } else {
-                        last_sent = now;
-                        self.send(Message::text(ControlMessage::KeepAlive.to_json())).await
+                rare = poll_fn(|cx| rare.poll(cx, |cx| {
+                    if let Poll::Ready(frame) = self.socket.poll_next_unpin(cx) {
+                        return Poll::Ready(Woke::Frame(frame));
                     }
-                }
+                    wake.poll_fired(cx).map(|()| Woke::Tick)
+                })) => match rare {
+                    Woke::Frame(frame) => self.on_frame(frame, close_deadline.is_some()).await,
+                    Woke::Tick => {
+                        let now = Instant::now();
+                        if now < due {
+                            Flow::Continue
+                        } else if close_deadline.is_some() {
+                            tracing::warn!(provider = PROVIDER, "no close from the server after CloseStream; closing");
+                            self.emit(SttEvent::Closed).await;
+                            Flow::Stop
+                        } else {
+                            last_sent = now;
+                            self.send(Message::text(ControlMessage::KeepAlive.to_json())).await
+                        }
+                    }
+                },
             };
             if let Flow::Stop = flow {
                 break;
