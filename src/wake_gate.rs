@@ -60,7 +60,9 @@ impl WakeGate {
     /// Has the loop poll its inputs on its next poll of the gate: for an input that was added or replaced (it may
     /// already hold something, and has never been polled with the gate's waker) or one the loop skipped.
     pub fn open(&self) {
-        self.shared.woken.store(true, Ordering::Release);
+        // Every write of the flag is a read-modify-write, so that the poll closing it reads the latest and sees
+        // whatever an input announced before its wake-up set it (a plain store would end that chain).
+        self.shared.woken.swap(true, Ordering::AcqRel);
     }
 
     /// Runs `poll_inputs` with the gate's waker if an input has woken since the last time; `Pending` otherwise.
@@ -71,8 +73,9 @@ impl WakeGate {
         if !self.shared.woken.load(Ordering::Acquire) {
             return Poll::Pending;
         }
-        // Closed before the inputs are polled: a wake-up during or after the poll opens it again.
-        self.shared.woken.store(false, Ordering::Release);
+        // Closed before the inputs are polled: a wake-up during or after the poll opens it again (and wakes the
+        // loop), and one just before it was read here, with what the input had queued.
+        self.shared.woken.swap(false, Ordering::AcqRel);
         let polled = poll_inputs(&mut Context::from_waker(&self.inputs_waker));
         if polled.is_ready() {
             self.open();
