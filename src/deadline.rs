@@ -13,6 +13,8 @@ use std::task::{ready, Context, Poll};
 
 use tokio::time::{Instant, Sleep};
 
+use crate::wake_gate::WakeGate;
+
 /// One loop's wake-up; see the module documentation.
 #[derive(Debug)]
 pub struct Deadline {
@@ -36,8 +38,8 @@ impl Deadline {
 
     /// The loop needs to wake by `at` (`None`: for nothing). Moves the timer only when `at` is earlier than the
     /// wake-up already set; otherwise the loop may wake before `at` and must check the time itself. Says whether it
-    /// moved the timer: a loop that polls its wake-up only once woken (a [`crate::wake_gate::WakeGate`]) must poll
-    /// it after a move.
+    /// moved the timer: a loop that polls its wake-up only once woken must poll it after a move
+    /// ([`Deadline::want_behind`]).
     pub fn want(&mut self, at: Option<Instant>) -> bool {
         let Some(at) = at else { return false };
         if self.set_for.is_some_and(|set| set <= at) {
@@ -46,6 +48,14 @@ impl Deadline {
         self.sleep.as_mut().reset(at);
         self.set_for = Some(at);
         true
+    }
+
+    /// [`Deadline::want`] for a wake-up polled behind `gate`: a move opens the gate, so that the timer is polled
+    /// again (and learns the gate's waker).
+    pub fn want_behind(&mut self, at: Option<Instant>, gate: &WakeGate) {
+        if self.want(at) {
+            gate.open();
+        }
     }
 
     /// When the timer is set to fire, if it is.
@@ -96,6 +106,32 @@ mod tests {
         let before = Instant::now();
         deadline.fired().await;
         assert_eq!(Instant::now() - before, Duration::from_millis(40));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_move_opens_the_gate_the_timer_is_polled_behind_and_a_later_wish_does_not() {
+        let start = Instant::now();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut gate = WakeGate::new();
+        let mut deadline = Deadline::new();
+        let mut polls = 0;
+        // The gate starts open; its first poll closes it.
+        assert!(gate.poll(&mut cx, |_| Poll::<()>::Pending).is_pending());
+        deadline.want_behind(Some(start + Duration::from_millis(100)), &gate);
+        let polled = gate.poll(&mut cx, |cx| {
+            polls += 1;
+            deadline.poll_fired(cx)
+        });
+        assert!(polled.is_pending());
+        assert_eq!(polls, 1, "the moved timer was polled");
+        deadline.want_behind(Some(start + Duration::from_millis(300)), &gate);
+        let polled = gate.poll(&mut cx, |cx| {
+            polls += 1;
+            deadline.poll_fired(cx)
+        });
+        assert!(polled.is_pending());
+        assert_eq!(polls, 1, "a later wish leaves the timer, and the gate, as they were");
     }
 
     #[tokio::test(start_paused = true)]

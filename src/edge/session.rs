@@ -46,6 +46,8 @@ const OUTBOUND_QUEUE: usize = 256;
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
+/// How long the agent gets to finish after the hang-up is handed to it; one that takes longer is dropped (cancelled).
+const AGENT_FINISH: Duration = Duration::from_secs(2);
 /// What the end of a call may spend writing the messages the agent queued and the close handshake; a peer that takes
 /// none of it in this time is dropped.
 const CLOSING_WRITES: Duration = Duration::from_secs(2);
@@ -192,9 +194,7 @@ pub(crate) async fn run(
         };
         let write_due = write_waiting_since.map(|since| since + idle_timeout);
         let due = write_due.map_or(read_due, |write_due| write_due.min(read_due));
-        if wake.want(Some(due)) {
-            rare.open();
-        }
+        wake.want_behind(Some(due), &rare);
         // Biased, in this order: the rare inputs once one woke the loop — the agent's messages first (first audio and
         // `clear` wait for nothing), then the end and the timer —, Twilio's frames, then the agent itself (run on the
         // frames just handed to it, in this same turn of the task); each is polled only when the ones before it have
@@ -519,7 +519,7 @@ impl Session {
         drop(live.events);
         // The agent is polled here until it ends; one that does not end in time is dropped, which cancels it.
         if let Some(agent) = live.agent.take() {
-            if let Ok(Err(panic)) = tokio::time::timeout(Duration::from_secs(2), agent).await {
+            if let Ok(Err(panic)) = tokio::time::timeout(AGENT_FINISH, agent).await {
                 log_agent_panic(panic.as_ref());
             }
         }

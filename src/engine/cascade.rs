@@ -170,13 +170,6 @@ impl RareInputs {
         })
     }
 
-    /// The loop needs to wake by `due`; a timer moved has to be polled (and learn the gate's waker).
-    fn want_wake(&mut self, due: Option<Instant>) {
-        if self.wake.want(due) {
-            self.gate.open();
-        }
-    }
-
     /// A new STT session's results: never polled yet, so the gate is opened for them.
     fn set_stt(&mut self, events: mpsc::Receiver<SttEvent>) {
         self.stt = Some(events);
@@ -303,7 +296,7 @@ impl Engine {
         loop {
             for due in [self.turn.next_deadline(), self.stt.retry_at(), self.keypad.deadline(), self.resume_deadline()]
             {
-                inputs.rare.want_wake(due);
+                inputs.rare.wake.want_behind(due, &inputs.rare.gate);
             }
             // Biased, the most frequent first: the caller's frames (fifty a second) are polled first and usually
             // alone; the rare inputs and the timer only once one of them woke the engine, and a transfer's answer

@@ -499,9 +499,7 @@ impl SessionIo {
         let mut rare = WakeGate::new();
         loop {
             let due = close_deadline.unwrap_or(last_sent + self.keepalive_interval);
-            if wake.want(Some(due)) {
-                rare.open();
-            }
+            wake.want_behind(Some(due), &rare);
             let flow = tokio::select! {
                 biased;
                 input = self.input.recv(), if close_deadline.is_none() => {
