@@ -42,6 +42,10 @@ const SAMPLES_PER_MILLI: u64 = 8;
 const AGENT_QUEUE_FRAMES: usize = 250;
 /// Outbound messages buffered for the socket writer.
 const OUTBOUND_QUEUE: usize = 256;
+/// Queued messages written to Twilio with one flush, at most ([`write_queued`]).
+const OUTBOUND_PER_WRITE: usize = 8;
+/// Bytes after which no further queued message joins a write (a 200 ms media message is about 2.2 KB).
+const OUTBOUND_BYTES_PER_WRITE: usize = 16 * 1024;
 /// WebSocket close codes.
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -234,8 +238,7 @@ pub(crate) async fn run(
         };
         match event {
             SocketEvent::Outbound(message) => {
-                let Some(text) = encode(&mut encoder, &message) else { continue };
-                match write_without_waiting(&mut socket, Message::Text(text)).await {
+                match write_queued(&mut socket, &mut encoder, message, &mut outbound_rx).await {
                     Ok(Written::Out) => {}
                     Ok(Written::Waiting) => write_waiting_since = Some(Instant::now()),
                     Err(err) => {
@@ -339,10 +342,34 @@ fn read_or_flush(socket: &mut WebSocket, write_waiting: bool) -> impl Future<Out
     })
 }
 
-/// Writes a message to Twilio without waiting for room in the socket. The agent runs in the socket's task, so a peer
-/// that stops reading must not stop the loop. Called only while nothing waits, when the socket takes a message at once.
-async fn write_without_waiting(socket: &mut WebSocket, message: Message) -> Result<Written, axum::Error> {
-    socket.feed(message).await?;
+/// Writes the agent's message to Twilio, with the messages already queued behind it (a media message and its mark
+/// come together), in one flush: one system call where each message had cost one. Nothing waits to be gathered — only
+/// what is in the queue goes — and nothing waits for room in the socket: the agent runs in the socket's task, so a
+/// peer that stops reading must not stop the loop. Called only while no earlier write waits, when the socket's buffer
+/// is empty; [`OUTBOUND_PER_WRITE`] and [`OUTBOUND_BYTES_PER_WRITE`] keep a write far below the WebSocket's write buffer
+/// (128 KiB), so feeding the messages only copies them into it and the flush is the one write.
+async fn write_queued<S>(
+    socket: &mut S,
+    encoder: &mut OutboundEncoder,
+    first: OutboundMessage,
+    queue: &mut mpsc::Receiver<OutboundMessage>,
+) -> Result<Written, S::Error>
+where
+    S: Sink<Message> + Unpin,
+{
+    let mut next = Some(first);
+    let mut messages = 0;
+    let mut bytes = 0;
+    while let Some(message) = next.take() {
+        if let Some(text) = encode(encoder, &message) {
+            bytes += text.len();
+            socket.feed(Message::Text(text)).await?;
+        }
+        messages += 1;
+        if messages < OUTBOUND_PER_WRITE && bytes < OUTBOUND_BYTES_PER_WRITE {
+            next = queue.try_recv().ok();
+        }
+    }
     match poll_fn(|cx| Poll::Ready(Pin::new(&mut *socket).poll_flush(cx))).await {
         Poll::Ready(Ok(())) => Ok(Written::Out),
         Poll::Ready(Err(err)) => Err(err),
@@ -580,5 +607,101 @@ fn deliver_frames(live: &mut LiveCall, counters: &mut Counters) {
         if live.events.try_send(CallEvent::Audio(frame)).is_err() {
             counters.dropped_for_slow_agent += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::task::Context;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// A socket that records what it was handed and when it was flushed.
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<String>,
+        /// Flushes answer `Pending` (the peer's buffer is full).
+        full: bool,
+    }
+
+    impl Sink<Message> for Recorder {
+        type Error = Infallible;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), Infallible> {
+            let text = match message {
+                Message::Text(text) => text.as_str().to_owned(),
+                other => format!("{other:?}"),
+            };
+            let event = text.split('"').nth(3).unwrap_or("?").to_owned();
+            self.log.push(event);
+            Ok(())
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.full {
+                return Poll::Pending;
+            }
+            self.log.push("flush".to_owned());
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn media() -> OutboundMessage {
+        OutboundMessage::media(Arc::from("MZ00000000000000000000000000000000"), Bytes::from_static(&[0xff; 800]))
+    }
+
+    fn mark(name: &str) -> OutboundMessage {
+        OutboundMessage::mark("MZ00000000000000000000000000000000", name)
+    }
+
+    #[tokio::test]
+    async fn a_message_and_those_queued_behind_it_go_in_one_flush_in_order() {
+        let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
+        tx.try_send(mark("r1-1")).expect("room");
+        tx.try_send(media()).expect("room");
+        tx.try_send(OutboundMessage::clear("MZ00000000000000000000000000000000")).expect("room");
+        let mut socket = Recorder::default();
+        let mut encoder = OutboundEncoder::new();
+
+        let written = write_queued(&mut socket, &mut encoder, media(), &mut rx).await;
+        assert!(matches!(written, Ok(Written::Out)));
+        assert_eq!(socket.log, ["media", "mark", "media", "clear", "flush"]);
+
+        // Nothing queued: the message goes alone, at once.
+        let written = write_queued(&mut socket, &mut encoder, mark("r1-2"), &mut rx).await;
+        assert!(matches!(written, Ok(Written::Out)));
+        assert_eq!(socket.log[5..], ["mark", "flush"]);
+    }
+
+    #[tokio::test]
+    async fn a_write_takes_at_most_its_bound_of_queued_messages_and_says_when_it_waits_for_room() {
+        let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
+        for n in 0..OUTBOUND_PER_WRITE + 3 {
+            tx.try_send(mark(&format!("m{n}"))).expect("room");
+        }
+        let mut socket = Recorder { full: true, ..Recorder::default() };
+        let mut encoder = OutboundEncoder::new();
+
+        let written = write_queued(&mut socket, &mut encoder, media(), &mut rx).await;
+        assert!(matches!(written, Ok(Written::Waiting)));
+        assert_eq!(
+            socket.log.len(),
+            OUTBOUND_PER_WRITE,
+            "the first message and {} queued ones",
+            OUTBOUND_PER_WRITE - 1
+        );
+        let left = std::iter::from_fn(|| rx.try_recv().ok()).count();
+        assert_eq!(left, 4, "the rest stay queued for the next write");
     }
 }
