@@ -5,7 +5,7 @@
 //!   does not keep up loses frames (counted), never stalls the loop; a new session is
 //!   first fed the caller's audio since the last turn (the engine's replay buffer), so no word is lost while it
 //!   connects. A failed open is retried after [`STT_RETRY`]. Quiet audio between turns, which no result waits for,
-//!   goes in batches of [`QUIET_BATCH_FRAMES`] frames (one message instead of five); anything else goes at once, with
+//!   goes in batches of [`QUIET_BATCH_FRAMES`] frames (one message instead of ten); anything else goes at once, with
 //!   whatever quiet audio was held before it.
 //! - [`TtsLink`] is a task that owns the synthesis session: it opens one at the start of the call, takes the
 //!   engine's text and cancels without ever making the engine wait, reopens after a loss when more text comes, and
@@ -25,9 +25,10 @@ use crate::tts::{ContextId, TextToSpeech, TtsError, TtsEvent, TtsInput, TtsSessi
 
 /// How long to wait before reconnecting after a failed STT open.
 pub const STT_RETRY: Duration = Duration::from_secs(2);
-/// Quiet frames sent to the provider as one message: 100 ms, a fifth of the messages (and of the provider task's
-/// wake-ups and socket writes) while nobody speaks.
-pub const QUIET_BATCH_FRAMES: usize = 5;
+/// Quiet frames sent to the provider as one message: 200 ms, a tenth of the messages (and of the provider task's
+/// wake-ups and socket writes) while nobody speaks, and within the 20–250 ms a message Deepgram recommends. Only
+/// frames below the energy gate wait, and only while no result is awaited; the first louder frame takes them along.
+pub const QUIET_BATCH_FRAMES: usize = 10;
 
 /// What the link tasks report to the engine.
 pub enum LinkEvent {

@@ -346,9 +346,9 @@ async fn quiet_audio_between_turns_goes_in_batches_and_speech_goes_at_once() {
     let mut call = Call::start(config, |_, _| {});
     let mut stt = call.next_session().await;
     stt.inputs();
-    // Quiet, nobody spoke: 8 frames go as one message of five, three are held.
-    call.silence(160).await;
-    assert_eq!(stt_messages(&mut stt), ["audio 5"]);
+    // Quiet, nobody spoke: 13 frames go as one message of ten, three are held.
+    call.silence(260).await;
+    assert_eq!(stt_messages(&mut stt), ["audio 10"]);
     // The first loud frame goes at once, with the three quiet ones before it.
     call.speak(20).await;
     assert_eq!(stt_messages(&mut stt), ["audio 4"]);
@@ -366,6 +366,6 @@ async fn quiet_audio_between_turns_goes_in_batches_and_speech_goes_at_once() {
     stt.final_words("Hello there.").await;
     let _ = call.next_request().await;
     stt.inputs();
-    call.silence(200).await;
-    assert_eq!(stt_messages(&mut stt), ["audio 5", "audio 5"]);
+    call.silence(400).await;
+    assert_eq!(stt_messages(&mut stt), ["audio 10", "audio 10"]);
 }
