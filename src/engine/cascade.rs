@@ -353,8 +353,9 @@ impl Engine {
         if let Some(recent) = &mut self.recent_audio {
             recent.push(&frame);
         }
-        self.replay.push(frame.clone());
-        let may_wait = !loud && self.stt_may_wait();
+        let between_turns = self.between_turns();
+        self.replay.push(frame.clone(), between_turns);
+        let may_wait = !loud && between_turns;
         // The frame goes to the STT before its verdict is acted on: a finalize the verdict leads to follows it.
         let sent = self.stt.send_audio(frame, may_wait);
         if sent {
@@ -366,10 +367,10 @@ impl Engine {
         self.on_vad(voiced).await;
     }
 
-    /// Whether quiet caller audio may wait a little before going to the STT: no result is waited for — no speech
-    /// since the last turn ended, no finalize asked, nothing the STT heard unanswered, no paused reply waiting for
-    /// words.
-    fn stt_may_wait(&self) -> bool {
+    /// Whether no result is waited for — no speech since the last turn ended, no finalize asked, nothing the STT heard
+    /// unanswered, no paused reply waiting for words: quiet caller audio may then wait a little before going to the
+    /// STT, and the replay buffer keeps only the second before the next turn.
+    fn between_turns(&self) -> bool {
         !self.turn.caller_speaking()
             && !self.turn.turn_in_progress()
             && !self.turn.awaiting_finalize()
