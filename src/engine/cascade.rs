@@ -29,7 +29,7 @@ use super::heard::heard_prefix;
 use super::in_flight::{InFlight, Segment};
 use super::keypad::Keypad;
 use super::latency::TurnLatency;
-use super::links::{LinkEvent, SttLink, TtsLink};
+use super::links::{LinkEvent, SttLink, TtsLink, QUIET_BATCH_FRAMES, SPEECH_BATCH_FRAMES};
 use super::outcome::CallOutcome;
 use super::replay::ReplayBuffer;
 use super::reply::{self, ReplyEvent, ReplyEvents, ReplyJob};
@@ -355,9 +355,9 @@ impl Engine {
         }
         let between_turns = self.between_turns();
         self.replay.push(frame.clone(), between_turns);
-        let may_wait = !loud && between_turns;
         // The frame goes to the STT before its verdict is acted on: a finalize the verdict leads to follows it.
-        let sent = self.stt.send_audio(frame, may_wait);
+        let batch = self.stt_batch(loud, between_turns);
+        let sent = self.stt.send_audio(frame, batch);
         if sent {
             self.usage.stt_seconds += 0.02;
         }
@@ -365,6 +365,27 @@ impl Engine {
             tracing::warn!(call_sid = %self.call.call_sid, dropped = self.stt.dropped_frames, "speech-to-text is not keeping up");
         }
         self.on_vad(voiced).await;
+        if self.awaiting_words() {
+            // The verdict paused a reply: the speech held so far is what the words are waited for in.
+            self.stt.flush_held();
+        }
+    }
+
+    /// How many frames may gather before caller audio goes to the STT (1: at once). Speech waits while no words are
+    /// waited for mid-speech (a turn's end is heard in the quiet after it, which goes at once); quiet waits between
+    /// turns; the quiet inside a turn, which tells the recogniser the speech has ended, goes at once.
+    fn stt_batch(&self, loud: bool, between_turns: bool) -> usize {
+        match (loud, between_turns) {
+            (true, _) if !self.awaiting_words() => SPEECH_BATCH_FRAMES,
+            (false, true) => QUIET_BATCH_FRAMES,
+            _ => 1,
+        }
+    }
+
+    /// Whether the engine waits for the caller's words mid-speech: a reply paused by a barge-in goes on unless they
+    /// come.
+    fn awaiting_words(&self) -> bool {
+        self.reply.as_ref().is_some_and(InFlight::is_paused)
     }
 
     /// Whether no result is waited for — no speech since the last turn ended, no finalize asked, nothing the STT heard
@@ -375,7 +396,7 @@ impl Engine {
             && !self.turn.turn_in_progress()
             && !self.turn.awaiting_finalize()
             && !self.stt_pending()
-            && !self.reply.as_ref().is_some_and(InFlight::is_paused)
+            && !self.awaiting_words()
     }
 
     /// One VAD verdict on the caller's audio.
@@ -397,7 +418,7 @@ impl Engine {
                 if transcript.is_final {
                     self.stt_answered(transcript.start + transcript.duration);
                 }
-                if self.reply.as_ref().is_some_and(InFlight::is_paused) && !self.turn.is_backchannel(&transcript.text) {
+                if self.awaiting_words() && !self.turn.is_backchannel(&transcript.text) {
                     tracing::info!(call_sid = %self.call.call_sid, text = %transcript.text, "words after the barge-in: the interruption was real");
                     self.interrupt_reply(None).await;
                 }

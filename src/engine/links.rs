@@ -4,9 +4,9 @@
 //!   straight into the session's bounded input ([`crate::stt::INPUT_CAPACITY`]) without waiting: a provider that
 //!   does not keep up loses frames (counted), never stalls the loop; a new session is
 //!   first fed the caller's audio since the last turn (the engine's replay buffer), so no word is lost while it
-//!   connects. A failed open is retried after [`STT_RETRY`]. Quiet audio between turns, which no result waits for,
-//!   goes in batches of [`QUIET_BATCH_FRAMES`] frames (one message instead of ten); anything else goes at once, with
-//!   whatever quiet audio was held before it.
+//!   connects. A failed open is retried after [`STT_RETRY`]. Audio no result waits for goes in batches: quiet audio
+//!   between turns in [`QUIET_BATCH_FRAMES`] frames, the caller's speech in [`SPEECH_BATCH_FRAMES`]; anything else
+//!   (the quiet after speech, whose frames decide when the turn ends) goes at once, with whatever was held before it.
 //! - [`TtsLink`] is a task that owns the synthesis session: it opens one at the start of the call, takes the
 //!   engine's text and cancels without ever making the engine wait, reopens after a loss when more text comes, and
 //!   reports the session's events back as [`LinkEvent::Tts`].
@@ -29,6 +29,12 @@ pub const STT_RETRY: Duration = Duration::from_secs(2);
 /// wake-ups and socket writes) while nobody speaks, and within the 20–250 ms a message Deepgram recommends. Only
 /// frames below the energy gate wait, and only while no result is awaited; the first louder frame takes them along.
 pub const QUIET_BATCH_FRAMES: usize = 10;
+/// Loud frames of the caller's speech sent to the provider as one message: 100 ms, a fifth of the messages while the
+/// caller speaks. No result waits for them: the recogniser ends a turn on the quiet after the speech, which goes at
+/// once and takes the held speech along, so the end of the turn is heard when it would have been; a finalize takes
+/// them too. Only words the engine waits for mid-speech — whether a caller who talked over a reply said anything —
+/// would come later, and then the frames go at once.
+pub const SPEECH_BATCH_FRAMES: usize = 5;
 
 /// What the link tasks report to the engine.
 pub enum LinkEvent {
@@ -61,7 +67,7 @@ pub struct SttLink {
     report: Reporter<LinkEvent>,
     /// Audio frames the feed could not take (the provider is not keeping up).
     pub dropped_frames: u64,
-    /// Quiet frames held back to go with the next ones (see [`SttLink::send_audio`]).
+    /// Frames held back to go with the next ones (see [`SttLink::send_audio`]).
     held: BytesMut,
     held_frames: usize,
 }
@@ -153,14 +159,14 @@ impl SttLink {
         }
     }
 
-    /// Feeds one frame of caller audio (dropped, and counted, when the provider is not keeping up). With `may_wait`
-    /// (a quiet frame no result depends on) the frame is held until [`QUIET_BATCH_FRAMES`] have gathered; any other
-    /// frame goes at once, after the held ones. Returns whether the frame was taken.
-    pub fn send_audio(&mut self, frame: Bytes, may_wait: bool) -> bool {
+    /// Feeds one frame of caller audio (dropped, and counted, when the provider is not keeping up). The frame is held
+    /// until `batch` frames have gathered (the ones held before it counted), then they go as one message; with a
+    /// `batch` of 1 it goes at once, after the held ones. Returns whether the frame was taken.
+    pub fn send_audio(&mut self, frame: Bytes, batch: usize) -> bool {
         if !self.is_open() {
             return false;
         }
-        if may_wait && self.held_frames + 1 < QUIET_BATCH_FRAMES {
+        if self.held_frames + 1 < batch {
             self.held.extend_from_slice(&frame);
             self.held_frames += 1;
             return true;
@@ -173,9 +179,9 @@ impl SttLink {
         self.flush_held()
     }
 
-    /// Sends the held quiet frames now, as one message (also before a control message, which must follow all the
-    /// audio). Returns whether the feed took them.
-    fn flush_held(&mut self) -> bool {
+    /// Sends the held frames now, as one message: before a control message, which must follow all the audio, and
+    /// when a result starts to wait for them. Returns whether the feed took them.
+    pub fn flush_held(&mut self) -> bool {
         if self.held_frames == 0 {
             return true;
         }

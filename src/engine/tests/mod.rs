@@ -338,7 +338,7 @@ fn stt_messages(stt: &mut SttHandle) -> Vec<String> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn quiet_audio_between_turns_goes_in_batches_and_speech_goes_at_once() {
+async fn audio_no_result_waits_for_goes_in_batches_and_the_quiet_after_speech_goes_at_once() {
     let config = ConversationConfig {
         turn: super::turn::TurnConfig { strategy: super::turn::TurnStrategy::Vad, ..Default::default() },
         ..Call::quiet()
@@ -349,14 +349,15 @@ async fn quiet_audio_between_turns_goes_in_batches_and_speech_goes_at_once() {
     // Quiet, nobody spoke: 13 frames go as one message of ten, three are held.
     call.silence(260).await;
     assert_eq!(stt_messages(&mut stt), ["audio 10"]);
-    // The first loud frame goes at once, with the three quiet ones before it.
+    // Speech gathers in messages of five, the three quiet frames counted in the first.
     call.speak(20).await;
-    assert_eq!(stt_messages(&mut stt), ["audio 4"]);
-    // Within the turn every frame goes alone, the silence after the speech too, and the finalize follows it.
+    assert!(stt_messages(&mut stt).is_empty(), "the first loud frame waits for the next ones");
     call.speak(300).await;
-    assert_eq!(stt_messages(&mut stt), vec!["audio 1"; 15]);
+    assert_eq!(stt_messages(&mut stt), ["audio 5"; 3]);
+    // The quiet after the speech goes at once, taking the four loud frames held before it, then frame by frame; the
+    // finalize follows it.
     call.silence(100).await;
-    assert_eq!(stt_messages(&mut stt), vec!["audio 1"; 5]);
+    assert_eq!(stt_messages(&mut stt), ["audio 5", "audio 1", "audio 1", "audio 1", "audio 1"]);
     let silence_ms = super::turn::TurnConfig::default().vad_silence_ms;
     call.silence(silence_ms).await;
     let sent = stt_messages(&mut stt);
@@ -368,4 +369,25 @@ async fn quiet_audio_between_turns_goes_in_batches_and_speech_goes_at_once() {
     stt.inputs();
     call.silence(400).await;
     assert_eq!(stt_messages(&mut stt), ["audio 10", "audio 10"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn speech_over_a_paused_reply_goes_at_once_for_the_words_it_waits_for() {
+    let mut call = Call::start(Call::quiet(), |_, _| {});
+    let mut stt = call.next_session().await;
+    let turn = call.caller_turn(&stt, "Where is my order?").await;
+    turn.say(&"Your order is on its way and should arrive by Friday. ".repeat(3));
+    turn.finish();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stt.inputs();
+    // The caller talks over the reply: held in fives until the barge-in pauses the reply, then sent at once with
+    // every frame after it, because whether words come decides the reply.
+    call.speak(400).await;
+    assert!(!call.twilio().clears.is_empty(), "the speech barged in");
+    let sent = stt_messages(&mut stt);
+    let audio: Vec<usize> =
+        sent.iter().filter_map(|m| m.strip_prefix("audio ")).map(|n| n.parse().expect("a count")).collect();
+    assert_eq!(audio.iter().sum::<usize>(), 20, "every frame went, none held: {sent:?}");
+    assert!(audio.ends_with(&[1, 1, 1]), "after the barge-in frames go one by one: {sent:?}");
+    assert!(audio.iter().any(|&n| n > 1), "before it, speech was batched: {sent:?}");
 }
