@@ -366,7 +366,8 @@ impl Engine {
         }
         self.on_vad(voiced).await;
         if self.awaiting_words() {
-            // The verdict paused a reply: the speech held so far is what the words are waited for in.
+            // The verdict paused a reply (or the agent began to speak, and words decide a barge-in): the speech held
+            // so far is where those words are.
             self.stt.flush_held();
         }
     }
@@ -383,8 +384,13 @@ impl Engine {
     }
 
     /// Whether the engine waits for the caller's words mid-speech: a reply paused by a barge-in goes on unless they
-    /// come.
+    /// come, and with `barge_in_min_words` words are what interrupt the agent.
     fn awaiting_words(&self) -> bool {
+        self.reply_paused() || self.turn.barge_in_waits_for_words()
+    }
+
+    /// A barge-in paused the reply: the caller's words end it, silence resumes it.
+    fn reply_paused(&self) -> bool {
         self.reply.as_ref().is_some_and(InFlight::is_paused)
     }
 
@@ -396,7 +402,7 @@ impl Engine {
             && !self.turn.turn_in_progress()
             && !self.turn.awaiting_finalize()
             && !self.stt_pending()
-            && !self.awaiting_words()
+            && !self.reply_paused()
     }
 
     /// One VAD verdict on the caller's audio.
@@ -418,7 +424,7 @@ impl Engine {
                 if transcript.is_final {
                     self.stt_answered(transcript.start + transcript.duration);
                 }
-                if self.awaiting_words() && !self.turn.is_backchannel(&transcript.text) {
+                if self.reply_paused() && !self.turn.is_backchannel(&transcript.text) {
                     tracing::info!(call_sid = %self.call.call_sid, text = %transcript.text, "words after the barge-in: the interruption was real");
                     self.interrupt_reply(None).await;
                 }
@@ -612,9 +618,7 @@ impl Engine {
                 TurnDecision::EndOfTurn(end) if self.is_noise_over_the_agent() => {
                     tracing::info!(call_sid = %self.call.call_sid, text = ?end.text, "words over the agent's audio too short to interrupt it; not a turn");
                 }
-                TurnDecision::EndOfTurn(end)
-                    if self.reply.as_ref().is_some_and(InFlight::is_paused) && self.turn.is_backchannel(&end.text) =>
-                {
+                TurnDecision::EndOfTurn(end) if self.reply_paused() && self.turn.is_backchannel(&end.text) => {
                     tracing::info!(call_sid = %self.call.call_sid, text = ?end.text, "only a backchannel after the barge-in; not a turn");
                 }
                 TurnDecision::EndOfTurn(end) => self.on_end_of_turn(end).await,

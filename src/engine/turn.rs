@@ -183,6 +183,12 @@ impl TurnDetector {
         }
     }
 
+    /// Whether a barge-in over the agent's audio now waits for the caller's words (`barge_in_min_words`): the agent
+    /// speaks, has not been interrupted yet, and words are what decide it.
+    pub fn barge_in_waits_for_words(&self) -> bool {
+        self.agent_speaking && !self.barged_in && self.config.barge_in_min_words > 0
+    }
+
     /// The caller is speaking now, by VAD.
     pub fn caller_speaking(&self) -> bool {
         self.in_speech
@@ -800,6 +806,18 @@ mod tests {
         feed(&mut d, &mut now, true, 8);
         let decisions = d.on_transcript(&transcript("wait stop", false, false), now);
         assert!(matches!(decisions.as_slice(), [TurnDecision::BargeIn { .. }]), "{decisions:?}");
+        assert!(!d.barge_in_waits_for_words(), "barged in: no more words are waited for");
+    }
+
+    #[test]
+    fn words_are_waited_for_only_while_they_decide_a_barge_in() {
+        let mut d = TurnDetector::new(TurnConfig { barge_in_min_words: 2, ..TurnConfig::default() });
+        assert!(!d.barge_in_waits_for_words(), "the agent is silent");
+        d.set_agent_speaking(true);
+        assert!(d.barge_in_waits_for_words());
+        let mut d = TurnDetector::new(TurnConfig::default());
+        d.set_agent_speaking(true);
+        assert!(!d.barge_in_waits_for_words(), "speech alone barges in");
     }
 
     #[test]

@@ -391,3 +391,21 @@ async fn speech_over_a_paused_reply_goes_at_once_for_the_words_it_waits_for() {
     assert!(audio.ends_with(&[1, 1, 1]), "after the barge-in frames go one by one: {sent:?}");
     assert!(audio.iter().any(|&n| n > 1), "before it, speech was batched: {sent:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn speech_over_the_agent_goes_at_once_when_words_decide_a_barge_in() {
+    let config = ConversationConfig {
+        turn: super::turn::TurnConfig { barge_in_min_words: 2, ..Default::default() },
+        ..Call::quiet()
+    };
+    let mut call = Call::start(config, |_, _| {});
+    let mut stt = call.next_session().await;
+    let turn = call.caller_turn(&stt, "Where is my order?").await;
+    turn.say(&"Your order is on its way and should arrive by Friday. ".repeat(3));
+    turn.finish();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stt.inputs();
+    // Whether the caller's words are two, not backchannels, decides the barge-in: every frame goes as it comes.
+    call.speak(200).await;
+    assert_eq!(stt_messages(&mut stt), vec!["audio 1"; 10]);
+}
