@@ -371,15 +371,21 @@ async fn audio_no_result_waits_for_goes_in_batches_and_the_quiet_after_speech_go
     assert_eq!(stt_messages(&mut stt), ["audio 10", "audio 10"]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn speech_over_a_paused_reply_goes_at_once_for_the_words_it_waits_for() {
-    let mut call = Call::start(Call::quiet(), |_, _| {});
+/// A call 600 ms into the agent's long answer to its first turn, with what the STT was sent so far taken.
+async fn agent_speaking_a_long_reply(config: ConversationConfig) -> (Call, SttHandle) {
+    let mut call = Call::start(config, |_, _| {});
     let mut stt = call.next_session().await;
     let turn = call.caller_turn(&stt, "Where is my order?").await;
     turn.say(&"Your order is on its way and should arrive by Friday. ".repeat(3));
     turn.finish();
     tokio::time::sleep(Duration::from_millis(600)).await;
     stt.inputs();
+    (call, stt)
+}
+
+#[tokio::test(start_paused = true)]
+async fn speech_over_a_paused_reply_goes_at_once_for_the_words_it_waits_for() {
+    let (call, mut stt) = agent_speaking_a_long_reply(Call::quiet()).await;
     // The caller talks over the reply: held in fives until the barge-in pauses the reply, then sent at once with
     // every frame after it, because whether words come decides the reply.
     call.speak(400).await;
@@ -398,13 +404,7 @@ async fn speech_over_the_agent_goes_at_once_when_words_decide_a_barge_in() {
         turn: super::turn::TurnConfig { barge_in_min_words: 2, ..Default::default() },
         ..Call::quiet()
     };
-    let mut call = Call::start(config, |_, _| {});
-    let mut stt = call.next_session().await;
-    let turn = call.caller_turn(&stt, "Where is my order?").await;
-    turn.say(&"Your order is on its way and should arrive by Friday. ".repeat(3));
-    turn.finish();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    stt.inputs();
+    let (call, mut stt) = agent_speaking_a_long_reply(config).await;
     // Whether the caller's words are two, not backchannels, decides the barge-in: every frame goes as it comes.
     call.speak(200).await;
     assert_eq!(stt_messages(&mut stt), vec!["audio 1"; 10]);
