@@ -32,8 +32,8 @@ pub const QUIET_BATCH_FRAMES: usize = 10;
 /// Loud frames of the caller's speech sent to the provider as one message: 100 ms, a fifth of the messages while the
 /// caller speaks. No result waits for them: the recogniser ends a turn on the quiet after the speech, which goes at
 /// once and takes the held speech along, so the end of the turn is heard when it would have been; a finalize takes
-/// them too. Only words the engine waits for mid-speech — whether a caller who talked over a reply said anything —
-/// would come later, and then the frames go at once.
+/// them too. Only words the engine waits for mid-speech — whether a caller who talked over a reply said anything, or
+/// enough to interrupt it (`barge_in_min_words`) — would come later, and then the frames go at once.
 pub const SPEECH_BATCH_FRAMES: usize = 5;
 
 /// What the link tasks report to the engine.
